@@ -1,0 +1,16 @@
+import { flashAttention } from './flash_attention';
+import { registerFlashAttention } from './register';
+
+registerFlashAttention();
+
+export { flashAttention };
+export type { FlashAttentionResult } from './flash_attention';
+export type { AttentionConfig, FlashAttentionOptions, Layout, Precision } from './config';
+export { FlashAttention, FlashAttentionGrad } from './kernel_names';
+export { dropoutKeep, dropoutThreshold } from './dropout';
+
+// Script-tag use: a page that loaded tfjs as a global `tf` gets `tf.flashAttention`.
+const globalTf: unknown = (globalThis as { tf?: unknown }).tf;
+if (typeof globalTf === 'object' && globalTf !== null) {
+  Object.assign(globalTf, { flashAttention });
+}

@@ -1,0 +1,23 @@
+// Registers every kernel and the gradient with tfjs' registries. Kernels are keyed by backend
+// name, so registering for a backend package that is not loaded costs nothing.
+import * as tf from '@tensorflow/tfjs-core';
+import type { KernelConfig } from '@tensorflow/tfjs-core';
+import { flashAttentionGradConfig } from '../gradients/flash_attention_grad';
+import { flashAttentionCpuConfig } from '../kernels/cpu/flash_attention';
+import { flashAttentionGradCpuConfig } from '../kernels/cpu/flash_attention_grad';
+
+const KERNELS: KernelConfig[] = [
+  flashAttentionCpuConfig,
+  flashAttentionGradCpuConfig,
+];
+
+let registered = false;
+
+export function registerFlashAttention(): void {
+  if (registered) return;
+  registered = true;
+  for (const kernel of KERNELS) {
+    if (!tf.getKernel(kernel.kernelName, kernel.backendName)) tf.registerKernel(kernel);
+  }
+  if (!tf.getGradient(flashAttentionGradConfig.kernelName)) tf.registerGradient(flashAttentionGradConfig);
+}
