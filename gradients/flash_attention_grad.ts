@@ -3,7 +3,9 @@
 // tile by tile. A gradient of lse (when the caller used it) folds into the kernel's row term
 // D = rowsum(dO ∘ O) − dLse, so it costs nothing extra.
 import * as tf from '@tensorflow/tfjs-core';
-import type { GradConfig, NamedGradientMap, Tensor } from '@tensorflow/tfjs-core';
+import type { GradConfig, GradFunc, Tensor } from '@tensorflow/tfjs-core';
+
+type NamedGradientMap = ReturnType<GradFunc>;
 import type { AttentionConfig } from '../src/config';
 import { attentionInputNames, gradInputNames, packInputs } from '../src/inputs';
 import { FlashAttention, FlashAttentionGrad } from '../src/kernel_names';
@@ -33,7 +35,7 @@ export const flashAttentionGradConfig: GradConfig = {
     names.forEach((name, index) => {
       const input = inputs[name];
       const grad = { q: dq, k: dk, v: dv, bias: dbias }[name as string];
-      grads[index] = grad ? () => grad.reshape(input.shape) : () => tf.zeros(input.shape);
+      grads[index] = grad ? () => tf.reshape(grad, input.shape) : () => tf.zeros(input.shape);
     });
     return grads;
   },

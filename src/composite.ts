@@ -16,7 +16,7 @@ function expandHeads(c: AttentionConfig, t: Tensor4D): Tensor4D {
   const group = c.headsQ / c.headsKV;
   if (group === 1) return t;
   const [b, h, n, d] = t.shape;
-  return tf.tile(t.reshape([b, h, 1, n, d]), [1, 1, group, 1, 1]).reshape([b, h * group, n, d]);
+  return tf.reshape(tf.tile(tf.reshape(t, [b, h, 1, n, d]), [1, 1, group, 1, 1]), [b, h * group, n, d]);
 }
 
 /** [Nq, Nk] matrix of `f(i + seqK − seqQ, j)`. */
@@ -26,7 +26,7 @@ function positionMatrix(c: AttentionConfig, f: (pos: number, j: number) => numbe
   for (let i = 0; i < c.seqQ; i++) {
     for (let j = 0; j < c.seqK; j++) values[i * c.seqK + j] = f(i + offset, j);
   }
-  return tf.tensor(values, [c.seqQ, c.seqK], 'float32').cast(dtype);
+  return tf.cast(tf.tensor(values, [c.seqQ, c.seqK], 'float32'), dtype);
 }
 
 function windowVisible(c: AttentionConfig): Tensor | null {
@@ -67,24 +67,25 @@ export function compositeAttention(c: AttentionConfig, t: AttentionTensors): [Te
     if (t.bias) s = tf.add(s, t.bias);
     if (t.alibiSlopes) {
       const distance = positionMatrix(c, (pos, j) => -Math.abs(pos - j), 'float32');
-      s = tf.add(s, tf.mul(t.alibiSlopes.reshape([c.alibiShape[0], c.headsQ, 1, 1]), distance));
+      s = tf.add(s, tf.mul(tf.reshape(t.alibiSlopes, [c.alibiShape[0], c.headsQ, 1, 1]), distance));
     }
     const hidden: Tensor[] = [];
     const window = windowVisible(c);
     if (window) hidden.push(window);
     if (t.mask) hidden.push(tf.notEqual(t.mask, 0));
     if (t.keyLengths) {
-      hidden.push(tf.less(tf.range(0, c.seqK, 1, 'int32').reshape([1, 1, 1, c.seqK]), t.keyLengths.reshape([c.batch, 1, 1, 1])));
+      const keys = tf.reshape(tf.range(0, c.seqK, 1, 'int32'), [1, 1, 1, c.seqK]);
+      hidden.push(tf.less(keys, tf.reshape(t.keyLengths, [c.batch, 1, 1, 1])));
     }
     if (t.blockMask) hidden.push(blockVisible(c, t.blockMask));
-    const visible = hidden.reduce((a, b) => tf.logicalAnd(a, b), tf.onesLike(s).cast('bool'));
+    const visible = hidden.reduce((a, b) => tf.logicalAnd(a, b), tf.cast(tf.onesLike(s), 'bool'));
     s = tf.where(visible, s, tf.fill(s.shape, -Infinity));
 
     const rowMax = tf.max(s, -1, true);
     const shift = tf.where(tf.isInf(rowMax), tf.zerosLike(rowMax), rowMax);
     const p = tf.exp(tf.sub(s, shift));
     const rowSum = tf.sum(p, -1, true);
-    const lse = tf.add(tf.log(rowSum), shift).squeeze([3]) as Tensor3D;
+    const lse = tf.squeeze(tf.add(tf.log(rowSum), shift), [3]) as Tensor3D;
     let probs: Tensor = tf.divNoNan(p, rowSum);
     if (c.dropoutRate > 0) probs = tf.mul(probs, dropoutScale(c));
     const out = tf.matMul(probs as Tensor4D, v);

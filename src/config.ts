@@ -92,7 +92,7 @@ function isFiniteNumber(x: unknown): x is number {
 function broadcastShape(name: string, t: Tensor, target: readonly number[], targetName: string): number[] {
   if (!isTensor(t)) fail(`${name} must be a tf.Tensor, got ${typeof t}`);
   if (t.rank > 4) fail(`${name} must have rank ≤ 4, got shape ${describeShape(t.shape)}`);
-  const padded = [...new Array<number>(4 - t.rank).fill(1), ...t.shape];
+  const padded: number[] = [...new Array<number>(4 - t.rank).fill(1), ...t.shape];
   padded.forEach((dim, axis) => {
     if (dim !== 1 && dim !== target[axis]) {
       fail(`${name} of shape ${describeShape(t.shape)} is not broadcastable to ` +
@@ -134,9 +134,10 @@ export function normalizeAttention(q: Tensor, k: Tensor, v: Tensor, options: Fla
   checkRank4('k', k, layout);
   checkRank4('v', v, layout);
 
-  const dims = (t: Tensor) => layout === 'BHSD'
-    ? { b: t.shape[0], h: t.shape[1], s: t.shape[2], d: t.shape[3] }
-    : { b: t.shape[0], h: t.shape[2], s: t.shape[1], d: t.shape[3] };
+  const dims = (t: Tensor) => {
+    const [b, x, y, d] = t.shape as number[];
+    return layout === 'BHSD' ? { b, h: x, s: y, d } : { b, h: y, s: x, d };
+  };
   const qd = dims(q), kd = dims(k), vd = dims(v);
   const shapes = `q ${describeShape(q.shape)}, k ${describeShape(k.shape)}, v ${describeShape(v.shape)}`;
   if (kd.b !== qd.b || vd.b !== qd.b) fail(`batch sizes differ: ${shapes}`);

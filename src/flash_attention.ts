@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor, Tensor3D, Tensor4D } from '@tensorflow/tfjs-core';
-import { AttentionConfig, FlashAttentionOptions, normalizeAttention } from './config';
+import { AttentionConfig, AttentionTensors, FlashAttentionOptions, normalizeAttention } from './config';
 import { compositeAttention } from './composite';
 import { attentionInputNames, packInputs } from './inputs';
 import { FlashAttention } from './kernel_names';
@@ -33,14 +33,13 @@ function hasKernel(): boolean {
   return tf.getKernel(FlashAttention, tf.getBackend()) !== undefined;
 }
 
-function runFused(config: AttentionConfig, tensors: Parameters<typeof packInputs>[1]): [Tensor4D, Tensor3D] {
+function runFused(config: AttentionConfig, tensors: AttentionTensors): [Tensor4D, Tensor3D] {
   const inputs = packInputs(attentionInputNames(config), tensors);
   const [output, lse] = tf.engine().runKernel(FlashAttention, inputs, config) as Tensor[];
   return [output as Tensor4D, lse as Tensor3D];
 }
 
-function runComposite(config: AttentionConfig, tensors: Parameters<typeof compositeAttention>[1]):
-    [Tensor4D, Tensor3D] {
+function runComposite(config: AttentionConfig, tensors: AttentionTensors): [Tensor4D, Tensor3D] {
   const backend = tf.getBackend();
   warnOnce(`composite:${backend}`, `no FlashAttention kernel for the '${backend}' backend: using a ` +
     'composite of tfjs ops with the same results, whose memory is O(Nq·Nk) per head.');
