@@ -8,6 +8,8 @@ export type { FlashAttentionResult } from './flash_attention';
 export type { AttentionConfig, FlashAttentionOptions, Layout, Precision } from './config';
 export { FlashAttention, FlashAttentionGrad } from './kernel_names';
 export { dropoutKeep, dropoutThreshold } from './dropout';
+export { MultiHeadAttention } from './layers/multi_head_attention';
+export type { MultiHeadAttentionArgs, MultiHeadAttentionCallArgs } from './layers/multi_head_attention';
 
 // Script-tag use: a page that loaded tfjs as a global `tf` gets `tf.flashAttention`.
 const globalTf: unknown = (globalThis as { tf?: unknown }).tf;
