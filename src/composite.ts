@@ -15,8 +15,9 @@ function swapLayout(c: AttentionConfig, t: Tensor): Tensor4D {
 function expandHeads(c: AttentionConfig, t: Tensor4D): Tensor4D {
   const group = c.headsQ / c.headsKV;
   if (group === 1) return t;
-  const [b, h, n, d] = t.shape;
-  return tf.reshape(tf.tile(tf.reshape(t, [b, h, 1, n, d]), [1, 1, group, 1, 1]), [b, h * group, n, d]);
+  // A gather (not a rank-5 tile, whose gradient tfjs lacks) so that the composite is differentiable.
+  const heads = Array.from({ length: c.headsQ }, (_, h) => Math.floor(h / group));
+  return tf.gather(t, tf.tensor1d(heads, 'int32'), 1);
 }
 
 /** [Nq, Nk] matrix of `f(i + seqK − seqQ, j)`. */
@@ -78,15 +79,20 @@ export function compositeAttention(c: AttentionConfig, t: AttentionTensors): [Te
       hidden.push(tf.less(keys, tf.reshape(t.keyLengths, [c.batch, 1, 1, 1])));
     }
     if (t.blockMask) hidden.push(blockVisible(c, t.blockMask));
-    const visible = hidden.reduce((a, b) => tf.logicalAnd(a, b), tf.cast(tf.onesLike(s), 'bool'));
+    const visible = hidden.reduce((a, b) => tf.logicalAnd(a, b), tf.ones(s.shape, 'bool'));
     s = tf.where(visible, s, tf.fill(s.shape, -Infinity));
 
     const rowMax = tf.max(s, -1, true);
     const shift = tf.where(tf.isInf(rowMax), tf.zerosLike(rowMax), rowMax);
     const p = tf.exp(tf.sub(s, shift));
     const rowSum = tf.sum(p, -1, true);
-    const lse = tf.squeeze(tf.add(tf.log(rowSum), shift), [3]) as Tensor3D;
-    let probs: Tensor = tf.divNoNan(p, rowSum);
+    // A row with a visible finite score has rowSum ≥ 1 (its max contributes exp(0)); an empty row
+    // (max −Infinity) has 0. Clamping to 1 and selecting −Infinity by `empty` keep log(0) and 0/0 out
+    // of the graph, whose gradients would be NaN; comparisons (divNoNan's Equal) have no gradient.
+    const empty = tf.isInf(tf.minimum(rowMax, 0));
+    const rowSumSafe = tf.maximum(rowSum, 1);
+    const lse = tf.squeeze(tf.where(empty, tf.fill(rowMax.shape, -Infinity), tf.add(tf.log(rowSumSafe), shift)), [3]) as Tensor3D;
+    let probs: Tensor = tf.div(p, rowSumSafe);
     if (c.dropoutRate > 0) probs = tf.mul(probs, dropoutScale(c));
     const out = tf.matMul(probs as Tensor4D, v);
     return [swapLayout(c, out), lse];
