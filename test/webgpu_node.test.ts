@@ -1,0 +1,57 @@
+// The webgpu backend in Node through Dawn: on a real GPU when the machine has one, else on
+// SwiftShader. Every case of the shared list runs forward and backward and is compared with the
+// float64 reference (SPEC §3: forward within 2e-5·max|v|, gradients within 1e-4 relative).
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+// Registers tfjs-core's op gradients (its Node bundle carries them), which the composite fallback
+// needs until a webgpu kernel exists; users get them from @tensorflow/tfjs.
+import '@tensorflow/tfjs-layers';
+import { CASES, caseData } from './cases';
+import { checkCase, failures } from './setup/check_case';
+import { compositeFailure } from './setup/composite_limits';
+import { runCase } from './setup/run_case';
+import { DawnWebGPU, initDawnWebGPU } from './setup/webgpu_node';
+
+let gpu: DawnWebGPU;
+
+beforeAll(async () => {
+  gpu = await initDawnWebGPU();
+  console.log(`webgpu adapter: ${gpu.description}${gpu.software ? ' (software)' : ''}; ` +
+    `subgroups: adapter ${gpu.adapterHasSubgroups}, device ${gpu.subgroups}; shader-f16: ${gpu.shaderF16}`);
+}, 120000);
+
+/** [m, k] × [k, n] in float64. */
+function matMul64(a: Float32Array, b: Float32Array, m: number, k: number, n: number): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let p = 0; p < k; p++) {
+      for (let j = 0; j < n; j++) out[i * n + j] += a[i * k + p] * b[p * n + j];
+    }
+  }
+  return out;
+}
+
+test('tfjs webgpu matMul runs on Dawn and matches float64', async () => {
+  expect(tf.getBackend()).toBe('webgpu');
+  const [m, k, n] = [33, 47, 29];
+  const a = tf.randomUniform([m, k], -1, 1, 'float32', 1);
+  const b = tf.randomUniform([k, n], -1, 1, 'float32', 2);
+  const c = tf.matMul(a, b);
+  const expected = matMul64(await a.data() as Float32Array, await b.data() as Float32Array, m, k, n);
+  const got = await c.data();
+  const maxError = Math.max(...Array.from(got, (x, i) => Math.abs(x - expected[i])));
+  tf.dispose([a, b, c]);
+  expect(maxError).toBeLessThan(1e-5 * k);
+});
+
+describe.each(CASES.map(c => [c.name, c] as const))('case %s on webgpu (Dawn)', (_name, c) => {
+  const knownFailure = compositeFailure('webgpu', c.name);
+  const title = (c.grad ? 'forward and gradients match the float64 reference' : 'forward matches the float64 reference') +
+    (knownFailure ? ` (expected to fail on the composite: ${knownFailure})` : '');
+  (knownFailure ? test.failing : test)(title, async () => {
+    const data = caseData(c);
+    const result = await runCase(c, data);
+    expect(result.backend).toBe('webgpu');
+    expect(failures(checkCase(c, data, result, 2e-5))).toBe('');
+  });
+});
