@@ -153,12 +153,16 @@ function scoreRow(x: Inputs64, b: number, h: number, i: number): Row {
   return row;
 }
 
-/** Softmax probabilities of a non-empty row and its lse; NaN and +Infinity propagate as plain math does. */
+/**
+ * Softmax probabilities of a non-empty row and its lse, as plain math gives them: a NaN score makes
+ * everything NaN; a +Infinity score makes P = ∞/∞ = NaN but lse = log Σ exp(s) = +Infinity (the
+ * max-shifted form would say NaN there).
+ */
 function softmaxRow(s: number[]): { p: number[]; lse: number } {
   const max = s.reduce((m, x) => Math.max(m, x), -Infinity);
   const e = s.map(x => Math.exp(x - max));
   const sum = e.reduce((a, x) => a + x, 0);
-  return { p: e.map(x => x / sum), lse: max + Math.log(sum) };
+  return { p: e.map(x => x / sum), lse: max === Infinity ? Infinity : max + Math.log(sum) };
 }
 
 function forEachRow(c: AttentionCase, f: (b: number, h: number, i: number) => void): void {
