@@ -1,0 +1,49 @@
+// What every WebGL program of the attention kernels shares: the GPGPUProgram fields tfjs'
+// `runWebGLProgram` needs, built from one list of named uniforms so that declaration order and value
+// order cannot drift apart, and a type guard for the backend.
+import type { DataType, TensorInfo } from '@tensorflow/tfjs-core';
+import type { GPGPUProgram, MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
+
+export interface Uniform {
+  name: string;
+  type: 'int' | 'float';
+  value: number;
+}
+
+/**
+ * A GPGPUProgram whose inputs are packed textures (2×2 blocks of the last two dimensions in each
+ * RGBA texel), which is what lets the inner loops read 4 values per fetch. tfjs caches compiled
+ * programs by their userCode and input shapes, and userCode is generated from the AttentionConfig
+ * alone (runtime values such as the key block's start or the dropout seed are uniforms), so the
+ * cache key is derived from the config as well.
+ */
+export class AttentionProgram implements GPGPUProgram {
+  readonly packedInputs = true;
+  readonly customUniforms: Array<{ name: string; type: Uniform['type'] }>;
+  readonly uniformValues: number[][];
+
+  constructor(readonly variableNames: string[], readonly outputShape: number[], readonly packedOutput: boolean,
+    uniforms: Uniform[], readonly userCode: string) {
+    this.customUniforms = uniforms.map(({ name, type }) => ({ name, type }));
+    this.uniformValues = uniforms.map(({ value }) => [value]);
+  }
+}
+
+export function isWebGLBackend(backend: unknown): backend is MathBackendWebGL {
+  return typeof backend === 'object' && backend !== null && 'runWebGLProgram' in backend && 'texData' in backend;
+}
+
+export function run(backend: MathBackendWebGL, program: AttentionProgram, inputs: TensorInfo[],
+  dtype: DataType = 'float32'): TensorInfo {
+  return backend.runWebGLProgram(program, inputs, dtype, program.uniformValues, program.packedOutput);
+}
+
+/**
+ * The same data seen with another shape, without a copy. tfjs' own Reshape does this; it is free for
+ * unpacked textures and for packed ones whose last two dimensions stay the same (padding rank-≤3
+ * tensors to rank 4 with leading 1s, or splitting [B·H, N, D] into [B, H, N, D]), which is how it is
+ * used here. The view shares the texture: it is never disposed on its own.
+ */
+export function view(x: TensorInfo, shape: number[]): TensorInfo {
+  return { dataId: x.dataId, shape, dtype: x.dtype };
+}
