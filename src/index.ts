@@ -10,6 +10,11 @@ export { FlashAttention, FlashAttentionGrad } from './kernel_names';
 export { dropoutKeep, dropoutThreshold } from './dropout';
 export { MultiHeadAttention } from './layers/multi_head_attention';
 export type { MultiHeadAttentionArgs, MultiHeadAttentionCallArgs } from './layers/multi_head_attention';
+export { CausalSelfAttention } from './layers/causal_self_attention';
+export type { AttentionImplementation, CausalSelfAttentionArgs } from './layers/causal_self_attention';
+export { Gpt2Mlp, PositionEmbedding, TokenEmbedding } from './layers/gpt2_blocks';
+export { GPT2_PRESETS, gpt2, gpt2Config } from './models/gpt2';
+export type { Gpt2Config, Gpt2Options } from './models/gpt2';
 
 // Script-tag use: a page that loaded tfjs as a global `tf` gets `tf.flashAttention`.
 const globalTf: unknown = (globalThis as { tf?: unknown }).tf;

@@ -65,7 +65,8 @@ const isInitializer = (x: unknown): x is Initializer => x instanceof Initializer
 const isRegularizer = (x: unknown): x is Regularizer => x instanceof RegularizerClass;
 const isConstraint = (x: unknown): x is Constraint => x instanceof ConstraintClass;
 
-export function getInitializer(identifier: KerasIdentifier<Initializer> | null | undefined, fallback: string): Initializer {
+export function getInitializer(identifier: KerasIdentifier<Initializer> | null | undefined,
+  fallback: KerasIdentifier<Initializer>): Initializer {
   const initializer = deserialize('initializer', identifier ?? fallback, isInitializer);
   if (initializer === null) throw new Error('missing initializer');
   return initializer;

@@ -8,6 +8,7 @@ import type { LayerArgs } from '@tensorflow/tfjs-layers/dist/engine/topology';
 import type { Kwargs } from '@tensorflow/tfjs-layers/dist/types';
 import { flashAttention } from '../flash_attention';
 import type { FlashAttentionOptions } from '../config';
+import { DropoutSeeds, checkSeed } from './dropout_seeds';
 import {
   Constraint, Initializer, KerasIdentifier, Regularizer, getConstraint, getInitializer, getRegularizer,
   serializeObject,
@@ -88,9 +89,6 @@ function topLeftCausalMask(seqQ: number, seqK: number): Tensor {
   return tf.tensor(values, [1, 1, seqQ, seqK], 'bool');
 }
 
-// The golden-ratio increment spreads consecutive dropout seeds over the 32-bit range.
-const SEED_STEP = 0x9e3779b9;
-
 export class MultiHeadAttention extends tfl.layers.Layer {
   static className = NAME;
 
@@ -111,7 +109,7 @@ export class MultiHeadAttention extends tfl.layers.Layer {
 
   private kernels: Record<'query' | 'key' | 'value' | 'output', tfl.LayerVariable> | null = null;
   private biases: Record<'query' | 'key' | 'value' | 'output', tfl.LayerVariable> | null = null;
-  private trainingCalls = 0;
+  private readonly seeds: DropoutSeeds;
   /** Call options of the layer's call in a model graph: tfjs' executor does not pass a node's own
    * keyword arguments when it runs the graph, so the layer keeps them. */
   private graphCallArgs: { useCausalMask: boolean } | null = null;
@@ -137,10 +135,8 @@ export class MultiHeadAttention extends tfl.layers.Layer {
     this.outputShapeArg = normalizeOutputShape(outputShape);
     checkAttentionAxes(attentionAxes);
     this.attentionAxes = attentionAxes ?? null;
-    if (seed !== null && seed !== undefined && !(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) {
-      fail(`seed must be an integer in [0, 2^32), got ${seed}`);
-    }
-    this.seed = seed ?? null;
+    this.seed = checkSeed(NAME, seed);
+    this.seeds = new DropoutSeeds(this.seed);
     this.kernelInitializer = getInitializer(kernelInitializer, 'glorotUniform');
     this.biasInitializer = getInitializer(biasInitializer, 'zeros');
     this.kernelRegularizer = getRegularizer(kernelRegularizer);
@@ -260,7 +256,7 @@ export class MultiHeadAttention extends tfl.layers.Layer {
         else masks.push(topLeftCausalMask(seqQ, seqK));
       }
       if (masks.length > 0) options.mask = masks.reduce((a, b) => tf.logicalAnd(a, b));
-      if (training && this.dropout > 0) options.dropout = { rate: this.dropout, seed: this.nextSeed() };
+      if (training && this.dropout > 0) options.dropout = { rate: this.dropout, seed: this.seeds.next() };
       const attended = flashAttention(q, k, v, options); // [B, Tq, H, Dv]
       const outShape = this.kernels.output.shape.slice(2) as number[];
       const units = outShape.reduce((a, b) => a * b, 1);
@@ -279,12 +275,6 @@ export class MultiHeadAttention extends tfl.layers.Layer {
     let y = tf.matMul(tf.reshape(x, [batch * seq, features]), tf.reshape(this.kernels[name].read(), [features, units]));
     if (this.biases) y = tf.add(y, tf.reshape(this.biases[name].read(), [units]));
     return tf.reshape(y, [batch, seq, this.numHeads, headDim]);
-  }
-
-  private nextSeed(): number {
-    const n = this.trainingCalls++;
-    if (this.seed === null) return Math.floor(Math.random() * 2 ** 32);
-    return (this.seed + Math.imul(n, SEED_STEP)) >>> 0;
   }
 
   override getConfig(): tf.serialization.ConfigDict {
