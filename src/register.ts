@@ -5,10 +5,14 @@ import type { KernelConfig } from '@tensorflow/tfjs-core';
 import { flashAttentionGradConfig } from '../gradients/flash_attention_grad';
 import { flashAttentionCpuConfig } from '../kernels/cpu/flash_attention';
 import { flashAttentionGradCpuConfig } from '../kernels/cpu/flash_attention_grad';
+import { flashAttentionWebGLConfig } from '../kernels/webgl/flash_attention';
+import { flashAttentionGradWebGLConfig } from '../kernels/webgl/flash_attention_grad';
 
 const KERNELS: KernelConfig[] = [
   flashAttentionCpuConfig,
   flashAttentionGradCpuConfig,
+  flashAttentionWebGLConfig,
+  flashAttentionGradWebGLConfig,
 ];
 
 let registered = false;

@@ -141,9 +141,12 @@ ${c.dropoutRate > 0 ? DROPOUT : NO_DROPOUT}
 float faCapped(float dotqk) { ${capped} }
 vec4 faCapped4(vec4 d) { return vec4(faCapped(d.x), faCapped(d.y), faCapped(d.z), faCapped(d.w)); }
 // Softmax weights exp(s − lse) with hidden scores giving exactly 0 (also for rows whose lse is
-// −Infinity), selected rather than multiplied so that non-finite padding never leaks in.
+// −Infinity), selected rather than multiplied so that non-finite padding never leaks in. A row with
+// a +Infinity score has lse +Infinity and P = ∞/∞ = NaN, stated explicitly because exp(NaN) is not
+// NaN on every GPU (SwiftShader returns +Infinity).
 vec4 faProbs(vec4 s, vec4 lse) {
-  return mix(exp(s - lse), vec4(0.0), equal(s, vec4(-FA_INF)));
+  vec4 p = mix(exp(s - lse), vec4(NAN), equal(lse, vec4(FA_INF)));
+  return mix(p, vec4(0.0), equal(s, vec4(-FA_INF)));
 }
 float faScore(float capped, int b, int h, int i, int j) {
   if (${hidden.join(' || ')}) return -FA_INF;

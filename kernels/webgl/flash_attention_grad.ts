@@ -1,0 +1,42 @@
+// The `webgl` FlashAttentionGrad kernel: recomputation-based like FlashAttention's backward. From
+// q, k, v, the output, lse and the upstream gradients it computes the row term D, then dQ (looping
+// over keys), dK and dV (looping over the query rows of each KV head's group, so GQA needs no
+// atomics) and dBias, each a fragment program that recomputes its scores from lse. Nothing of size
+// Nq × Nk is allocated (beyond a full-size bias' own gradient).
+import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
+import { unpackGradInputs } from '../../src/inputs';
+import { FlashAttentionGrad } from '../../src/kernel_names';
+import { attentionConfig } from './attrs';
+import { dbiasProgram } from './dbias_program';
+import { dkProgram, dvProgram } from './dkdv_programs';
+import { dqProgram } from './dq_program';
+import { optionalInputs, toUserLayout } from './flash_attention';
+import { isWebGLBackend, run, view } from './program';
+import { rowTermProgram } from './row_term_program';
+
+const flashAttentionGradWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
+  if (!isWebGLBackend(backend)) throw new Error('flashAttention: the webgl kernel needs the webgl backend');
+  const c = attentionConfig(attrs);
+  const x = unpackGradInputs(c, inputs);
+  const optional = optionalInputs(c, x);
+  const rowView = (t: TensorInfo) => view(t, [1, c.batch, c.headsQ, c.seqQ]);
+  const rowTerm = run(backend, rowTermProgram(c), [x.output, x.dOutput, rowView(x.dLse)]);
+  const common = [x.q, x.k, x.v, x.dOutput, rowView(x.lse)];
+  const dq = run(backend, dqProgram(c), [...common, rowTerm, ...optional]);
+  const dk = run(backend, dkProgram(c), [...common, rowTerm, ...optional]);
+  const dv = run(backend, dvProgram(c), [...common, ...optional]);
+  const dbias = c.biasShape.length ? [run(backend, dbiasProgram(c), [...common, rowTerm, ...optional])] : [];
+  backend.disposeIntermediateTensorInfo(rowTerm);
+  return [
+    toUserLayout(backend, c, dq, c.headsQ, c.seqQ, c.headDim),
+    toUserLayout(backend, c, dk, c.headsKV, c.seqK, c.headDim),
+    toUserLayout(backend, c, dv, c.headsKV, c.seqK, c.headDimV),
+    ...dbias,
+  ];
+};
+
+export const flashAttentionGradWebGLConfig: KernelConfig = {
+  kernelName: FlashAttentionGrad,
+  backendName: 'webgl',
+  kernelFunc: flashAttentionGradWebGL,
+};
