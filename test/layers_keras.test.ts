@@ -1,5 +1,5 @@
 // Loading a converted Keras model with MultiHeadAttention layers (test/fixtures/keras_mha, written
-// by scripts/make_keras_fixture.js in tensorflowjs_converter's format), and tfjs-native save/load
+// by scripts/make_keras_fixture.mjs in tensorflowjs_converter's format), and tfjs-native save/load
 // of models with the layer.
 import '@tensorflow/tfjs-backend-cpu';
 import * as fs from 'fs';

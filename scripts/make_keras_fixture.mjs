@@ -12,12 +12,12 @@
 //   x = MultiHeadAttention(2, 4, value_dim=3)(query, value, key=key, attention_mask=mask)
 //   y = MultiHeadAttention(2, 4, name='multi_head_attention_1')(x, x, use_causal_mask=True)
 //   Model([query, value, key, mask], y)
-// Run: node scripts/make_keras_fixture.js
-'use strict';
-const fs = require('fs');
-const path = require('path');
+// Run: node scripts/make_keras_fixture.mjs
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-const OUT = path.join(__dirname, '..', 'test', 'fixtures', 'keras_mha');
+const OUT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'test', 'fixtures', 'keras_mha');
 
 function mulberry32(seed) {
   let a = seed >>> 0;
