@@ -58,7 +58,7 @@ function tilesOf(n: number, blockSize: number, size: number): Tile[] {
 }
 
 /** Row-major element strides of a rank-4 shape, 0 on size-1 dims so that they broadcast. */
-export function broadcastStrides(shape: number[]): [number, number, number, number] {
+function broadcastStrides(shape: number[]): [number, number, number, number] {
   const [, d1, d2, d3] = shape;
   const dense = [d1 * d2 * d3, d2 * d3, d3, 1];
   return [0, 1, 2, 3].map(axis => (shape[axis] === 1 ? 0 : dense[axis])) as [number, number, number, number];
