@@ -61,3 +61,11 @@ export function kerasMultiHeadAttention(query: Tensor3D, value: Tensor3D, key: T
 export function maxAbsDiff(a: Tensor, b: Tensor): number {
   return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 }
+
+/** maxAbsDiff for backends without synchronous reads (webgpu in Node). */
+export async function maxAbsDiffAsync(a: Tensor, b: Tensor): Promise<number> {
+  const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))));
+  const [value] = await diff.data();
+  diff.dispose();
+  return value;
+}
