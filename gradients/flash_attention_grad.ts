@@ -6,21 +6,16 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { GradConfig, GradFunc, Tensor } from '@tensorflow/tfjs-core';
 
 type NamedGradientMap = ReturnType<GradFunc>;
-import type { AttentionConfig } from '../src/config';
+import { attentionConfig } from '../src/config';
 import { attentionInputNames, gradInputNames, packInputs } from '../src/inputs';
 import { FlashAttention, FlashAttentionGrad } from '../src/kernel_names';
-
-function isAttentionConfig(attrs: unknown): attrs is AttentionConfig {
-  return typeof attrs === 'object' && attrs !== null && 'headsQ' in attrs && 'biasShape' in attrs;
-}
 
 export const flashAttentionGradConfig: GradConfig = {
   kernelName: FlashAttention,
   saveAllInputs: true,
   outputsToSave: [true, true],
   gradFunc: (dy, saved, attrs): NamedGradientMap => {
-    if (!isAttentionConfig(attrs)) throw new Error('FlashAttention gradient: attributes are not an AttentionConfig');
-    const config = attrs;
+    const config = attentionConfig(attrs);
     const names = attentionInputNames(config);
     const inputs = Object.fromEntries(names.map((name, index) => [name, saved[index]])) as Record<string, Tensor>;
     const [output, lse] = saved.slice(names.length);

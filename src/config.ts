@@ -1,7 +1,7 @@
 // Option validation: the op turns the user's tensors and options into one plain AttentionConfig
 // before any kernel runs. Every backend, every program generator and every program cache key reads
 // this object and nothing else, so an option is interpreted in exactly one place.
-import type { Tensor } from '@tensorflow/tfjs-core';
+import type { NamedAttrMap, Tensor } from '@tensorflow/tfjs-core';
 
 export type Layout = 'BHSD' | 'BSHD';
 export type Precision = 'float32' | 'float16';
@@ -278,4 +278,25 @@ export function layoutStrides(c: AttentionConfig, heads: number, seq: number, di
 /** Offset of query row i relative to key positions (bottom-right alignment). */
 export function queryOffset(c: AttentionConfig): number {
   return c.seqK - c.seqQ;
+}
+
+const NUMBER_FIELDS = [
+  'batch', 'headsQ', 'headsKV', 'seqQ', 'seqK', 'headDim', 'headDimV', 'scale', 'windowLeft', 'windowRight',
+  'softcap', 'dropoutRate', 'dropoutSeed', 'blockSize',
+] as const;
+const SHAPE_FIELDS = ['biasShape', 'maskShape', 'alibiShape', 'blockMaskShape'] as const;
+
+function isAttentionConfig(attrs: unknown): attrs is AttentionConfig {
+  if (typeof attrs !== 'object' || attrs === null) return false;
+  const a = attrs as Record<string, unknown>;
+  return NUMBER_FIELDS.every(name => typeof a[name] === 'number') &&
+    SHAPE_FIELDS.every(name => Array.isArray(a[name])) &&
+    typeof a.hasKeyLengths === 'boolean' && (a.layout === 'BHSD' || a.layout === 'BSHD') &&
+    (a.precision === 'float32' || a.precision === 'float16');
+}
+
+/** The kernels' attrs are the AttentionConfig the op built; anything else is a caller's bug. */
+export function attentionConfig(attrs: NamedAttrMap | undefined): AttentionConfig {
+  if (!isAttentionConfig(attrs)) throw new Error('flashAttention: kernel attributes are not an AttentionConfig');
+  return attrs;
 }

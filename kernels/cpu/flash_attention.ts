@@ -3,12 +3,12 @@
 // rescaling the output accumulator, so memory is one tile of scores, never Nq × Nk. The output and
 // log-sum-exp of a row are written once, at the end.
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { layoutStrides, outputShape } from '../../src/config';
+import { attentionConfig, layoutStrides, outputShape } from '../../src/config';
 import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
 import { warnOnce } from '../../src/warn';
 import { AttentionScores, readScoreInputs, TILE_K, TILE_Q } from './attention_scores';
-import { attentionConfig, cpuBackend, readFloats } from './cpu_io';
+import { cpuBackend, readFloats } from './cpu_io';
 
 const flashAttentionCpu: KernelFunc = ({ inputs, backend, attrs }): TensorInfo[] => {
   const cpu = cpuBackend(backend);

@@ -8,11 +8,11 @@
 //   dS_ij = P_ij·((dO_i·v_j)·Z_ij − D_i)       gradient of the score after softcap (= dbias)
 //   dq_i += scale·dS_ij·softcap'_ij·k_j,  dk_j += scale·dS_ij·softcap'_ij·q_i
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { AttentionConfig, layoutStrides } from '../../src/config';
+import { AttentionConfig, attentionConfig, layoutStrides } from '../../src/config';
 import { unpackGradInputs } from '../../src/inputs';
 import { FlashAttentionGrad } from '../../src/kernel_names';
 import { AttentionScores, readScoreInputs, TILE_K, TILE_Q } from './attention_scores';
-import { attentionConfig, cpuBackend, readFloats } from './cpu_io';
+import { cpuBackend, readFloats } from './cpu_io';
 
 /** D_i = rowsum(dO_i ∘ O_i) − dLse_i for every row, in [B, Hq, Nq] order. */
 function rowTerms(c: AttentionConfig, output: Float32Array, dOutput: Float32Array, dLse: Float32Array): Float64Array {
