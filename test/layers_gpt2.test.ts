@@ -4,7 +4,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor, Tensor3D } from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { CausalSelfAttention, gpt2, gpt2Config } from '../src/index';
+import { CausalSelfAttention, FlashAttention, gpt2, gpt2Config } from '../src/index';
 import type { Gpt2Options } from '../src/index';
 import { maxAbsDiff } from './layers_reference';
 
@@ -90,6 +90,8 @@ describe('gpt2', () => {
   });
 
   it('flash and naive models agree: logits to 1e-5, gradients of every weight to 1e-4', () => {
+    // The comparison is with the fused cpu kernel, not the composite fallback.
+    expect(tf.getKernel(FlashAttention, 'cpu')).toBeDefined();
     const [flash, naive] = flashAndNaive(TINY);
     const { ids, targets } = tokenBatch(3, 12, 5);
     const logitsFlash = flash.predict(ids) as Tensor;
