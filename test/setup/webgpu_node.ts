@@ -47,9 +47,15 @@ export interface DawnOptions {
 }
 
 // dawn.node crashes when the GPU, adapter or device objects are garbage collected while the device
-// is in use, so everything created here stays referenced for the life of the process.
-const keepAlive: unknown[] = [];
-let dawnAdapter: Promise<{ gpu: GPU; adapter: GPUAdapter }> | undefined;
+// is in use, so everything created here stays referenced for the life of the process: on the addon's
+// exports, which outlive jest's per-file module registries (a test file's own module state does not).
+const KEEP_ALIVE = Symbol.for('tfjs-flash-attention.dawnKeepAlive');
+
+function keepAlive(dawn: DawnAddon, object: unknown): void {
+  const holder = dawn as DawnAddon & { [KEEP_ALIVE]?: unknown[] };
+  (holder[KEEP_ALIVE] ??= []).push(object);
+}
+let dawnAdapter: Promise<{ dawn: DawnAddon; gpu: GPU; adapter: GPUAdapter }> | undefined;
 
 function dawnAddonPath(): string {
   const arch = process.platform === 'darwin' ? 'universal' : process.arch;
@@ -94,10 +100,10 @@ function isSoftware(info: GPUAdapterInfo): boolean {
 
 async function findAdapter(dawn: DawnAddon, flags: string[]): Promise<{ gpu: GPU; adapter: GPUAdapter }> {
   const gpu = dawn.create(flags);
-  keepAlive.push(gpu);
+  keepAlive(dawn, gpu);
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (adapter && !(isSoftware(adapter.info) && process.env.VK_ICD_FILENAMES === undefined && fs.existsSync(SWIFTSHADER_ICD))) {
-    keepAlive.push(adapter);
+    keepAlive(dawn, adapter);
     return { gpu, adapter };
   }
   if (process.env.VK_ICD_FILENAMES !== undefined) {
@@ -115,7 +121,7 @@ function wantSubgroups(options: DawnOptions): boolean {
   return options.subgroups ?? process.env[NO_SUBGROUPS_ENV] !== '1';
 }
 
-async function requestDevice(adapter: GPUAdapter, subgroups: boolean): Promise<GPUDevice> {
+async function requestDevice(dawn: DawnAddon, adapter: GPUAdapter, subgroups: boolean): Promise<GPUDevice> {
   // 'subgroups' is missing from TypeScript's GPUFeatureName; the adapter is the judge of names.
   const optional = ['timestamp-query', 'bgra8unorm-storage', 'shader-f16', ...(subgroups ? ['subgroups'] : [])];
   const offered = (name: string): name is GPUFeatureName => adapter.features.has(name);
@@ -131,11 +137,12 @@ async function requestDevice(adapter: GPUAdapter, subgroups: boolean): Promise<G
       maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
     },
   });
-  keepAlive.push(device);
+  keepAlive(dawn, device);
   return device;
 }
 
-async function start(dawnFlags: string[]): Promise<{ gpu: GPU; adapter: GPUAdapter }> {
+async function start(dawnFlags: string[]): Promise<{ dawn: DawnAddon; gpu: GPU; adapter: GPUAdapter }> {
+  selectVulkanDriver();
   const dawn = loadDawn();
   const found = await findAdapter(dawn, dawnFlags);
   Object.assign(globalThis, dawn.globals);
@@ -145,7 +152,7 @@ async function start(dawnFlags: string[]): Promise<{ gpu: GPU; adapter: GPUAdapt
   } else {
     Object.defineProperty(globalThis, 'navigator', { value: { gpu: found.gpu }, configurable: true, writable: true });
   }
-  return found;
+  return { dawn, ...found };
 }
 
 const devices = new Map<boolean, Promise<GPUDevice>>();
@@ -158,9 +165,9 @@ let active: boolean | undefined;
  */
 export async function initDawnWebGPU(options: DawnOptions = {}): Promise<DawnWebGPU> {
   dawnAdapter ??= start(options.dawnFlags ?? []);
-  const { gpu, adapter } = await dawnAdapter;
+  const { dawn, gpu, adapter } = await dawnAdapter;
   const subgroups = wantSubgroups(options);
-  if (!devices.has(subgroups)) devices.set(subgroups, requestDevice(adapter, subgroups));
+  if (!devices.has(subgroups)) devices.set(subgroups, requestDevice(dawn, adapter, subgroups));
   const device = await (devices.get(subgroups) as Promise<GPUDevice>);
 
   // Loaded only now: the backend package checks for navigator.gpu when it is first imported.
