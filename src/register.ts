@@ -7,12 +7,16 @@ import { flashAttentionCpuConfig } from '../kernels/cpu/flash_attention';
 import { flashAttentionGradCpuConfig } from '../kernels/cpu/flash_attention_grad';
 import { flashAttentionWebGLConfig } from '../kernels/webgl/flash_attention';
 import { flashAttentionGradWebGLConfig } from '../kernels/webgl/flash_attention_grad';
+import { flashAttentionWebGPUConfig } from '../kernels/webgpu/flash_attention';
+import { flashAttentionGradWebGPUConfig } from '../kernels/webgpu/flash_attention_grad';
 
 const KERNELS: KernelConfig[] = [
   flashAttentionCpuConfig,
   flashAttentionGradCpuConfig,
   flashAttentionWebGLConfig,
   flashAttentionGradWebGLConfig,
+  flashAttentionWebGPUConfig,
+  flashAttentionGradWebGPUConfig,
 ];
 
 let registered = false;

@@ -1,0 +1,182 @@
+// The FlashAttention-2 forward program: one workgroup per (batch·head, block of query rows). The
+// Q block is staged once in workgroup memory, pre-scaled into base 2; K and V tiles of `cols` keys
+// stream through workgroup memory; each thread keeps its rowsPerThread × colsPerThread scores, its
+// rows' running max and partial sum, and its slice of the output accumulator in registers (online
+// softmax with exp2). Key tiles outside the window / causal band or past keyLengths are never
+// visited (loop bounds), block-sparse tiles with no live block are skipped. The output and the
+// log-sum-exp are written once at the end. No Nq × Nk buffer exists.
+import type { AttentionConfig } from '../../src/config';
+import type { AuxLayout } from './aux';
+import {
+  blockSkip, COMMON_UNIFORMS, constants, keyRange, queryScale, scoreFunctions, storageBinding, tensorAccess, vec4Q, vec4V,
+} from './attention_wgsl';
+import { BindingSpec, f32, ProgramSpec, range } from './runtime';
+import { rowReduce, threadsOf, Tiles } from './tiles';
+
+/** Workgroup memory of the forward program for these tiles, in bytes. */
+export function forwardWorkgroupBytes(c: AttentionConfig, t: Tiles, useSubgroups: boolean): number {
+  const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
+  const { TC } = threadsOf(t);
+  return 16 * ((t.rows + t.cols) * (dk4 + 1) + t.cols * (dv4 + 1)) + 4 * t.rows * (t.cols + 1) +
+    (useSubgroups ? 0 : 4 * t.rows * TC) + 16;
+}
+
+/** The config fields the forward shader depends on (everything but the dropout seed, a uniform). */
+export function shaderConfig(c: AttentionConfig): Omit<AttentionConfig, 'dropoutSeed'> {
+  const { dropoutSeed: _seed, ...rest } = c;
+  return rest;
+}
+
+export function forwardBindings(c: AttentionConfig, withAux: boolean): BindingSpec[] {
+  const b: BindingSpec[] = [
+    storageBinding('q', vec4Q(c), false),
+    storageBinding('k', vec4Q(c), false),
+    storageBinding('v', vec4V(c), false),
+    storageBinding('out', vec4V(c), true),
+    storageBinding('lse', false, true),
+  ];
+  if (c.biasShape.length) b.push(storageBinding('bias', false, false));
+  if (withAux) b.push({ name: 'aux', type: 'u32', write: false });
+  return b;
+}
+
+export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: boolean, t: Tiles,
+  useSubgroups: boolean): ProgramSpec {
+  const bindings = forwardBindings(c, withAux);
+  const uniforms = [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)];
+  const { TR, TC, WG } = threadsOf(t);
+  const TM = t.rowsPerThread, TN = t.colsPerThread;
+  const OX = Math.ceil(Math.ceil(c.headDimV / 4) / TC);
+  const nqb = Math.ceil(c.seqQ / t.rows);
+  // Causal-like bands give the last query blocks the most keys: start those first.
+  const heavyLast = c.windowRight >= 0 && c.windowLeft < 0;
+  const rowsR = range(TM), colsC = range(TN), oxX = range(OX);
+  const rowOf = (r: number) => `tr + ${r * TR}u`;
+  const colOk = (x: number) => ((Math.ceil(c.headDimV / 4) % TC === 0) ? 'true' : `(tc + ${x * TC}u < DV4)`);
+  const S = (r: number, k: number) => `s_${r}_${k}`;
+  const O = (r: number, x: number) => `o_${r}_${x}`;
+
+  const body = () => `
+${constants(c)}
+const BQ = ${t.rows}u;
+const BK = ${t.cols}u;
+const TR = ${TR}u;
+const TC = ${TC}u;
+const WG = ${WG}u;
+const QS = DK4 + 1u;
+const VS = DV4 + 1u;
+const PS = BK + 1u;
+const QSCALE = ${f32(queryScale(c))};
+var<workgroup> qs: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDim / 4) + 1)}>;
+var<workgroup> ks: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDim / 4) + 1)}>;
+var<workgroup> vs: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDimV / 4) + 1)}>;
+var<workgroup> ps: array<f32, ${t.rows * (t.cols + 1)}>;
+${useSubgroups ? '' : `var<workgroup> red: array<f32, ${t.rows * TC}>;`}
+var<workgroup> flag: u32;
+${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
+${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
+${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
+${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'store')}
+${scoreFunctions(c, aux)}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
+  let tr = lidx / TC;
+  let tc = lidx % TC;
+  let qb = ${heavyLast ? `${nqb - 1}u - wid.x` : 'wid.x'};
+  let bh = u.unit_start * ${c.layout === 'BHSD' ? 'GROUP' : 'HQ'} + wid.y;
+  let b = bh / HQ;
+  let h = bh % HQ;
+  let hk = h / GROUP;
+  let i0 = qb * BQ;
+  for (var e = lidx; e < BQ * DK4; e += WG) {
+    let r = e / DK4;
+    let c = e % DK4;
+    var x = vec4<f32>(0.0);
+    if (i0 + r < SEQQ) { x = load_q(b, h, i0 + r, c); }
+    qs[r * QS + c] = x * QSCALE;
+  }
+  ${c.hasKeyLengths
+    ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
+    : 'let kl = SEQK;'}
+  let iFirst = i0;
+  let iLast = min(i0 + BQ, SEQQ) - 1u;
+  ${keyRange(c)}
+  let tFirst = jLo / BK;
+  let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);
+${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
+  var m_${r} = negInf();
+  var l_${r} = 0.0;
+  var nan_${r} = false;
+${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
+  for (var t = tFirst; t < tEnd; t++) {
+    let j0 = t * BK;
+    ${blockSkip(c, 'iFirst', 'iLast', 'j0', 'min(j0 + BK, SEQK) - 1u')}
+    workgroupBarrier();
+    for (var e = lidx; e < BK * DK4; e += WG) {
+      let r = e / DK4;
+      let c = e % DK4;
+      var x = vec4<f32>(0.0);
+      if (j0 + r < SEQK) { x = load_k(b, hk, j0 + r, c); }
+      ks[r * QS + c] = x;
+    }
+    for (var e = lidx; e < BK * DV4; e += WG) {
+      let r = e / DV4;
+      let c = e % DV4;
+      var x = vec4<f32>(0.0);
+      if (j0 + r < SEQK) { x = load_v(b, hk, j0 + r, c); }
+      vs[r * VS + c] = x;
+    }
+    workgroupBarrier();
+${rowsR.map(r => colsC.map(k => `    var ${S(r, k)} = 0.0;`).join('\n')).join('\n')}
+    for (var d = 0u; d < DK4; d++) {
+${rowsR.map(r => `      let q${r} = qs[(${rowOf(r)}) * QS + d];`).join('\n')}
+${colsC.map(k => `      let k${k} = ks[(tc + ${k * TC}u) * QS + d];`).join('\n')}
+${rowsR.map(r => colsC.map(k => `      ${S(r, k)} += dot(q${r}, k${k});`).join('\n')).join('\n')}
+    }
+${rowsR.map(r => colsC.map(k => `    ${S(r, k)} = score2(${S(r, k)}, b, h, i_${r}, j0 + tc + ${k * TC}u, kl);`).join('\n')).join('\n')}
+${rowsR.map(r => `    var mt_${r} = ${colsC.map(k => S(r, k)).reduce((a, bb) => `max(${a}, ${bb})`)};
+    nan_${r} = nan_${r} | ${colsC.map(k => `isNan(${S(r, k)})`).join(' | ')};`).join('\n')}
+    ${rowReduce(t, useSubgroups, 'max', rowsR.map(r => `mt_${r}`), rowOf)}
+${rowsR.map(r => `    {
+      let mNew = max(m_${r}, mt_${r});
+      let mUse = select(mNew, 0.0, mNew == negInf());
+      let alpha = exp2(m_${r} - mUse);
+      m_${r} = mNew;
+${colsC.map(k => `      let p${k} = exp2(${S(r, k)} - mUse);`).join('\n')}
+      l_${r} = l_${r} * alpha + ${colsC.map(k => `p${k}`).join(' + ')};
+${colsC.map(k => {
+    const j = `j0 + tc + ${k * TC}u`;
+    const value = c.dropoutRate > 0 ? `select(0.0, p${k} * KEEP_SCALE, dropoutKeep(drop_${r}, ${j}))` : `p${k}`;
+    return `      ps[(${rowOf(r)}) * PS + tc + ${k * TC}u] = ${value};`;
+  }).join('\n')}
+${oxX.map(x => `      ${O(r, x)} *= alpha;`).join('\n')}
+    }`).join('\n')}
+    workgroupBarrier();
+    for (var kk = 0u; kk < BK; kk++) {
+${rowsR.map(r => `      let p${r} = ps[(${rowOf(r)}) * PS + kk];`).join('\n')}
+${oxX.map(x => `      let v${x} = vs[kk * VS + ${colOk(x) === 'true' ? `tc + ${x * TC}u` : `min(tc + ${x * TC}u, DV4 - 1u)`}];`).join('\n')}
+${rowsR.map(r => oxX.map(x => `      ${O(r, x)} += p${r} * v${x};`).join('\n')).join('\n')}
+    }
+  }
+${rowsR.map(r => `  var nanf_${r} = select(0.0, 1.0, nan_${r});`).join('\n')}
+  ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `l_${r}`), rowOf)}
+  ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `nanf_${r}`), rowOf)}
+${rowsR.map(r => `  if (i_${r} < SEQQ) {
+    let inv = select(1.0 / l_${r}, 0.0, l_${r} == 0.0);
+${oxX.map(x => `    if (${colOk(x)}) { store_out(b, h, i_${r}, tc + ${x * TC}u, ${O(r, x)} * inv); }`).join('\n')}
+    if (tc == 0u) {
+      let mUse = select(m_${r}, 0.0, m_${r} == negInf());
+      let value = select((mUse + log2(l_${r})) * LN2, negInf(), l_${r} == 0.0);
+      // max() and exp2() of NaN are implementation-defined in WGSL; a NaN score makes the row NaN as in softmax.
+      lse[bh * SEQQ + i_${r} - u.off_lse] = select(value, nanValue(), nanf_${r} > 0.0);
+    }
+  }`).join('\n')}
+}
+`;
+  return {
+    key: JSON.stringify({ program: 'attention_forward', config: shaderConfig(c), tiles: t, useSubgroups, withAux }),
+    bindings, uniforms, workgroupSize: WG, body,
+    extensions: useSubgroups ? ['subgroups'] : [],
+  };
+}

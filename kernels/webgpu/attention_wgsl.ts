@@ -1,0 +1,223 @@
+// WGSL shared by the attention programs, generated from the AttentionConfig: problem constants,
+// tensor loads/stores (BHSD and BSHD through strides, vec4 where the head size allows), the score
+// s = scale·q·k → softcap → + bias + ALiBi → visibility, and the dropout keep hash.
+//
+// Scores live in base 2: Q is pre-scaled so that exp2 replaces exp (log2 e folded into the scale,
+// or into the softcap's factor), and the bias and ALiBi terms are multiplied by log2 e.
+//
+// The optional small inputs (keyLengths, alibiSlopes, blockMask, mask) and, in the backward, the
+// row statistics are packed into one u32 `aux` buffer (see aux.ts): WebGPU's default limit is 8
+// storage buffers per shader stage, and the backward passes would need up to 11 bindings otherwise.
+//
+// Boolean logic uses `&` and `|` on bools, never `&&`/`||`: SwiftShader compiles short-circuit
+// masks orders of magnitude slower.
+import { AttentionConfig, layoutStrides, queryOffset } from '../../src/config';
+import type { AuxLayout } from './aux';
+import { BindingSpec, f32 } from './runtime';
+
+export const LOG2E = Math.LOG2E;
+
+/** Uniforms every attention program has; the rest are per-program. */
+export const COMMON_UNIFORMS = ['neg_inf_bits', 'seed', 'unit_start'] as const;
+export const NEG_INF_BITS = 0xff800000;
+
+/** Which tensors a program reads as vec4 (head size a multiple of 4). */
+export function vec4Q(c: AttentionConfig): boolean { return c.headDim % 4 === 0; }
+export function vec4V(c: AttentionConfig): boolean { return c.headDimV % 4 === 0; }
+
+/** The multiplier applied to Q when it is staged, so that scores come out in base 2 (see scoreFunctions). */
+export function queryScale(c: AttentionConfig): number {
+  return c.softcap > 0 ? c.scale / c.softcap : c.scale * LOG2E;
+}
+
+export function storageBinding(name: string, vec4: boolean, write: boolean): BindingSpec {
+  return { name, type: vec4 ? 'vec4<f32>' : 'f32', write };
+}
+
+export function constants(c: AttentionConfig): string {
+  const u = (x: number) => `${x}u`;
+  return `
+const B = ${u(c.batch)};
+const HQ = ${u(c.headsQ)};
+const HKV = ${u(c.headsKV)};
+const GROUP = ${u(c.headsQ / c.headsKV)};
+const SEQQ = ${u(c.seqQ)};
+const SEQK = ${u(c.seqK)};
+const D = ${u(c.headDim)};
+const DV = ${u(c.headDimV)};
+const DK4 = ${u(Math.ceil(c.headDim / 4))};
+const DV4 = ${u(Math.ceil(c.headDimV / 4))};
+const OFF = ${c.seqK - c.seqQ};
+const LOG2E = ${f32(LOG2E)};
+const LN2 = ${f32(Math.LN2)};
+fn negInf() -> f32 { return bitcast<f32>(u.neg_inf_bits); }
+fn nanValue() -> f32 { return bitcast<f32>(u.neg_inf_bits | 0x7fc00000u); }
+// By the bits: compilers may fold x != x away.
+fn isNan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+`;
+}
+
+/**
+ * load_<name>(b, h, i, c) → vec4 of elements 4c..4c+3 of row i of head h, zero past the head size;
+ * store_<name>(b, h, i, c, x) the same for writing. `elementOffset` is the uniform with the bound
+ * range's first element.
+ */
+export function tensorAccess(c: AttentionConfig, name: string, heads: number, seq: number, dim: number,
+  vec4: boolean, access: 'load' | 'store'): string {
+  const s = layoutStrides(c, heads, seq, dim);
+  const index = `b * ${s.batch}u + h * ${s.head}u + i * ${s.seq}u + c * 4u - u.off_${name}`;
+  if (access === 'load') {
+    if (vec4) {
+      return `fn load_${name}(b: u32, h: u32, i: u32, c: u32) -> vec4<f32> { return ${name}[(${index}) / 4u]; }\n`;
+    }
+    const lanes = [0, 1, 2, 3].map(k =>
+      `  if (c * 4u + ${k}u < ${dim}u) { x[${k}] = ${name}[e + ${k}u]; }`).join('\n');
+    return `fn load_${name}(b: u32, h: u32, i: u32, c: u32) -> vec4<f32> {
+  let e = ${index};
+  var x = vec4<f32>(0.0);
+${lanes}
+  return x;
+}\n`;
+  }
+  if (vec4) {
+    return `fn store_${name}(b: u32, h: u32, i: u32, c: u32, x: vec4<f32>) { ${name}[(${index}) / 4u] = x; }\n`;
+  }
+  const lanes = [0, 1, 2, 3].map(k => `  if (c * 4u + ${k}u < ${dim}u) { ${name}[e + ${k}u] = x[${k}]; }`).join('\n');
+  return `fn store_${name}(b: u32, h: u32, i: u32, c: u32, x: vec4<f32>) {
+  let e = ${index};
+${lanes}
+}\n`;
+}
+
+/** Row-major index into a rank-4 broadcast shape [B', H', N', M'] at (b, h, i, j). */
+function broadcastIndex(shape: number[], b: string, h: string, i: string, j: string): string {
+  const [sb, sh, si] = [shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3]];
+  const terms: string[] = [];
+  if (shape[0] > 1) terms.push(`${b} * ${sb}u`);
+  if (shape[1] > 1) terms.push(`${h} * ${sh}u`);
+  if (shape[2] > 1) terms.push(`${i} * ${si}u`);
+  if (shape[3] > 1) terms.push(j);
+  return terms.length ? terms.join(' + ') : '0u';
+}
+
+/**
+ * The score functions:
+ *   keyLimit(b)                      keys ≥ this are hidden (keyLengths[b], clamped to SEQK)
+ *   score2(dot, b, h, i, j, kl) → f32  base-2 score of a pre-scaled dot product, −∞ when hidden
+ *   softcapDerivative(dot) → f32     d(capped)/d(uncapped) for the backward (1 without softcap)
+ *   dropoutRow(b, h, i) → u32, dropoutKeep(row, j) → bool   (src/dropout.ts, bit for bit)
+ *   blockLive(b, h, qb, kb) → bool
+ * The bias binding is `bias` (f32) with element offset uniform `off_bias`.
+ */
+export function scoreFunctions(c: AttentionConfig, aux: AuxLayout): string {
+  const out: string[] = [];
+  out.push(c.hasKeyLengths
+    ? `fn keyLimitOf(b: u32) -> u32 { return u32(clamp(bitcast<i32>(aux[${aux.keyLengths}u + b]), 0, i32(SEQK))); }`
+    : 'fn keyLimitOf(b: u32) -> u32 { return SEQK; }');
+
+  const hidden: string[] = ['(j >= kl)'];
+  const off = queryOffset(c);
+  if (c.windowLeft >= 0) hidden.push(`(i32(j) < i32(i) + ${off - c.windowLeft})`);
+  if (c.windowRight >= 0) hidden.push(`(i32(j) > i32(i) + ${off + c.windowRight})`);
+  if (c.maskShape.length) hidden.push(`(aux[${aux.mask}u + ${broadcastIndex(c.maskShape, 'b', 'h', 'i', 'j')}] == 0u)`);
+  if (c.blockSize > 0) hidden.push(`!blockLive(b, h, i / ${c.blockSize}u, j / ${c.blockSize}u)`);
+
+  if (c.blockSize > 0) {
+    const [, , nqb, nkb] = c.blockMaskShape;
+    const index = broadcastIndex(c.blockMaskShape, 'b', 'h', 'qb', 'kb');
+    out.push(`fn blockLive(b: u32, h: u32, qb: u32, kb: u32) -> bool {
+  return aux[${aux.blockMask}u + ${index}] != 0u;
+}
+const NQBLOCKS = ${nqb}u;
+const NKBLOCKS = ${nkb}u;
+const BLOCK = ${c.blockSize}u;`);
+  }
+
+  let body = 'var s = dot;';
+  if (c.softcap > 0) body = `var s = ${f32(c.softcap * LOG2E)} * tanh(clamp(dot, -15.0, 15.0));`;
+  const extra: string[] = [];
+  if (c.biasShape.length) extra.push(`bias[${broadcastIndex(c.biasShape, 'b', 'h', 'i', 'j')} - u.off_bias]`);
+  if (c.alibiShape.length) {
+    const slope = `bitcast<f32>(aux[${aux.alibi}u + ${c.alibiShape[0] > 1 ? 'b * HQ + h' : 'h'}])`;
+    extra.push(`-${slope} * abs(f32(i32(i) + OFF - i32(j)))`);
+  }
+  if (extra.length) body += `\n  s += LOG2E * (${extra.join(' + ')});`;
+  out.push(`fn score2(dot: f32, b: u32, h: u32, i: u32, j: u32, kl: u32) -> f32 {
+  ${body}
+  let hidden = ${hidden.join(' | ')};
+  return select(s, negInf(), hidden);
+}`);
+  out.push(c.softcap > 0
+    ? 'fn softcapDerivative(dot: f32) -> f32 { let t = tanh(clamp(dot, -15.0, 15.0)); return 1.0 - t * t; }'
+    : 'fn softcapDerivative(dot: f32) -> f32 { return 1.0; }');
+
+  if (c.dropoutRate > 0) {
+    const threshold = Math.round(c.dropoutRate * 16777216);
+    out.push(`fn mix32(v: u32) -> u32 {
+  var x = v;
+  x = x ^ (x >> 16u);
+  x = x * 0x7feb352du;
+  x = x ^ (x >> 15u);
+  x = x * 0x846ca68bu;
+  return x ^ (x >> 16u);
+}
+fn dropoutRow(b: u32, h: u32, i: u32) -> u32 { return mix32(mix32(mix32(u.seed ^ b) ^ h) ^ i); }
+fn dropoutKeep(row: u32, j: u32) -> bool { return (mix32(row ^ j) >> 8u) >= ${threshold}u; }
+const KEEP_SCALE = ${f32(1 / (1 - c.dropoutRate))};`);
+  }
+  return out.join('\n');
+}
+
+/**
+ * The visible key range [lo, hi) of query rows [iFirst, iLast] (window and keyLengths), as WGSL
+ * statements defining `jLo` and `jHi` (u32, jHi may be ≤ jLo).
+ */
+export function keyRange(c: AttentionConfig): string {
+  const off = queryOffset(c);
+  const lo = c.windowLeft >= 0 ? `max(0, i32(iFirst) + ${off - c.windowLeft})` : '0';
+  const hi = c.windowRight >= 0 ? `min(i32(kl), i32(iLast) + ${off + c.windowRight + 1})` : 'i32(kl)';
+  return `let jLo = u32(${lo});\n  let jHi = u32(max(${hi}, 0));`;
+}
+
+/** The query rows [iLo, iHi) that can see keys [jFirst, jLast] (window), as WGSL statements. */
+export function queryRange(c: AttentionConfig): string {
+  const off = queryOffset(c);
+  const lo = c.windowRight >= 0 ? `max(0, i32(jFirst) - ${off + c.windowRight})` : '0';
+  const hi = c.windowLeft >= 0 ? `min(i32(SEQQ), i32(jLast) - ${off - c.windowLeft} + 1)` : 'i32(SEQQ)';
+  return `let iLo = u32(${lo});\n  let iHi = u32(max(${hi}, 0));`;
+}
+
+/**
+ * A loop in which the workgroup's WG threads copy `rows` rows of a tensor (vec4 columns `cols4`)
+ * into workgroup array `dst` (row stride `stride` vec4s), zero past `limit`, times `scale`.
+ */
+export function stageRows(o: { dst: string; stride: string; cols4: string; rows: string; first: string;
+  limit: string; load: string; head: string; scale?: string }): string {
+  return `for (var e = lidx; e < ${o.rows} * ${o.cols4}; e += WG) {
+      let r = e / ${o.cols4};
+      let c = e % ${o.cols4};
+      var x = vec4<f32>(0.0);
+      if (${o.first} + r < ${o.limit}) { x = ${o.load}(b, ${o.head}, ${o.first} + r, c); }
+      ${o.dst}[r * ${o.stride} + c] = x${o.scale ? ` * ${o.scale}` : ''};
+    }`;
+}
+
+/**
+ * WGSL for the block-sparse tile test of rows [rFirst, rLast] × keys [kFirst, kLast] of head h:
+ * sets `live` (workgroup-uniform) and ends in `if (live == 0u) { continue; }`. Thread 0 scans the
+ * blockMask; the barrier before it keeps the previous tile's readers of `flag` safe.
+ */
+export function blockSkip(c: AttentionConfig, rFirst: string, rLast: string, kFirst: string, kLast: string): string {
+  if (c.blockSize === 0) return '';
+  return `workgroupBarrier();
+    if (lidx == 0u) {
+      var any = 0u;
+      for (var qb2 = (${rFirst}) / BLOCK; qb2 <= (${rLast}) / BLOCK; qb2++) {
+        for (var kb2 = (${kFirst}) / BLOCK; kb2 <= (${kLast}) / BLOCK; kb2++) {
+          if (blockLive(b, h, qb2, kb2)) { any = 1u; }
+        }
+      }
+      flag = any;
+    }
+    if (workgroupUniformLoad(&flag) == 0u) { continue; }`;
+}

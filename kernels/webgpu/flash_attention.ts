@@ -1,0 +1,109 @@
+// The `FlashAttention` kernel of the webgpu backend: packs the small optional inputs into `aux`,
+// chooses tiles for the device's workgroup memory, splits the problem over dispatches when a
+// tensor exceeds maxStorageBufferBindingSize, and runs attention_forward.ts.
+import type { KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { AttentionConfig, outputShape } from '../../src/config';
+import { unpackAttentionInputs } from '../../src/inputs';
+import { FlashAttention } from '../../src/kernel_names';
+import { warnOnce } from '../../src/warn';
+import { auxLayout, auxNeeded, encodeAuxCopies } from './aux';
+import { forwardProgram, forwardWorkgroupBytes } from './attention_forward';
+import { NEG_INF_BITS } from './attention_wgsl';
+import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeometry } from './chunks';
+import { Dispatch, gpuBuffer, makeOutput, runPrograms, scratchBuffer, subgroupMinSize } from './runtime';
+import { chooseTiles, subgroupReduceFits, Tiles } from './tiles';
+
+export function isAttentionConfig(attrs: NamedAttrMap | undefined): attrs is NamedAttrMap & AttentionConfig {
+  return typeof attrs === 'object' && attrs !== null && typeof attrs.headsQ === 'number' &&
+    Array.isArray(attrs.biasShape) && typeof attrs.layout === 'string';
+}
+
+export function webgpuBackendOf(backend: unknown): WebGPUBackend {
+  const b = backend as Partial<WebGPUBackend>;
+  if (!b || !b.device || !b.tensorMap) throw new Error('flashAttention: the webgpu kernel needs the webgpu backend');
+  return b as WebGPUBackend;
+}
+
+/** Tuning knobs for benches and tests; the defaults are what the kernel uses. */
+export const webgpuAttentionTuning: {
+  forwardTiles?: Tiles;
+  dkdvTiles?: Tiles;
+  dqTiles?: Tiles;
+  /** Use subgroup reductions when the device has `subgroups` (true) or never (false). */
+  subgroups: boolean;
+  /** A binding limit below the device's, to exercise dispatch splitting in tests. */
+  maxBindingBytes?: number;
+} = { subgroups: true };
+
+export function maxBindingBytes(device: GPUDevice): number {
+  return Math.min(device.limits.maxStorageBufferBindingSize, webgpuAttentionTuning.maxBindingBytes ?? Infinity);
+}
+
+export function useSubgroupsFor(device: GPUDevice, t: Tiles): boolean {
+  return webgpuAttentionTuning.subgroups && subgroupReduceFits(t, subgroupMinSize(device));
+}
+
+/** Chooses tiles that fit the device, preferring the subgroup path where it fits. */
+export function pickTiles(device: GPUDevice, bytes: (t: Tiles, sg: boolean) => number, preferred?: Tiles):
+    { tiles: Tiles; useSubgroups: boolean } {
+  const limit = device.limits.maxComputeWorkgroupStorageSize;
+  const threads = device.limits.maxComputeInvocationsPerWorkgroup;
+  const tiles = chooseTiles(t => bytes(t, useSubgroupsFor(device, t)), limit, threads, preferred);
+  return { tiles, useSubgroups: useSubgroupsFor(device, tiles) };
+}
+
+/** Splits over dispatches (chunks.ts) and builds each chunk's bindings for the given tensors. */
+export function planDispatches(backend: WebGPUBackend, c: AttentionConfig, buffers: Record<string, GPUBuffer>,
+  workgroups: (units: number, g: UnitGeometry) => [number, number, number], yPerUnit: (g: UnitGeometry) => number):
+    Dispatch[] {
+  const device = backend.device;
+  const g = unitGeometry(c);
+  const all = attentionCoverage(c);
+  const coverage = Object.fromEntries(Object.keys(buffers).filter(n => all[n]).map(n => [n, all[n]]));
+  const chunks = planChunks(c, g, Object.values(coverage), maxBindingBytes(device), yPerUnit(g),
+    device.limits.maxComputeWorkgroupsPerDimension);
+  return chunkDispatches(c, g, chunks, coverage, buffers, units => workgroups(units, g),
+    { neg_inf_bits: NEG_INF_BITS, seed: c.dropoutSeed >>> 0 });
+}
+
+const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }): TensorInfo[] => {
+  if (!isAttentionConfig(attrs)) throw new Error('FlashAttention (webgpu): attributes are not an AttentionConfig');
+  const c: AttentionConfig = attrs;
+  const backend = webgpuBackendOf(anyBackend);
+  if (c.precision === 'float16') {
+    warnOnce('webgpu-float16', "precision 'float16' has no webgpu kernel yet: computing in float32.");
+  }
+  const t = unpackAttentionInputs(c, inputs);
+  const device = backend.device;
+  const buffers: Record<string, GPUBuffer> = {
+    q: gpuBuffer(backend, t.q), k: gpuBuffer(backend, t.k), v: gpuBuffer(backend, t.v),
+  };
+  if (t.bias) buffers.bias = gpuBuffer(backend, t.bias);
+  for (const small of [t.mask, t.keyLengths, t.alibiSlopes, t.blockMask]) if (small) gpuBuffer(backend, small);
+  const out = makeOutput(backend, outputShape(c));
+  const lse = makeOutput(backend, [c.batch, c.headsQ, c.seqQ]);
+  buffers.out = out.buffer;
+  buffers.lse = lse.buffer;
+
+  const withAux = auxNeeded(c, false);
+  const aux = auxLayout(c, false);
+  const auxBuffer = withAux ? scratchBuffer(device, aux.size * 4) : undefined;
+  if (auxBuffer) buffers.aux = auxBuffer;
+  const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
+    webgpuAttentionTuning.forwardTiles);
+  const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups);
+  const dispatches = planDispatches(backend, c, buffers,
+    (units, g) => [Math.ceil(c.seqQ / tiles.rows), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
+  runPrograms(backend, [{ spec, dispatches }], encoder => {
+    if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
+  });
+  auxBuffer?.destroy();
+  return [out.info, lse.info];
+};
+
+export const flashAttentionWebGPUConfig: KernelConfig = {
+  kernelName: FlashAttention,
+  backendName: 'webgpu',
+  kernelFunc: flashAttentionWebGPU,
+};

@@ -1,0 +1,103 @@
+// The `FlashAttentionGrad` kernel of the webgpu backend: three passes in one command buffer, none
+// with float atomics (WGSL has none): row_dot (D and lse·log2 e into aux), dK/dV over key blocks,
+// dQ over query blocks; each recomputes the scores from lse, so nothing of size Nq × Nk is made.
+//
+// The bias gradient is dS reduced to the bias' shape. The dQ pass writes dS into an expanded
+// [B, Hq, Nq, Nk'] buffer (Nk' = the bias' key extent; a bias broadcast over keys is summed in
+// the kernel, so this is [B, Hq, Nq, 1]), which tfjs' Sum kernel then reduces over the batch,
+// head and row dims the bias broadcasts over. Memory: a bias with a key dimension costs
+// B·Hq·Nq·Nk floats during the backward (the bias itself, when it is full size; B·Hq times a
+// [Nq, Nk] bias shared by all heads) — the one O(Nq·Nk) buffer, and only when the user's bias is.
+import { getKernel } from '@tensorflow/tfjs-core';
+import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import type { AttentionConfig } from '../../src/config';
+import { unpackGradInputs } from '../../src/inputs';
+import { FlashAttentionGrad } from '../../src/kernel_names';
+import { auxLayout, encodeAuxCopies } from './aux';
+import { dkdvProgram, dkdvWorkgroupBytes } from './attention_backward_dkdv';
+import { dqProgram, dqWorkgroupBytes } from './attention_backward_dq';
+import { ROW_DOT_ROWS, rowDotProgram } from './row_dot';
+import { isAttentionConfig, pickTiles, planDispatches, webgpuAttentionTuning, webgpuBackendOf } from './flash_attention';
+import { gpuBuffer, makeOutput, runPrograms, scratchBuffer } from './runtime';
+
+/** Sums `x` over `axes` (keeping them) with tfjs' own Sum kernel of this backend. */
+function sumKeepDims(backend: WebGPUBackend, x: TensorInfo, axes: number[]): TensorInfo {
+  const sum = getKernel('Sum', 'webgpu');
+  if (!sum) throw new Error('flashAttention (webgpu): tfjs Sum kernel missing');
+  const result = sum.kernelFunc({ inputs: { x }, backend, attrs: { axis: axes, keepDims: true } });
+  if (Array.isArray(result)) throw new Error('flashAttention (webgpu): Sum returned several tensors');
+  return result;
+}
+
+const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }): TensorInfo[] => {
+  if (!isAttentionConfig(attrs)) throw new Error('FlashAttentionGrad (webgpu): attributes are not an AttentionConfig');
+  const c: AttentionConfig = attrs;
+  const backend = webgpuBackendOf(anyBackend);
+  const device = backend.device;
+  const t = unpackGradInputs(c, inputs);
+  const buffers: Record<string, GPUBuffer> = {
+    q: gpuBuffer(backend, t.q), k: gpuBuffer(backend, t.k), v: gpuBuffer(backend, t.v),
+    out: gpuBuffer(backend, t.output), lse: gpuBuffer(backend, t.lse),
+    dout: gpuBuffer(backend, t.dOutput), dlse: gpuBuffer(backend, t.dLse),
+  };
+  if (t.bias) buffers.bias = gpuBuffer(backend, t.bias);
+  for (const small of [t.mask, t.keyLengths, t.alibiSlopes, t.blockMask]) if (small) gpuBuffer(backend, small);
+  const dq = makeOutput(backend, [...t.q.shape]);
+  const dk = makeOutput(backend, [...t.k.shape]);
+  const dv = makeOutput(backend, [...t.v.shape]);
+  buffers.dq = dq.buffer;
+  buffers.dk = dk.buffer;
+  buffers.dv = dv.buffer;
+  const expandedBiasShape = c.biasShape.length ? [c.batch, c.headsQ, c.seqQ, c.biasShape[3]] : [];
+  const dbias = c.biasShape.length ? makeOutput(backend, expandedBiasShape) : undefined;
+  if (dbias) buffers.dbias = dbias.buffer;
+
+  const aux = auxLayout(c, true);
+  const auxBuffer = scratchBuffer(device, aux.size * 4);
+  buffers.aux = auxBuffer;
+  const pick = (names: string[]) => Object.fromEntries(names.filter(n => buffers[n]).map(n => [n, buffers[n]]));
+
+  const rowDot = rowDotProgram(c, aux);
+  const rowDotDispatches = planDispatches(backend, c, pick(['out', 'dout', 'lse', 'dlse', 'aux']),
+    (units, g) => [Math.ceil(c.seqQ / ROW_DOT_ROWS), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
+
+  const kv = pickTiles(device, tl => dkdvWorkgroupBytes(c, tl), webgpuAttentionTuning.dkdvTiles);
+  const dkdv = dkdvProgram(c, aux, kv.tiles);
+  const dkdvDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dk', 'dv', 'bias', 'aux']),
+    (units, g) => [Math.ceil(c.seqK / kv.tiles.rows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit);
+
+  const qt = pickTiles(device, (tl, sg) => dqWorkgroupBytes(c, tl, sg), webgpuAttentionTuning.dqTiles);
+  const dqSpec = dqProgram(c, aux, qt.tiles, qt.useSubgroups);
+  const dqDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dq', 'bias', 'dbias', 'aux']),
+    (units, g) => [Math.ceil(c.seqQ / qt.tiles.rows), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
+
+  runPrograms(backend, [
+    { spec: rowDot, dispatches: rowDotDispatches },
+    { spec: dkdv, dispatches: dkdvDispatches },
+    { spec: dqSpec, dispatches: dqDispatches },
+  ], encoder => {
+    encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
+    // Tiles the dQ pass skips (outside the window, dead blocks) leave their dS entries unwritten.
+    if (dbias) encoder.clearBuffer(dbias.buffer);
+  });
+  auxBuffer.destroy();
+
+  const outputs = [dq.info, dk.info, dv.info];
+  if (dbias) {
+    const axes = [0, 1, 2].filter(a => c.biasShape[a] === 1 && expandedBiasShape[a] !== 1);
+    if (axes.length === 0) {
+      outputs.push(dbias.info);
+    } else {
+      outputs.push(sumKeepDims(backend, dbias.info, axes));
+      backend.disposeData(dbias.info.dataId);
+    }
+  }
+  return outputs;
+};
+
+export const flashAttentionGradWebGPUConfig: KernelConfig = {
+  kernelName: FlashAttentionGrad,
+  backendName: 'webgpu',
+  kernelFunc: flashAttentionGradWebGPU,
+};

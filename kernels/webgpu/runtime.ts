@@ -1,0 +1,192 @@
+// The WebGPU plumbing shared by the attention programs. We run our own compute pipelines on the
+// backend's device instead of `WebGPUBackend.runWebGPUProgram` because tfjs' program model is in
+// the way in three places:
+//   - a program there has exactly one output, and the forward writes two (output and lse), the
+//     dK/dV pass two (dK and dV);
+//   - it binds whole buffers, and splitting a problem over dispatches when a tensor exceeds
+//     `maxStorageBufferBindingSize` needs buffer ranges (offset + size) per dispatch;
+//   - it injects its own uniforms and input declarations, which would sit beside ours.
+// Tensors stay tfjs tensors: inputs are uploaded with `uploadToGPU`, outputs come from
+// `makeTensorInfo`, and tfjs' queued work is submitted before ours so queue order is kept.
+import type { DataType, TensorInfo } from '@tensorflow/tfjs-core';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+
+/** One storage binding of a program: its WGSL name, element type and whether it is written. */
+export interface BindingSpec {
+  name: string;
+  type: 'f32' | 'vec4<f32>' | 'u32';
+  write: boolean;
+}
+
+/** One uniform field of a program (all u32: offsets, chunk starts and the dropout seed). */
+export type UniformNames = readonly string[];
+
+export interface ProgramSpec {
+  /** Derived from the fields of the AttentionConfig (and tiles) that shape the shader. */
+  key: string;
+  bindings: readonly BindingSpec[];
+  uniforms: UniformNames;
+  workgroupSize: number;
+  /** The WGSL body after the generated binding and uniform declarations. */
+  body: () => string;
+  /** WGSL `enable` extensions. */
+  extensions?: readonly string[];
+}
+
+export function wgslBindings(spec: ProgramSpec): string {
+  const ext = (spec.extensions ?? []).map(e => `enable ${e};\n`).join('');
+  const fields = spec.uniforms.map(u => `  ${u}: u32,`).join('\n');
+  const storage = spec.bindings.map((b, i) =>
+    `@group(0) @binding(${i}) var<storage, ${b.write ? 'read_write' : 'read'}> ${b.name}: array<${b.type}>;`).join('\n');
+  return `${ext}struct Uniforms {\n${fields}\n  pad_: u32,\n}\n` +
+    `@group(0) @binding(${spec.bindings.length}) var<uniform> u: Uniforms;\n${storage}\n`;
+}
+
+interface CompiledProgram {
+  pipeline: GPUComputePipeline;
+  layout: GPUBindGroupLayout;
+}
+
+const pipelineCache = new WeakMap<GPUDevice, Map<string, CompiledProgram>>();
+
+function compile(device: GPUDevice, spec: ProgramSpec): CompiledProgram {
+  let cache = pipelineCache.get(device);
+  if (!cache) {
+    cache = new Map();
+    pipelineCache.set(device, cache);
+  }
+  const cached = cache.get(spec.key);
+  if (cached) return cached;
+  const entries: GPUBindGroupLayoutEntry[] = spec.bindings.map((b, i) => ({
+    binding: i, visibility: GPUShaderStage.COMPUTE,
+    buffer: { type: b.write ? 'storage' : 'read-only-storage' },
+  }));
+  entries.push({ binding: spec.bindings.length, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
+  const layout = device.createBindGroupLayout({ entries });
+  const code = wgslBindings(spec) + spec.body();
+  const module = device.createShaderModule({ code });
+  const pipeline = device.createComputePipeline({
+    layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+    compute: { module, entryPoint: 'main' },
+  });
+  const compiled = { pipeline, layout };
+  cache.set(spec.key, compiled);
+  return compiled;
+}
+
+/** A buffer range bound to one binding of one dispatch; `offset` is in bytes. */
+export interface BoundRange {
+  buffer: GPUBuffer;
+  offset: number;
+  size: number;
+}
+
+export interface Dispatch {
+  workgroups: [number, number, number];
+  buffers: Record<string, BoundRange>;
+  uniforms: Record<string, number>;
+}
+
+/**
+ * Submits tfjs' queued commands, then ours, in one new command buffer. Uniform buffers are
+ * destroyed after submission; WebGPU keeps them alive until the submitted work is done.
+ */
+export function runDispatches(backend: WebGPUBackend, spec: ProgramSpec, dispatches: Dispatch[]): void {
+  runPrograms(backend, [{ spec, dispatches }]);
+}
+
+/**
+ * Encodes `prelude` (buffer copies) and the programs' dispatches in order, in one command buffer.
+ * Every tensor involved must already be on the GPU (gpuBuffer), so that no upload is left in tfjs'
+ * encoder behind ours.
+ */
+export function runPrograms(backend: WebGPUBackend, programs: Array<{ spec: ProgramSpec; dispatches: Dispatch[] }>,
+  prelude?: (encoder: GPUCommandEncoder) => void): void {
+  flushTfjs(backend);
+  const device = backend.device;
+  const encoder = device.createCommandEncoder();
+  prelude?.(encoder);
+  const temporary: GPUBuffer[] = [];
+  for (const { spec, dispatches } of programs) {
+    const { pipeline, layout } = compile(device, spec);
+    for (const d of dispatches) {
+      const values = new Uint32Array(spec.uniforms.length + 1);
+      spec.uniforms.forEach((name, i) => {
+        const value = d.uniforms[name];
+        if (value === undefined) throw new Error(`flashAttention webgpu: uniform '${name}' missing`);
+        values[i] = value;
+      });
+      const uniformBuffer = device.createBuffer({
+        size: Math.max(16, Math.ceil(values.byteLength / 16) * 16),
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      });
+      device.queue.writeBuffer(uniformBuffer, 0, values);
+      temporary.push(uniformBuffer);
+      const entries: GPUBindGroupEntry[] = spec.bindings.map((b, i) => {
+        const range = d.buffers[b.name];
+        if (!range) throw new Error(`flashAttention webgpu: binding '${b.name}' missing`);
+        return { binding: i, resource: { buffer: range.buffer, offset: range.offset, size: range.size } };
+      });
+      entries.push({ binding: spec.bindings.length, resource: { buffer: uniformBuffer } });
+      const pass = encoder.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, device.createBindGroup({ layout, entries }));
+      pass.dispatchWorkgroups(...d.workgroups);
+      pass.end();
+    }
+  }
+  device.queue.submit([encoder.finish()]);
+  for (const b of temporary) b.destroy();
+}
+
+/** Ends tfjs' open compute pass and submits its command encoder, so our work is queued after it. */
+export function flushTfjs(backend: WebGPUBackend): void {
+  backend.ensureCommandEncoderReady();
+  backend.endComputePassEncoder();
+  backend.submitQueue();
+}
+
+/** The GPU buffer of a tensor, uploaded first if its values are still on the CPU. */
+export function gpuBuffer(backend: WebGPUBackend, t: TensorInfo): GPUBuffer {
+  backend.uploadToGPU(t.dataId);
+  const resource = backend.tensorMap.get(t.dataId).resource;
+  if (!(resource instanceof GPUBuffer)) throw new Error('flashAttention webgpu: tensor is not in a GPU buffer');
+  return resource;
+}
+
+/** A new tfjs tensor with a GPU buffer for a kernel to write. */
+export function makeOutput(backend: WebGPUBackend, shape: number[], dtype: DataType = 'float32'):
+    { info: TensorInfo; buffer: GPUBuffer } {
+  const info = backend.makeTensorInfo(shape, dtype);
+  return { info, buffer: gpuBuffer(backend, info) };
+}
+
+/** A scratch buffer that is not a tensor (destroy it after submitting the work that uses it). */
+export function scratchBuffer(device: GPUDevice, bytes: number): GPUBuffer {
+  return device.createBuffer({
+    size: Math.max(16, Math.ceil(bytes / 16) * 16),
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+  });
+}
+
+/** Subgroup size range of the device's adapter, when Dawn reports it. */
+export function subgroupMinSize(device: GPUDevice): number {
+  if (!device.features.has('subgroups')) return 0;
+  const info: unknown = (device as { adapterInfo?: unknown }).adapterInfo;
+  if (typeof info === 'object' && info !== null && 'subgroupMinSize' in info) {
+    const size = (info as { subgroupMinSize: unknown }).subgroupMinSize;
+    if (typeof size === 'number') return size;
+  }
+  return 0;
+}
+
+export function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+/** A WGSL f32 literal that round-trips the JS number through float32. */
+export function f32(x: number): string {
+  if (!Number.isFinite(x)) throw new Error(`flashAttention webgpu: non-finite shader constant ${x}`);
+  const s = Math.fround(x).toPrecision(9);
+  return s.includes('.') || s.includes('e') ? s : `${s}.0`;
+}

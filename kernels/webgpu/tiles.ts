@@ -1,0 +1,65 @@
+// Register/workgroup tiling shared by the three attention passes. A workgroup owns `rows` rows of
+// the score tile (query rows in the forward and dQ passes, keys in the dK/dV pass) and walks the
+// other side in tiles of `cols`; thread (tr, tc) owns a rowsPerThread × colsPerThread block of the
+// scores, at rows tr + r·TR and columns tc + c·TC (strided, to spread workgroup-memory banks). The
+// TC threads that share rows are consecutive invocations, so in the subgroup path their row maxima
+// and sums combine with subgroupShuffleXor.
+
+export interface Tiles {
+  rows: number;
+  cols: number;
+  rowsPerThread: number;
+  colsPerThread: number;
+}
+
+export function threadsOf(t: Tiles): { TR: number; TC: number; WG: number } {
+  const TR = t.rows / t.rowsPerThread, TC = t.cols / t.colsPerThread;
+  return { TR, TC, WG: TR * TC };
+}
+
+/** Tile candidates, fastest first on a large GPU (measured on the H100, bench/RESULTS.md). */
+export const TILE_CANDIDATES: readonly Tiles[] = [
+  { rows: 64, cols: 32, rowsPerThread: 4, colsPerThread: 4 },
+  { rows: 32, cols: 32, rowsPerThread: 4, colsPerThread: 4 },
+  { rows: 32, cols: 16, rowsPerThread: 2, colsPerThread: 4 },
+  { rows: 16, cols: 16, rowsPerThread: 2, colsPerThread: 4 },
+  { rows: 16, cols: 8, rowsPerThread: 2, colsPerThread: 2 },
+  { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 },
+  { rows: 4, cols: 4, rowsPerThread: 1, colsPerThread: 1 },
+];
+
+/** The first candidate (or `preferred`) whose workgroup memory fits; `bytes` gives a tile's need. */
+export function chooseTiles(bytes: (t: Tiles) => number, limit: number, maxThreads: number,
+  preferred?: Tiles): Tiles {
+  const candidates = preferred ? [preferred, ...TILE_CANDIDATES] : TILE_CANDIDATES;
+  const tiles = candidates.find(t => bytes(t) <= limit && threadsOf(t).WG <= maxThreads);
+  if (!tiles) throw new Error(`flashAttention (webgpu): no tile size fits ${limit} bytes of workgroup memory`);
+  return tiles;
+}
+
+/** Whether rows sharing a thread row can reduce with subgroup shuffles on this device. */
+export function subgroupReduceFits(t: Tiles, subgroupMinSize: number): boolean {
+  const { TC } = threadsOf(t);
+  return subgroupMinSize >= TC && (TC & (TC - 1)) === 0;
+}
+
+/** WGSL that reduces `value` (a f32 expression/variable name) over the TC threads of a row with `op`. */
+export function rowReduce(t: Tiles, useSubgroups: boolean, op: 'max' | 'add', names: string[], rowIndex: (r: number) => string): string {
+  const { TC } = threadsOf(t);
+  const combine = (a: string, b: string) => (op === 'max' ? `max(${a}, ${b})` : `${a} + ${b}`);
+  if (useSubgroups) {
+    const lines: string[] = [];
+    for (let m = 1; m < TC; m *= 2) {
+      for (const n of names) lines.push(`${n} = ${combine(n, `subgroupShuffleXor(${n}, ${m}u)`)};`);
+    }
+    return lines.join('\n    ');
+  }
+  const lines = names.map((n, r) => `red[(${rowIndex(r)}) * TC + tc] = ${n};`);
+  lines.push('workgroupBarrier();');
+  names.forEach((n, r) => {
+    const terms = Array.from({ length: TC }, (_, k) => `red[(${rowIndex(r)}) * TC + ${k}u]`);
+    lines.push(`${n} = ${terms.reduce((a, b) => combine(a, b))};`);
+  });
+  lines.push('workgroupBarrier();');
+  return lines.join('\n    ');
+}
