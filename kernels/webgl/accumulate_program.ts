@@ -1,16 +1,24 @@
-// Pass 2b of the forward: O += P̃_block · V_block for one key block, as a packed [B·Hq, Nq, Dv]
-// tensor (the previous block's sum is an input, so blocks chain through textures instead of
-// through shared memory, which WebGL lacks). One fragment per 2×2 (row, column) block; each loop
-// step reads one P̃ texel and one V texel (two keys) like tfjs' packed matMul, skipping keys outside
-// the window, the key lengths and dead block-mask blocks.
+// Forward, per key block: O ← O·exp(lse_prev − lse) + Σ_j exp(s_ij − lse)·Z_ij·v_j over the block's
+// keys, as a packed [B·Hq, Nq, Dv] tensor. O stays normalized by the running lse after every block
+// (a convex combination of v rows), so it never grows with N, and the last block's O is the output.
+// One fragment per 2×2 (row, column) block; each loop step reads one score texel and one V texel
+// (two keys), like tfjs' packed matMul, skipping keys outside the window, the key lengths and dead
+// block-mask blocks.
 import type { AttentionConfig } from '../../src/config';
-import { attentionUniforms, decodeRow, keyPairLoop, optionalAccessors, rowsAccessor, scoreSnippet } from './glsl';
+import { attentionUniforms, decodeRow, internalAccessor, keyPairLoop, optionalAccessors, rowsAccessor,
+  scoreSnippet } from './glsl';
+import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
-export function accumulateProgram(c: AttentionConfig, keyStart: number, blockKeys: number, first: boolean): AttentionProgram {
+export function accumulateProgram(c: AttentionConfig, textures: TexShapes, keyStart: number, blockKeys: number,
+  first: boolean): AttentionProgram {
   const optional = optionalAccessors(c);
+  const rows = c.batch * c.headsQ;
   const userCode = `
-${rowsAccessor(c, 'V')}
+${rowsAccessor(c, 'V', textures)}
+${internalAccessor('Scores', [rows, c.seqQ, blockKeys], textures)}
+${internalAccessor('Stats', [rows, c.seqQ, 2], textures)}
+${first ? '' : internalAccessor('Previous', [rows, c.seqQ, c.headDimV], textures)}
 ${optional.code}
 ${scoreSnippet(c)}
 void main() {
@@ -18,15 +26,19 @@ void main() {
   ${decodeRow(c, 'rc.x')}
   int i = rc.y;
   int col = rc.z;
-  vec4 result = ${first ? 'vec4(0.0)' : 'getPrevious(rc.x, i, col)'};
+  vec4 stats = faBlockStats(rc.x, i, 0);
+  vec4 lse = stats.xxzz;
+  ${first ? 'vec4 result = vec4(0.0);' : `
+  vec4 rescale = mix(exp(stats.yyww - lse), vec4(0.0), equal(stats.yyww, vec4(-FA_INF)));
+  vec4 result = faBlockPrevious(rc.x, i, col) * rescale;`}
   ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 p = getProbs(rc.x, i, j - faKeyStart);
+    vec4 p = faProbs(faBlockScores(rc.x, i, j - faKeyStart), lse) * faDropScale4(b, h, i, j);
     vec4 v = faRowsV(b, g, j, col);
     if (j + 1 >= ${c.seqK}) v.zw = vec2(0.0);
     result += p.xxzz * v.xyxy + p.yyww * v.zwzw;`)}
   setOutput(result);
 }`;
-  const variables = ['Probs', 'V', ...(first ? [] : ['Previous']), ...optional.variables];
-  return new AttentionProgram(variables, [c.batch * c.headsQ, c.seqQ, c.headDimV], true,
+  const variables = ['Scores', 'V', 'Stats', ...(first ? [] : ['Previous']), ...optional.variables];
+  return new AttentionProgram(variables, [rows, c.seqQ, c.headDimV], true,
     [...attentionUniforms(c), { name: 'faKeyStart', type: 'int', value: keyStart }], userCode);
 }

@@ -5,6 +5,7 @@
 import type { AttentionConfig } from '../../src/config';
 import { attentionUniforms, elementAccessor, optionalAccessors, rowsAccessor, scoreSnippet } from './glsl';
 import { dsSnippet } from './dq_program';
+import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
 function pairDot(acc: string, a: string, ah: string, an: string, x: string, xh: string,
@@ -18,7 +19,7 @@ function pairDot(acc: string, a: string, ah: string, an: string, x: string, xh: 
     ${dim % 2 ? step(`${2 * full}`, ' * vec4(1.0, 0.0, 1.0, 0.0)') : ''}`;
 }
 
-export function dbiasProgram(c: AttentionConfig): AttentionProgram {
+export function dbiasProgram(c: AttentionConfig, textures: TexShapes): AttentionProgram {
   const optional = optionalAccessors(c);
   const [sb, sh, si, sj] = c.biasShape;
   const range = (size: number, coord: string, extent: number, step: number) => size === 1
@@ -27,10 +28,10 @@ export function dbiasProgram(c: AttentionConfig): AttentionProgram {
   const select = (size: number, coord: string) => size === 1 ? 'vec2(1.0)'
     : `(rc.${coord} % 2 == 0 ? vec2(1.0, 0.0) : vec2(0.0, 1.0))`;
   const userCode = `
-${rowsAccessor(c, 'Q')}
-${rowsAccessor(c, 'K')}
-${rowsAccessor(c, 'V')}
-${rowsAccessor(c, 'DO')}
+${rowsAccessor(c, 'Q', textures)}
+${rowsAccessor(c, 'K', textures)}
+${rowsAccessor(c, 'V', textures)}
+${rowsAccessor(c, 'DO', textures)}
 ${optional.code}
 ${elementAccessor('Lse', [1, c.batch, c.headsQ, c.seqQ])}
 ${scoreSnippet(c)}

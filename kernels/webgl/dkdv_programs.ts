@@ -7,9 +7,10 @@ import type { AttentionConfig } from '../../src/config';
 import { attentionUniforms, dotRows, elementAccessor, loadRows, optionalAccessors, rowPairLoop, rowsAccessor,
   scoreSnippet } from './glsl';
 import { dsSnippet } from './dq_program';
+import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
-function keyProgram(c: AttentionConfig, target: 'dk' | 'dv'): AttentionProgram {
+function keyProgram(c: AttentionConfig, textures: TexShapes, target: 'dk' | 'dv'): AttentionProgram {
   const optional = optionalAccessors(c);
   const dim = target === 'dk' ? c.headDim : c.headDimV;
   // Dot products come out key-major ((j,i), (j,i+1), (j+1,i), (j+1,i+1)); .xzyw makes them row-major.
@@ -25,10 +26,10 @@ function keyProgram(c: AttentionConfig, target: 'dk' | 'dv'): AttentionProgram {
        vec4 w = faProbs(faScore4(faCapped4(qk.xzyw), b, h, i, j), L) * faDropScale4(b, h, i, j);
        vec4 x = faRowsDO(b, h, i, col);`;
   const userCode = `
-${rowsAccessor(c, 'Q')}
-${rowsAccessor(c, 'K')}
-${rowsAccessor(c, 'V')}
-${rowsAccessor(c, 'DO')}
+${rowsAccessor(c, 'Q', textures)}
+${rowsAccessor(c, 'K', textures)}
+${rowsAccessor(c, 'V', textures)}
+${rowsAccessor(c, 'DO', textures)}
 ${optional.code}
 ${elementAccessor('Lse', [1, c.batch, c.headsQ, c.seqQ])}
 ${scoreSnippet(c)}
@@ -53,5 +54,5 @@ void main() {
   return new AttentionProgram(variables, [c.batch * c.headsKV, c.seqK, dim], true, attentionUniforms(c), userCode);
 }
 
-export const dkProgram = (c: AttentionConfig) => keyProgram(c, 'dk');
-export const dvProgram = (c: AttentionConfig) => keyProgram(c, 'dv');
+export const dkProgram = (c: AttentionConfig, textures: TexShapes) => keyProgram(c, textures, 'dk');
+export const dvProgram = (c: AttentionConfig, textures: TexShapes) => keyProgram(c, textures, 'dv');

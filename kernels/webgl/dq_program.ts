@@ -6,6 +6,7 @@
 import type { AttentionConfig } from '../../src/config';
 import { attentionUniforms, decodeRow, dotRows, elementAccessor, keyPairLoop, loadRows, optionalAccessors,
   rowsAccessor, scoreSnippet } from './glsl';
+import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
 /**
@@ -29,13 +30,13 @@ vec4 faDs(vec4 qk, vec4 dov, vec4 L, vec4 D, int b, int h, int i, int j) {
 }`;
 }
 
-export function dqProgram(c: AttentionConfig): AttentionProgram {
+export function dqProgram(c: AttentionConfig, textures: TexShapes): AttentionProgram {
   const optional = optionalAccessors(c);
   const userCode = `
-${rowsAccessor(c, 'Q')}
-${rowsAccessor(c, 'K')}
-${rowsAccessor(c, 'V')}
-${rowsAccessor(c, 'DO')}
+${rowsAccessor(c, 'Q', textures)}
+${rowsAccessor(c, 'K', textures)}
+${rowsAccessor(c, 'V', textures)}
+${rowsAccessor(c, 'DO', textures)}
 ${optional.code}
 ${elementAccessor('Lse', [1, c.batch, c.headsQ, c.seqQ])}
 ${scoreSnippet(c)}

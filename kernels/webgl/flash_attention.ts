@@ -1,16 +1,20 @@
 // The `webgl` FlashAttention kernel: WebGL2 fragment programs through tfjs' runWebGLProgram.
 //
-// Algorithm (tiling across textures; chosen by measurement, see bench/RESULTS.md):
-//   1. rowStats: per query row pair, the log-sum-exp over all visible keys, online in registers.
-//   2. for each key block of `blockKeys` keys:
-//        probs:      P̃ = exp(s − lse)·Z for the block        [B·Hq, Nq, blockKeys] texture
-//        accumulate: O += P̃ · V_block                          [B·Hq, Nq, Dv]
-// A fragment writes one RGBA texel, so a fragment that owned a (row, 4 columns) slice of O and looped
-// over all keys itself would recompute every score Dv/4 times (and fetch K as often); materializing
-// one key block of probabilities at a time computes each score once per pass and keeps memory at
-// O(Nq·blockKeys + Nq·Dv): linear in N, never an Nq × Nk texture. Normalizing by the final lse in
-// step 2 (two-pass softmax) instead of rescaling a running sum keeps every stored value in [0, 1/(1−rate)]
-// (P̃) or a convex combination of V (O): nothing overflows half-float render targets.
+// Algorithm: FlashAttention's tiling moved from workgroups to textures. WebGL has no shared memory
+// and a fragment writes one RGBA texel, so the key dimension is cut into blocks of `blockKeys` keys
+// and each block runs three programs over all query rows:
+//   scores:     s for (row, key in block)                    [B·Hq, Nq, blockKeys]
+//   blockStats: running lse_i ← logaddexp(lse_i, block)       [B·Hq, Nq, 2]
+//   accumulate: O ← O·exp(lse_prev − lse) + exp(s − lse)·Z·V  [B·Hq, Nq, Dv]
+// Every score is computed once, as a 2×2-blocked matrix product like tfjs' packed matMul, and
+// memory is O(Nq·blockKeys + Nq·Dv): linear in N, never an Nq × Nk texture. O and lse stay
+// normalized after each block (convex combinations of V; log-sums), so nothing grows with N and
+// half-float render targets do not overflow.
+// Chosen by measurement over (a) a fragment per (row, 4 output columns) looping over all keys with an
+// online softmax, which recomputes each score Dv/4 times, and (b) a two-sweep variant (lse over all
+// keys first, then exp(s − lse)·V per block), which computes every score twice: see the header of
+// bench/webgl.ts and bench/RESULTS.md for the numbers. Inputs are read with texelFetch at addresses
+// derived from tfjs' packed layout (no per-fetch division in the usual, non-squarified case).
 import { env } from '@tensorflow/tfjs-core';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
@@ -19,11 +23,13 @@ import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
 import { accumulateProgram } from './accumulate_program';
 import { attentionConfig } from './attrs';
+import { blockStatsProgram } from './block_stats_program';
 import { optionalShapes } from './glsl';
+import type { TexShapes } from './glsl';
 import { lseProgram, toBSHDProgram } from './layout_programs';
-import { probsProgram } from './probs_program';
-import { isWebGLBackend, run, view } from './program';
-import { rowStatsProgram } from './row_stats_program';
+import { isWebGLBackend, packedInput, run, texShapeOf, view } from './program';
+import type { PackedInput } from './program';
+import { scoresProgram } from './scores_program';
 
 /** Keys per block of the forward's probability texture (measured: bench/RESULTS.md). */
 export const BLOCK_KEYS = 256;
@@ -63,27 +69,54 @@ export function optionalInputs(c: AttentionConfig, inputs: Partial<Record<string
   return present.map((t, n) => view(t, shapes[n]));
 }
 
+/** q, k, v, ... as packed textures addressable by texelFetch; `release` disposes the copies made. */
+export function packedInputs<N extends string>(backend: MathBackendWebGL, inputs: Record<N, TensorInfo>):
+    { info: Record<N, TensorInfo>; textures: TexShapes; release(): void } {
+  const packed = Object.entries<TensorInfo>(inputs).map(([name, t]) => [name, packedInput(backend, t)] as const);
+  const info: Partial<Record<string, TensorInfo>> = {};
+  const textures: TexShapes = {};
+  for (const [name, p] of packed) {
+    info[name] = p.info;
+    textures[name] = p.texShape;
+  }
+  return {
+    info: info as Record<N, TensorInfo>,
+    textures,
+    release: () => packed.filter(([, p]: readonly [string, PackedInput]) => p.temporary)
+      .forEach(([, p]) => backend.disposeIntermediateTensorInfo(p.info)),
+  };
+}
+
 const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   if (!isWebGLBackend(backend)) throw new Error('flashAttention: the webgl kernel needs the webgl backend');
   const c = attentionConfig(attrs);
   const x = unpackAttentionInputs(c, inputs);
   const optional = optionalInputs(c, x);
   const keys = blockKeys(c, env().getNumber('WEBGL_MAX_TEXTURE_SIZE'));
+  const packed = packedInputs(backend, { Q: x.q, K: x.k, V: x.v });
+  const { Q, K, V } = packed.info;
+  const textures = packed.textures;
 
-  const stats = run(backend, rowStatsProgram(c), [x.q, x.k, ...optional]);
-  // Block 0 always runs (it also initializes O, e.g. to zeros for rows that see no key).
-  const accumulate = (start: number, previous?: TensorInfo): TensorInfo => {
-    const probs = run(backend, probsProgram(c, start, keys), [x.q, x.k, stats, ...optional]);
-    const next = run(backend, accumulateProgram(c, start, keys, previous === undefined),
-      [probs, x.v, ...(previous ? [previous] : []), ...optional]);
-    backend.disposeIntermediateTensorInfo(probs);
-    if (previous) backend.disposeIntermediateTensorInfo(previous);
-    return next;
-  };
-  let sum = accumulate(0);
-  for (let start = keys; start < c.seqK; start += keys) {
-    if (blockVisible(c, start, start + keys)) sum = accumulate(start, sum);
+  let stats: TensorInfo | undefined;
+  let sum: TensorInfo | undefined;
+  for (let start = 0; start < c.seqK; start += keys) {
+    // Block 0 always runs: it also initializes O and lse (0 and −Infinity for rows that see no key).
+    if (start > 0 && !blockVisible(c, start, start + keys)) continue;
+    const scores = run(backend, scoresProgram(c, textures, start, keys), [Q, K, ...optional]);
+    textures.Scores = texShapeOf(backend, scores);
+    if (stats) textures.Previous = texShapeOf(backend, stats);
+    const nextStats = run(backend, blockStatsProgram(c, textures, start, keys, !stats),
+      [scores, ...(stats ? [stats] : []), ...optional]);
+    textures.Stats = texShapeOf(backend, nextStats);
+    if (sum) textures.Previous = texShapeOf(backend, sum);
+    const nextSum = run(backend, accumulateProgram(c, textures, start, keys, !sum),
+      [scores, V, nextStats, ...(sum ? [sum] : []), ...optional]);
+    for (const t of [scores, stats, sum]) if (t) backend.disposeIntermediateTensorInfo(t);
+    stats = nextStats;
+    sum = nextSum;
   }
+  packed.release();
+  if (!stats || !sum) throw new Error('flashAttention (webgl): no key block ran');
   const lse = run(backend, lseProgram(c), [stats]);
   backend.disposeIntermediateTensorInfo(stats);
   return [toUserLayout(backend, c, sum, c.headsQ, c.seqQ, c.headDimV), lse];

@@ -10,7 +10,7 @@ import { attentionConfig } from './attrs';
 import { dbiasProgram } from './dbias_program';
 import { dkProgram, dvProgram } from './dkdv_programs';
 import { dqProgram } from './dq_program';
-import { optionalInputs, toUserLayout } from './flash_attention';
+import { optionalInputs, packedInputs, toUserLayout } from './flash_attention';
 import { isWebGLBackend, run, view } from './program';
 import { rowTermProgram } from './row_term_program';
 
@@ -20,13 +20,17 @@ const flashAttentionGradWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   const x = unpackGradInputs(c, inputs);
   const optional = optionalInputs(c, x);
   const rowView = (t: TensorInfo) => view(t, [1, c.batch, c.headsQ, c.seqQ]);
-  const rowTerm = run(backend, rowTermProgram(c), [x.output, x.dOutput, rowView(x.dLse)]);
-  const common = [x.q, x.k, x.v, x.dOutput, rowView(x.lse)];
-  const dq = run(backend, dqProgram(c), [...common, rowTerm, ...optional]);
-  const dk = run(backend, dkProgram(c), [...common, rowTerm, ...optional]);
-  const dv = run(backend, dvProgram(c), [...common, ...optional]);
-  const dbias = c.biasShape.length ? [run(backend, dbiasProgram(c), [...common, rowTerm, ...optional])] : [];
+  const packed = packedInputs(backend, { Q: x.q, K: x.k, V: x.v, O: x.output, DO: x.dOutput });
+  const { Q, K, V, O, DO } = packed.info;
+  const textures = packed.textures;
+  const rowTerm = run(backend, rowTermProgram(c, textures), [O, DO, rowView(x.dLse)]);
+  const common = [Q, K, V, DO, rowView(x.lse)];
+  const dq = run(backend, dqProgram(c, textures), [...common, rowTerm, ...optional]);
+  const dk = run(backend, dkProgram(c, textures), [...common, rowTerm, ...optional]);
+  const dv = run(backend, dvProgram(c, textures), [...common, ...optional]);
+  const dbias = c.biasShape.length ? [run(backend, dbiasProgram(c, textures), [...common, rowTerm, ...optional])] : [];
   backend.disposeIntermediateTensorInfo(rowTerm);
+  packed.release();
   return [
     toUserLayout(backend, c, dq, c.headsQ, c.seqQ, c.headDim),
     toUserLayout(backend, c, dk, c.headsKV, c.seqK, c.headDim),

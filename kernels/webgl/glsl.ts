@@ -15,15 +15,59 @@ export function sampler(variable: string): string {
 
 export const even = (n: number) => n + (n % 2);
 
-/** `vec4 faRows<X>(int b, int h, int n, int d)`: the 2×2 block of a [batch, heads, seq, dim] tensor. */
-export function rowsAccessor(c: AttentionConfig, variable: string): string {
-  const get = sampler(variable);
+/** Physical texture shapes of the inputs read through `texelFetch`, by variable name. */
+export type TexShapes = Record<string, [number, number]>;
+
+/**
+ * `vec4 faTex<X>(int row, int col)`: the texel at texel index row·cols + col of a packed texture
+ * whose logical rows of texels are `cols` texels wide. tfjs lays every packed tensor out as that
+ * flat texel sequence, row-major in the texture; when the texture is exactly `cols` texels wide (the
+ * usual case: it is squarified only beyond MAX_TEXTURE_SIZE) the address needs no division.
+ */
+export function texelAccessor(variable: string, cols: number, texShape: [number, number]): string {
+  const width = Math.ceil(texShape[1] / 2);
+  const position = width === cols
+    ? 'ivec2(col, row)'
+    : `ivec2((row * ${cols} + col) % ${width}, (row * ${cols} + col) / ${width})`;
+  return `vec4 faTex${variable}(int row, int col) { return texelFetch(${variable}, ${position}, 0); }`;
+}
+
+/** [heads, seq, dim] of the attention tensors by variable name. */
+export function headDims(c: AttentionConfig, variable: string): [number, number, number] {
+  switch (variable) {
+    case 'Q': return [c.headsQ, c.seqQ, c.headDim];
+    case 'K': return [c.headsKV, c.seqK, c.headDim];
+    case 'V': return [c.headsKV, c.seqK, c.headDimV];
+    case 'O': case 'DO': return [c.headsQ, c.seqQ, c.headDimV];
+    default: throw new Error(`flashAttention (webgl): no head tensor named ${variable}`);
+  }
+}
+
+const half = (n: number) => Math.ceil(n / 2);
+
+/**
+ * `vec4 faRows<X>(int b, int h, int n, int d)`: the 2×2 block (positions n, n+1) × (columns d, d+1)
+ * of q, k, v, O or dO in the config's layout (n and d even). One fetch in BHSD; two in BSHD, whose
+ * texels pair heads instead of positions.
+ */
+export function rowsAccessor(c: AttentionConfig, variable: string, textures: TexShapes): string {
+  const [heads, seq, dim] = headDims(c, variable);
+  const fetch = texelAccessor(variable, half(dim), textures[variable]);
   const body = c.layout === 'BHSD'
-    ? `return ${get}(b, h, n, d);`
-    : `vec4 t0 = ${get}(b, n, h, d);
-       vec4 t1 = ${get}(b, n + 1, h, d);
+    ? `return faTex${variable}((b * ${heads} + h) * ${half(seq)} + n / 2, d / 2);`
+    : `int row = (b * ${seq} + n) * ${half(heads)} + h / 2;
+       vec4 t0 = faTex${variable}(row, d / 2);
+       vec4 t1 = faTex${variable}(row + ${half(heads)}, d / 2);
        return (h % 2 == 0) ? vec4(t0.xy, t1.xy) : vec4(t0.zw, t1.zw);`;
-  return `vec4 faRows${variable}(int b, int h, int n, int d) { ${body} }`;
+  return `${fetch}
+vec4 faRows${variable}(int b, int h, int n, int d) { ${body} }`;
+}
+
+/** `vec4 faBlock<X>(int x, int n, int col)`: the texel holding (n, col) of an internal [X, N, C] tensor. */
+export function internalAccessor(variable: string, shape: number[], textures: TexShapes): string {
+  const [, seq, cols] = shape;
+  return `${texelAccessor(variable, half(cols), textures[variable])}
+vec4 faBlock${variable}(int x, int n, int col) { return faTex${variable}(x * ${half(seq)} + n / 2, col / 2); }`;
 }
 
 /** Picks element (r, c) out of the packed texel holding it. */

@@ -47,3 +47,42 @@ export function run(backend: MathBackendWebGL, program: AttentionProgram, inputs
 export function view(x: TensorInfo, shape: number[]): TensorInfo {
   return { dataId: x.dataId, shape, dtype: x.dtype };
 }
+
+function copyProgram(shape: number[]): AttentionProgram {
+  const coords = ['rc.x', 'rc.y', 'rc.z', 'rc.w'].slice(0, shape.length);
+  const userCode = `void main() {
+  ${shape.length === 3 ? 'ivec3' : 'ivec4'} rc = getOutputCoords();
+  setOutput(getSource(${coords.join(', ')}));
+}`;
+  return new AttentionProgram(['Source'], shape, true, [], userCode);
+}
+
+export interface PackedInput {
+  info: TensorInfo;
+  texShape: [number, number];
+  /** Made here (a packed copy): the caller disposes it. */
+  temporary: boolean;
+}
+
+/**
+ * The input as a packed texture whose layout the programs may address directly with texelFetch:
+ * packed, not a slice of another texture, laid out for its own last two dimensions. Anything else
+ * (CPU-resident, unpacked, a slice) is copied once into such a texture, O(N·D) work.
+ */
+export function packedInput(backend: MathBackendWebGL, x: TensorInfo): PackedInput {
+  const data = backend.texData.get(x.dataId);
+  const direct = data.isPacked && data.texture != null && data.slice == null && data.texShape != null &&
+    data.shape.slice(-2).join() === x.shape.slice(-2).join();
+  if (direct && data.texShape) return { info: x, texShape: data.texShape, temporary: false };
+  const copy = run(backend, copyProgram(x.shape), [x], x.dtype);
+  const texShape = backend.texData.get(copy.dataId).texShape;
+  if (!texShape) throw new Error('flashAttention (webgl): packed copy has no texture');
+  return { info: copy, texShape, temporary: true };
+}
+
+/** The physical shape of a program output's texture. */
+export function texShapeOf(backend: MathBackendWebGL, x: TensorInfo): [number, number] {
+  const texShape = backend.texData.get(x.dataId).texShape;
+  if (!texShape) throw new Error('flashAttention (webgl): intermediate has no texture');
+  return texShape;
+}

@@ -3,17 +3,18 @@
 // the lse output differentiable at no extra cost.
 import type { AttentionConfig } from '../../src/config';
 import { decodeRow, elementAccessor, even, PICK, rowsAccessor } from './glsl';
+import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
-export function rowTermProgram(c: AttentionConfig): AttentionProgram {
+export function rowTermProgram(c: AttentionConfig, textures: TexShapes): AttentionProgram {
   const full = Math.floor(c.headDimV / 2);
   const tail = c.headDimV % 2
     ? `{ vec4 t = faRowsO(b, h, i, ${2 * full}) * faRowsDO(b, h, i, ${2 * full});
          sum += t.xz; }`
     : '';
   const userCode = `
-${rowsAccessor(c, 'O')}
-${rowsAccessor(c, 'DO')}
+${rowsAccessor(c, 'O', textures)}
+${rowsAccessor(c, 'DO', textures)}
 ${PICK}
 ${elementAccessor('DLse', [1, c.batch, c.headsQ, c.seqQ])}
 void main() {
