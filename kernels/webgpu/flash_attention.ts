@@ -11,7 +11,9 @@ import { auxLayout, auxNeeded, encodeAuxCopies } from './aux';
 import { forwardProgram, forwardWorkgroupBytes } from './attention_forward';
 import { NEG_INF_BITS } from './attention_wgsl';
 import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeometry } from './chunks';
-import { Dispatch, gpuBuffer, makeOutput, runPrograms, scratchBuffer, subgroupMinSize } from './runtime';
+import {
+  Dispatch, gpuBuffer, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer, subgroupMinSize,
+} from './runtime';
 import { chooseTiles, subgroupReduceFits, Tiles } from './tiles';
 
 export function isAttentionConfig(attrs: NamedAttrMap | undefined): attrs is NamedAttrMap & AttentionConfig {
@@ -44,12 +46,17 @@ export function useSubgroupsFor(device: GPUDevice, t: Tiles): boolean {
   return webgpuAttentionTuning.subgroups && subgroupReduceFits(t, subgroupMinSize(device));
 }
 
+const SOFTWARE_TILES: Tiles = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 };
+
 /** Chooses tiles that fit the device, preferring the subgroup path where it fits. */
 export function pickTiles(device: GPUDevice, bytes: (t: Tiles, sg: boolean) => number, preferred?: Tiles):
     { tiles: Tiles; useSubgroups: boolean } {
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   const threads = device.limits.maxComputeInvocationsPerWorkgroup;
-  const tiles = chooseTiles(t => bytes(t, useSubgroupsFor(device, t)), limit, threads, preferred);
+  // On a CPU adapter, compiling unrolled 4×4 register tiles takes seconds per program, and large
+  // tiles buy nothing there.
+  const choice = preferred ?? (isSoftwareAdapter(device) ? SOFTWARE_TILES : undefined);
+  const tiles = chooseTiles(t => bytes(t, useSubgroupsFor(device, t)), limit, threads, choice);
   return { tiles, useSubgroups: useSubgroupsFor(device, tiles) };
 }
 

@@ -169,15 +169,23 @@ export function scratchBuffer(device: GPUDevice, bytes: number): GPUBuffer {
   });
 }
 
-/** Subgroup size range of the device's adapter, when Dawn reports it. */
+/** A field of the device's GPUAdapterInfo (`device.adapterInfo`, not yet in every typing). */
+function adapterInfoField(device: GPUDevice, field: string): unknown {
+  const info: unknown = (device as { adapterInfo?: unknown }).adapterInfo;
+  return typeof info === 'object' && info !== null ? (info as Record<string, unknown>)[field] : undefined;
+}
+
+/** Smallest subgroup size of the device's adapter; 0 without the `subgroups` feature or when unknown. */
 export function subgroupMinSize(device: GPUDevice): number {
   if (!device.features.has('subgroups')) return 0;
-  const info: unknown = (device as { adapterInfo?: unknown }).adapterInfo;
-  if (typeof info === 'object' && info !== null && 'subgroupMinSize' in info) {
-    const size = (info as { subgroupMinSize: unknown }).subgroupMinSize;
-    if (typeof size === 'number') return size;
-  }
-  return 0;
+  const size = adapterInfoField(device, 'subgroupMinSize');
+  return typeof size === 'number' ? size : 0;
+}
+
+/** CPU implementations of WebGPU (SwiftShader, lavapipe), where shader compile time dominates. */
+export function isSoftwareAdapter(device: GPUDevice): boolean {
+  const text = ['vendor', 'architecture', 'description'].map(f => String(adapterInfoField(device, f) ?? '')).join(' ');
+  return /swiftshader|llvmpipe|lavapipe/i.test(text);
 }
 
 export function range(n: number): number[] {
