@@ -36,12 +36,14 @@ export const BLOCK_KEYS = 256;
 
 /**
  * The key block size: BLOCK_KEYS, fewer when the keys are fewer, and fewer when a
- * [B·Hq, Nq, blockKeys] packed texture would exceed MAX_TEXTURE_SIZE² texels.
+ * [B·Hq, Nq, blockKeys] packed texture would not fit in MAX_TEXTURE_SIZE².
  */
 export function blockKeys(c: AttentionConfig, maxTextureSize: number): number {
   const keys = Math.min(BLOCK_KEYS, c.seqK + (c.seqK % 2));
   const rowTexels = c.batch * c.headsQ * Math.ceil(c.seqQ / 2);
-  const fit = 2 * Math.floor(maxTextureSize * maxTextureSize / rowTexels);
+  // tfjs squarifies a texture beyond MAX_TEXTURE_SIZE into about √texels × √texels; (max − 1)² texels
+  // always fit.
+  const fit = 2 * Math.floor((maxTextureSize - 1) ** 2 / rowTexels);
   return Math.max(2, Math.min(keys, fit));
 }
 

@@ -1,0 +1,98 @@
+// Kernel-specific tests of the webgl FlashAttention kernels in headless Chromium (SwiftShader),
+// beyond the shared case list that test/browser.test.ts runs on webgl: memory linear in N (no
+// Nq × Nk texture), sequences whose score matrix exceeds MAX_TEXTURE_SIZE², half-float render
+// targets, the dropout mask bit for bit, and no leaked tensors or textures.
+import * as path from 'path';
+import type { BackendInfo } from './browser/harness';
+import { BenchPage, decodeFloats, openPage } from './browser/page';
+import type { AttentionCase } from './cases';
+import { caseData } from './cases';
+import { checkCase, failures } from './setup/check_case';
+import type { CaseResult } from './setup/run_case';
+import { referenceForward } from './reference';
+
+const ENTRY = path.join(__dirname, 'webgl_kernels_page.ts');
+
+interface ScaledResult {
+  case: AttentionCase; backend: string; output: string; lse: string;
+  dq?: string; dk?: string; dv?: string; dbias?: string; tensorsBefore: number; tensorsAfter: number;
+}
+
+function decode(r: ScaledResult): CaseResult {
+  const optional = (x?: string) => (x === undefined ? undefined : decodeFloats(x));
+  return {
+    backend: r.backend, output: decodeFloats(r.output), lse: decodeFloats(r.lse), dq: optional(r.dq),
+    dk: optional(r.dk), dv: optional(r.dv), dbias: optional(r.dbias), tensorsBefore: r.tensorsBefore,
+    tensorsAfter: r.tensorsAfter,
+  };
+}
+
+async function scaledCase(page: BenchPage, name: string, overrides: Partial<AttentionCase>, tolerance: number): Promise<string> {
+  const r = await page.runInPage<ScaledResult>('faWebglRunScaledCase', [name, overrides]);
+  expect(r.backend).toBe('webgl');
+  return failures(checkCase(r.case, caseData(r.case), decode(r), tolerance));
+}
+
+interface MemoryProbe {
+  peak: number; largestOutput: number[]; leakedBytes: number; allFinite: boolean; tensorsBefore: number; tensorsAfter: number;
+}
+
+async function withPage(flags: Record<string, number | boolean>, body: (page: BenchPage) => Promise<void>): Promise<void> {
+  const page = await openPage({ entry: ENTRY });
+  try {
+    const info = await page.runInPage<BackendInfo>('faSetup', [{ backend: 'webgl', flags }]);
+    expect(info.backend).toBe('webgl');
+    const kernels = await page.runInPage<{ forward: boolean; grad: boolean }>('faWebglKernels');
+    expect(kernels).toMatchObject({ forward: true, grad: true });
+    await body(page);
+  } finally {
+    await page.close();
+  }
+}
+
+describe('webgl kernels in headless Chromium', () => {
+  test('memory is linear in N: no Nq × Nk texture forward or backward, nothing leaked', async () => {
+    await withPage({}, async page => {
+      const d = 16;
+      for (const grad of [false, true]) {
+        const [small, large] = grad ? [512, 1024] : [1024, 2048];
+        const probes: MemoryProbe[] = [];
+        for (const n of [small, large]) {
+          const probe = await page.runInPage<MemoryProbe>('faWebglMemoryProbe', [1, 1, n, d, grad]);
+          expect(probe.allFinite).toBe(true);
+          expect(probe.tensorsAfter).toBe(probe.tensorsBefore);
+          expect(probe.leakedBytes).toBe(0);
+          // No program output as large as one head's score matrix.
+          expect(probe.largestOutput.reduce((a, b) => a * b, 1)).toBeLessThan(n * n);
+          probes.push(probe);
+        }
+        // Doubling N at most doubles the working set (quadratic would quadruple it), which at the
+        // larger N is under half of one head's float32 score matrix.
+        expect(probes[1].peak / probes[0].peak).toBeLessThan(2.3);
+        expect(probes[1].peak).toBeLessThan(4 * large * large / 2);
+      }
+    });
+  }, 300000);
+
+  test('sequences whose score matrix exceeds MAX_TEXTURE_SIZE² (WEBGL_MAX_TEXTURE_SIZE = 128)', async () => {
+    await withPage({ WEBGL_MAX_TEXTURE_SIZE: 128 }, async page => {
+      // e.g. 300 × 300 scores = 90000 > 128² = 16384 texels, while q, k, v (≤ 6240 values) still fit
+      // and get squarified textures (the texelFetch addressing's general path).
+      expect(await scaledCase(page, 'plain', { nq: 300, nk: 300, hq: 2, hkv: 1 }, 1e-3)).toBe('');
+      expect(await scaledCase(page, 'block sparse', { nq: 200, nk: 180 }, 1e-3)).toBe('');
+      expect(await scaledCase(page, 'BSHD', { nq: 130, nk: 140, causal: true }, 1e-3)).toBe('');
+      expect(await scaledCase(page, 'dropout', { nq: 150, nk: 170, grad: false }, 1e-3)).toBe('');
+    });
+  }, 300000);
+
+  test('the dropout mask is bit-exact with src/dropout.ts', async () => {
+    await withPage({}, async page => {
+      for (const [rate, seed] of [[0.3, 1234], [0.5, 4294967295], [0.9, 7]]) {
+        const r = await page.runInPage<{ mismatches: number; kept: number; total: number }>(
+          'faWebglDropoutMismatches', [2, 3, 9, 40, rate, seed]);
+        expect(r.mismatches).toBe(0);
+        expect(Math.abs(r.kept / r.total - (1 - rate))).toBeLessThan(0.1);
+      }
+    });
+  }, 120000);
+});
