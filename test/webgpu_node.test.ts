@@ -12,14 +12,6 @@ import { compositeFailure } from './setup/composite_limits';
 import { runCase } from './setup/run_case';
 import { DawnWebGPU, initDawnWebGPU } from './setup/webgpu_node';
 
-let gpu: DawnWebGPU;
-
-beforeAll(async () => {
-  gpu = await initDawnWebGPU();
-  console.log(`webgpu adapter: ${gpu.description}${gpu.software ? ' (software)' : ''}; ` +
-    `subgroups: adapter ${gpu.adapterHasSubgroups}, device ${gpu.subgroups}; shader-f16: ${gpu.shaderF16}`);
-}, 120000);
-
 /** [m, k] × [k, n] in float64. */
 function matMul64(a: Float32Array, b: Float32Array, m: number, k: number, n: number): Float64Array {
   const out = new Float64Array(m * n);
@@ -31,27 +23,43 @@ function matMul64(a: Float32Array, b: Float32Array, m: number, k: number, n: num
   return out;
 }
 
-test('tfjs webgpu matMul runs on Dawn and matches float64', async () => {
-  expect(tf.getBackend()).toBe('webgpu');
-  const [m, k, n] = [33, 47, 29];
-  const a = tf.randomUniform([m, k], -1, 1, 'float32', 1);
-  const b = tf.randomUniform([k, n], -1, 1, 'float32', 2);
-  const c = tf.matMul(a, b);
-  const expected = matMul64(await a.data() as Float32Array, await b.data() as Float32Array, m, k, n);
-  const got = await c.data();
-  const maxError = Math.max(...Array.from(got, (x, i) => Math.abs(x - expected[i])));
-  tf.dispose([a, b, c]);
-  expect(maxError).toBeLessThan(1e-5 * k);
-});
+// The kernels take a subgroup path where the device has `subgroups` and another where it does not:
+// the case list runs on both devices (on an adapter without subgroups, both runs take the same path).
+describe.each([true, false])('webgpu through Dawn, subgroups requested: %s', subgroups => {
+  let gpu: DawnWebGPU;
 
-describe.each(CASES.map(c => [c.name, c] as const))('case %s on webgpu (Dawn)', (_name, c) => {
-  const knownFailure = compositeFailure('webgpu', c.name);
-  const title = (c.grad ? 'forward and gradients match the float64 reference' : 'forward matches the float64 reference') +
-    (knownFailure ? ` (expected to fail on the composite: ${knownFailure})` : '');
-  (knownFailure ? test.failing : test)(title, async () => {
-    const data = caseData(c);
-    const result = await runCase(c, data);
-    expect(result.backend).toBe('webgpu');
-    expect(failures(checkCase(c, data, result, 2e-5))).toBe('');
+  beforeAll(async () => {
+    gpu = await initDawnWebGPU({ subgroups });
+    console.log(`webgpu adapter: ${gpu.description}${gpu.software ? ' (software)' : ''}; ` +
+      `subgroups: adapter ${gpu.adapterHasSubgroups}, device ${gpu.subgroups}; shader-f16: ${gpu.shaderF16}`);
+  }, 120000);
+
+  test('the device has subgroups exactly when requested and offered', () => {
+    expect(gpu.subgroups).toBe(subgroups && gpu.adapterHasSubgroups);
   });
+
+  test('tfjs webgpu matMul runs on Dawn and matches float64', async () => {
+    expect(tf.getBackend()).toBe('webgpu');
+    const [m, k, n] = [33, 47, 29];
+    const a = tf.randomUniform([m, k], -1, 1, 'float32', 1);
+    const b = tf.randomUniform([k, n], -1, 1, 'float32', 2);
+    const c = tf.matMul(a, b);
+    const expected = matMul64(await a.data() as Float32Array, await b.data() as Float32Array, m, k, n);
+    const got = await c.data();
+    const maxError = Math.max(...Array.from(got, (x, i) => Math.abs(x - expected[i])));
+    tf.dispose([a, b, c]);
+    expect(maxError).toBeLessThan(1e-5 * k);
+  });
+
+  for (const c of CASES) {
+    const knownFailure = compositeFailure('webgpu', c.name);
+    const title = `case ${c.name}: forward${c.grad ? ' and gradients' : ''} match the float64 reference` +
+      (knownFailure ? ` (expected to fail on the composite: ${knownFailure})` : '');
+    (knownFailure ? test.failing : test)(title, async () => {
+      const data = caseData(c);
+      const result = await runCase(c, data);
+      expect(result.backend).toBe('webgpu');
+      expect(failures(checkCase(c, data, result, 2e-5))).toBe('');
+    });
+  }
 });

@@ -121,7 +121,11 @@ function wantSubgroups(options: DawnOptions): boolean {
   return options.subgroups ?? process.env[NO_SUBGROUPS_ENV] !== '1';
 }
 
-async function requestDevice(dawn: DawnAddon, adapter: GPUAdapter, subgroups: boolean): Promise<GPUDevice> {
+/** A device on a fresh adapter of `gpu` (an adapter makes one device only). */
+async function requestDevice(dawn: DawnAddon, gpu: GPU, subgroups: boolean): Promise<{ adapter: GPUAdapter; device: GPUDevice }> {
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) throw new Error('Dawn found an adapter once and not a second time');
+  keepAlive(dawn, adapter);
   // 'subgroups' is missing from TypeScript's GPUFeatureName; the adapter is the judge of names.
   const optional = ['timestamp-query', 'bgra8unorm-storage', 'shader-f16', ...(subgroups ? ['subgroups'] : [])];
   const offered = (name: string): name is GPUFeatureName => adapter.features.has(name);
@@ -138,7 +142,7 @@ async function requestDevice(dawn: DawnAddon, adapter: GPUAdapter, subgroups: bo
     },
   });
   keepAlive(dawn, device);
-  return device;
+  return { adapter, device };
 }
 
 async function start(dawnFlags: string[]): Promise<{ dawn: DawnAddon; gpu: GPU; adapter: GPUAdapter }> {
@@ -155,7 +159,7 @@ async function start(dawnFlags: string[]): Promise<{ dawn: DawnAddon; gpu: GPU; 
   return { dawn, ...found };
 }
 
-const devices = new Map<boolean, Promise<GPUDevice>>();
+const devices = new Map<boolean, Promise<{ adapter: GPUAdapter; device: GPUDevice }>>();
 let active: boolean | undefined;
 
 /**
@@ -165,10 +169,14 @@ let active: boolean | undefined;
  */
 export async function initDawnWebGPU(options: DawnOptions = {}): Promise<DawnWebGPU> {
   dawnAdapter ??= start(options.dawnFlags ?? []);
-  const { dawn, gpu, adapter } = await dawnAdapter;
+  const { dawn, gpu } = await dawnAdapter;
   const subgroups = wantSubgroups(options);
-  if (!devices.has(subgroups)) devices.set(subgroups, requestDevice(dawn, adapter, subgroups));
-  const device = await (devices.get(subgroups) as Promise<GPUDevice>);
+  let made = devices.get(subgroups);
+  if (!made) {
+    made = requestDevice(dawn, gpu, subgroups);
+    devices.set(subgroups, made);
+  }
+  const { adapter, device } = await made;
 
   // Loaded only now: the backend package checks for navigator.gpu when it is first imported.
   const tf = await import('@tensorflow/tfjs-core');
