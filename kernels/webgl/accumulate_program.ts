@@ -26,13 +26,13 @@ void main() {
   ${decodeRow(c, 'rc.x')}
   int i = rc.y;
   int col = rc.z;
-  vec4 stats = faBlockStats(rc.x, i, 0);
+  vec4 stats = faLoad(faBlockStats(rc.x, i, 0));
   vec4 lse = stats.xxzz;
   ${first ? 'vec4 result = vec4(0.0);' : `
   vec4 rescale = mix(exp(stats.yyww - lse), vec4(0.0), equal(stats.yyww, vec4(-FA_INF)));
   vec4 result = faBlockPrevious(rc.x, i, col) * rescale;`}
   ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 p = faProbs(faBlockScores(rc.x, i, j - faKeyStart), lse) * faDropScale4(b, h, i, j);
+    vec4 p = faProbs(faLoad(faBlockScores(rc.x, i, j - faKeyStart)), lse) * faDropScale4(b, h, i, j);
     vec4 v = faRowsV(b, g, j, col);
     if (j + 1 >= ${c.seqK}) v.zw = vec2(0.0);
     result += p.xxzz * v.xyxy + p.yyww * v.zwzw;`)}

@@ -35,11 +35,11 @@ void main() {
   int i = rc.y;
   float m0 = -FA_INF, l0 = 0.0, m1 = -FA_INF, l1 = 0.0;
   ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 s = faBlockScores(rc.x, i, j - faKeyStart);
+    vec4 s = faLoad(faBlockScores(rc.x, i, j - faKeyStart));
     faOnline(m0, l0, s.x, s.y);
     faOnline(m1, l1, s.z, s.w);`)}
-  vec2 previous = ${first ? 'vec2(-FA_INF)' : 'faBlockPrevious(rc.x, i, 0).xz'};
-  setOutput(vec4(faMerge(previous.x, m0, l0), previous.x, faMerge(previous.y, m1, l1), previous.y));
+  vec2 previous = ${first ? 'vec2(-FA_INF)' : 'faLoad(faBlockPrevious(rc.x, i, 0)).xz'};
+  setOutput(faStore(vec4(faMerge(previous.x, m0, l0), previous.x, faMerge(previous.y, m1, l1), previous.y)));
 }`;
   return new AttentionProgram(['Scores', ...(first ? [] : ['Previous']), ...optional.variables],
     [rows, c.seqQ, 2], true, [...attentionUniforms(c), { name: 'faKeyStart', type: 'int', value: keyStart }], userCode);

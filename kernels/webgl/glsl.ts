@@ -5,6 +5,7 @@
 // [r+1][c+1]). Every program reads q, k, v, O and dO through `faRows<X>(b, h, n, d)`, which returns
 // that block for sequence positions (n, n+1) and head-dim columns (d, d+1) whatever the layout: one
 // fetch in BHSD, two in BSHD (whose texels pair heads, not positions). n and d are always even.
+import { env } from '@tensorflow/tfjs-core';
 import type { AttentionConfig } from '../../src/config';
 import type { Uniform } from './program';
 
@@ -179,8 +180,19 @@ export function scoreSnippet(c: AttentionConfig): string {
        }
        return false;`
     : 'return true;';
+  // Infinities do not survive half-float render targets (SwiftShader reads them back as NaN), so
+  // there "no score" (a hidden key, the lse of a row without keys) is stored as −60000 and read back
+  // as −Infinity; any stored value below −30000 counts as none (exp of it is 0 in any case).
+  const halfFloat = !env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
+  const none = halfFloat
+    ? `vec4 faStore(vec4 x) { return mix(x, vec4(-60000.0), equal(x, vec4(-FA_INF))); }
+vec4 faLoad(vec4 x) { return mix(x, vec4(-FA_INF), lessThan(x, vec4(-30000.0))); }`
+    : `vec4 faStore(vec4 x) { return x; }
+vec4 faLoad(vec4 x) { return x; }`;
   return `
 const float FA_INF = uintBitsToFloat(0x7f800000u);
+// Scores and lse as stored in textures (faStore) and as used in registers (faLoad).
+${none}
 ${c.dropoutRate > 0 ? DROPOUT : NO_DROPOUT}
 float faCapped(float dotqk) { ${capped} }
 vec4 faCapped4(vec4 d) { return vec4(faCapped(d.x), faCapped(d.y), faCapped(d.z), faCapped(d.w)); }

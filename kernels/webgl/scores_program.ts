@@ -28,13 +28,13 @@ void main() {
   int j = faKeyStart + rc.z;
   ivec2 range = faKeyRange(b, i, i + 1);
   if (j + 1 < range.x || j >= range.y || !faBlockLive(b, h, i, i + 1, j, j + 1)) {
-    setOutput(vec4(-FA_INF));
+    setOutput(faStore(vec4(-FA_INF)));
     return;
   }
   vec4 dots = vec4(0.0);
   for (int p = 0; p < ${full}; p++) ${step('2 * p', '')}
   ${c.headDim % 2 ? step(`${2 * full}`, ' * vec4(1.0, 0.0, 1.0, 0.0)') : ''}
-  setOutput(faScore4(faCapped4(dots), b, h, i, j));
+  setOutput(faStore(faScore4(faCapped4(dots), b, h, i, j)));
 }`;
   return new AttentionProgram(['Q', 'K', ...optional.variables], [c.batch * c.headsQ, c.seqQ, blockKeys], true,
     [...attentionUniforms(c), { name: 'faKeyStart', type: 'int', value: keyStart }], userCode);
