@@ -6,7 +6,6 @@ import type { BackendInfo, EncodedCaseResult, EncodedMatMul } from './browser/ha
 import { BenchPage, decodeFloats, openPage } from './browser/page';
 import { CASES, caseData } from './cases';
 import { checkCase, failures } from './setup/check_case';
-import { compositeFailure } from './setup/composite_limits';
 import type { CaseResult } from './setup/run_case';
 
 const FORWARD_TOLERANCE = { webgl: 1e-3, webgpu: 2e-5 } as const;
@@ -48,11 +47,13 @@ describe.each(['webgl', 'webgpu'] as const)('%s in headless Chromium', backend =
     expect(maxError).toBeLessThan(1e-5 * k);
   });
 
+  test(`the package's FlashAttention kernels are registered for ${backend} in the page`, async () => {
+    expect(await page.runInPage('faKernels')).toEqual({ forward: true, grad: true });
+  });
+
   for (const c of CASES) {
-    const knownFailure = compositeFailure(backend, c.name);
-    const title = `case ${c.name}: forward${c.grad ? ' and gradients' : ''} match the float64 reference` +
-      (knownFailure ? ` (expected to fail on the composite: ${knownFailure})` : '');
-    (knownFailure ? test.failing : test)(title, async () => {
+    const title = `case ${c.name}: forward${c.grad ? ' and gradients' : ''} match the float64 reference`;
+    test(title, async () => {
       const result = decodeCase(await page.runInPage<EncodedCaseResult>('faRunCase', [c.name]));
       expect(result.backend).toBe(backend);
       expect(failures(checkCase(c, caseData(c), result, FORWARD_TOLERANCE[backend]))).toBe('');

@@ -3,12 +3,12 @@
 // float64 reference (SPEC §3: forward within 2e-5·max|v|, gradients within 1e-4 relative).
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-// Registers tfjs-core's op gradients (its Node bundle carries them), which the composite fallback
-// needs until a webgpu kernel exists; users get them from @tensorflow/tfjs.
+// Registers tfjs-core's op gradients (its Node bundle carries them): runCase's tf.grads goes through
+// concat and reshape around the op.
 import '@tensorflow/tfjs-layers';
+import { FlashAttention, FlashAttentionGrad } from '../src/index';
 import { CASES, caseData } from './cases';
 import { checkCase, failures } from './setup/check_case';
-import { compositeFailure } from './setup/composite_limits';
 import { runCase } from './setup/run_case';
 import { DawnWebGPU, initDawnWebGPU } from './setup/webgpu_node';
 
@@ -51,11 +51,14 @@ describe.each([true, false])('webgpu through Dawn, subgroups requested: %s', sub
     expect(maxError).toBeLessThan(1e-5 * k);
   });
 
+  test("the package's FlashAttention kernels are registered for webgpu", () => {
+    expect(tf.getKernel(FlashAttention, 'webgpu')).toBeDefined();
+    expect(tf.getKernel(FlashAttentionGrad, 'webgpu')).toBeDefined();
+  });
+
   for (const c of CASES) {
-    const knownFailure = compositeFailure('webgpu', c.name);
-    const title = `case ${c.name}: forward${c.grad ? ' and gradients' : ''} match the float64 reference` +
-      (knownFailure ? ` (expected to fail on the composite: ${knownFailure})` : '');
-    (knownFailure ? test.failing : test)(title, async () => {
+    const title = `case ${c.name}: forward${c.grad ? ' and gradients' : ''} match the float64 reference`;
+    test(title, async () => {
       const data = caseData(c);
       const result = await runCase(c, data);
       expect(result.backend).toBe('webgpu');

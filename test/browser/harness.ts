@@ -5,12 +5,13 @@
 //
 // Another entry may import this file and add its own window functions (see `expose`).
 import * as tf from '@tensorflow/tfjs-core';
-// Registers tfjs-core's op gradients, which the composite fallback needs where a backend has no kernel.
+// Registers tfjs-core's op gradients: runCase's tf.grads goes through concat and reshape around the op,
+// and pages that train layers need them all.
 import '@tensorflow/tfjs-core/dist/register_all_gradients';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-webgl';
 import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import '../../src/index';
+import { FlashAttention, FlashAttentionGrad } from '../../src/index';
 import type { AttentionCase } from '../cases';
 import { CASES, caseData } from '../cases';
 import { runCase } from '../setup/run_case';
@@ -146,3 +147,8 @@ expose('faSetup', setup);
 expose('faMatMul', matMul);
 expose('faRunCase', runCaseEncoded);
 expose('faMemory', () => tf.memory());
+/** Which of the package's kernels are registered for the current backend. */
+expose('faKernels', () => ({
+  forward: tf.getKernel(FlashAttention, tf.getBackend()) !== undefined,
+  grad: tf.getKernel(FlashAttentionGrad, tf.getBackend()) !== undefined,
+}));
