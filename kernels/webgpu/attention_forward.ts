@@ -5,10 +5,11 @@
 // softmax with exp2). Key tiles outside the window / causal band or past keyLengths are never
 // visited (loop bounds), block-sparse tiles with no live block are skipped. The output and the
 // log-sum-exp are written once at the end. No Nq × Nk buffer exists.
-import type { AttentionConfig } from '../../src/config';
+import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  blockSkip, COMMON_UNIFORMS, constants, keyRange, queryScale, scoreFunctions, storageBinding, tensorAccess, vec4Q, vec4V,
+  COMMON_UNIFORMS, constants, keyRange, queryScale, scoreFunctions, stageRows, storageBinding, tensorAccess, vec4Q,
+  vec4V,
 } from './attention_wgsl';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
 import { rowReduce, threadsOf, Tiles } from './tiles';
@@ -17,9 +18,13 @@ import { rowReduce, threadsOf, Tiles } from './tiles';
 export function forwardWorkgroupBytes(c: AttentionConfig, t: Tiles, useSubgroups: boolean): number {
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
   const { TC } = threadsOf(t);
-  return 16 * ((t.rows + t.cols) * (dk4 + 1) + t.cols * (dv4 + 1)) + 4 * t.rows * (t.cols + 1) +
-    (useSubgroups ? 0 : 4 * t.rows * TC) + 16;
+  const qRows = t.queryFromGlobal ? 0 : t.rows;
+  return 16 * ((qRows + t.cols) * (dk4 + 1) + t.cols * (dv4 + 1)) + 4 * t.rows * (t.cols + 1) +
+    (useSubgroups ? 0 : 4 * t.rows * TC) + (c.blockSize > 0 ? 4 * TILE_LIST : 0) + 16;
 }
+
+/** Key tiles whose block-sparse liveness is decided together, listed in workgroup memory. */
+const TILE_LIST = 128;
 
 /** The config fields the forward shader depends on (everything but the dropout seed, a uniform). */
 export function shaderConfig(c: AttentionConfig): Omit<AttentionConfig, 'dropoutSeed'> {
@@ -40,6 +45,41 @@ export function forwardBindings(c: AttentionConfig, withAux: boolean): BindingSp
   return b;
 }
 
+/**
+ * The loop over key tiles [tFirst, tEnd) around \`body\` (which sees \`t\`). Block-sparse: the tiles of
+ * each run of TILE_LIST are tested in parallel and the live ones listed in order by thread 0, so a
+ * dead tile costs no barrier and no serial mask read.
+ */
+function tileLoop(c: AttentionConfig, body: string): string {
+  if (c.blockSize === 0) return `for (var t = tFirst; t < tEnd; t++) {${body}  }`;
+  return `for (var base = tFirst; base < tEnd; base += ${TILE_LIST}u) {
+    workgroupBarrier();
+    for (var e = lidx; e < ${TILE_LIST}u; e += WG) {
+      let j0 = (base + e) * BK;
+      var any = false;
+      if (base + e < tEnd) {
+        for (var qb2 = iFirst / BLOCK; qb2 <= iLast / BLOCK; qb2++) {
+          for (var kb2 = j0 / BLOCK; kb2 <= (min(j0 + BK, SEQK) - 1u) / BLOCK; kb2++) {
+            any = any | blockLive(b, h, qb2, kb2);
+          }
+        }
+      }
+      tileFlags[e] = select(0u, 1u, any);
+    }
+    workgroupBarrier();
+    if (lidx == 0u) {
+      var n = 0u;
+      for (var e = 0u; e < ${TILE_LIST}u; e++) {
+        if (tileFlags[e] != 0u) { tileFlags[n] = base + e; n++; }
+      }
+      flag = n;
+    }
+    let live = workgroupUniformLoad(&flag);
+    for (var idx = 0u; idx < live; idx++) {
+      let t = tileFlags[idx];${body}    }
+  }`;
+}
+
 export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: boolean, t: Tiles,
   useSubgroups: boolean): ProgramSpec {
   const bindings = forwardBindings(c, withAux);
@@ -54,6 +94,11 @@ export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: bool
   const rowOf = (r: number) => `tr + ${r * TR}u`;
   const colOk = (x: number) => ((Math.ceil(c.headDimV / 4) % TC === 0) ? 'true' : `(tc + ${x * TC}u < DV4)`);
   const S = (r: number, k: number) => `s_${r}_${k}`;
+  // Without a staged Q block, each thread reads its rows of Q from global memory (L1-cached) in the
+  // score loop and scales the dot product instead; that frees workgroup memory for larger tiles.
+  const queryOperand = (r: number) => !t.queryFromGlobal ? `qs[(${rowOf(r)}) * QS + d]`
+    : vec4Q(c) ? `q[qrow_${r} + d]` : `load_q(b, h, min(i_${r}, SEQQ - 1u), d)`;
+  const qs = layoutStrides(c, c.headsQ, c.seqQ, c.headDim);
   const O = (r: number, x: number) => `o_${r}_${x}`;
 
   const body = () => `
@@ -67,7 +112,8 @@ const QS = DK4 + 1u;
 const VS = DV4 + 1u;
 const PS = BK + 1u;
 const QSCALE = ${f32(queryScale(c))};
-var<workgroup> qs: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDim / 4) + 1)}>;
+${t.queryFromGlobal ? '' : `var<workgroup> qs: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDim / 4) + 1)}>;`}
+${c.blockSize > 0 ? `var<workgroup> tileFlags: array<u32, ${TILE_LIST}>;` : ''}
 var<workgroup> ks: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDim / 4) + 1)}>;
 var<workgroup> vs: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDimV / 4) + 1)}>;
 var<workgroup> ps: array<f32, ${t.rows * (t.cols + 1)}>;
@@ -89,13 +135,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let h = bh % HQ;
   let hk = h / GROUP;
   let i0 = qb * BQ;
-  for (var e = lidx; e < BQ * DK4; e += WG) {
-    let r = e / DK4;
-    let c = e % DK4;
-    var x = vec4<f32>(0.0);
-    if (i0 + r < SEQQ) { x = load_q(b, h, i0 + r, c); }
-    qs[r * QS + c] = x * QSCALE;
-  }
+  ${t.queryFromGlobal ? '' : stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'let kl = SEQK;'}
@@ -108,10 +148,9 @@ ${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
   var m_${r} = negInf();
   var l_${r} = 0.0;
   var nan_${r} = false;
-${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
-  for (var t = tFirst; t < tEnd; t++) {
+${t.queryFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
+  ${tileLoop(c, `
     let j0 = t * BK;
-    ${blockSkip(c, 'iFirst', 'iLast', 'j0', 'min(j0 + BK, SEQK) - 1u')}
     workgroupBarrier();
     for (var e = lidx; e < BK * DK4; e += WG) {
       let r = e / DK4;
@@ -130,11 +169,11 @@ ${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX
     workgroupBarrier();
 ${rowsR.map(r => colsC.map(k => `    var ${S(r, k)} = 0.0;`).join('\n')).join('\n')}
     for (var d = 0u; d < DK4; d++) {
-${rowsR.map(r => `      let q${r} = qs[(${rowOf(r)}) * QS + d];`).join('\n')}
+${rowsR.map(r => `      let q${r} = ${queryOperand(r)};`).join('\n')}
 ${colsC.map(k => `      let k${k} = ks[(tc + ${k * TC}u) * QS + d];`).join('\n')}
 ${rowsR.map(r => colsC.map(k => `      ${S(r, k)} += dot(q${r}, k${k});`).join('\n')).join('\n')}
     }
-${rowsR.map(r => colsC.map(k => `    ${S(r, k)} = score2(${S(r, k)}, b, h, i_${r}, j0 + tc + ${k * TC}u, kl);`).join('\n')).join('\n')}
+${rowsR.map(r => colsC.map(k => `    ${S(r, k)} = score2(${S(r, k)}${t.queryFromGlobal ? ' * QSCALE' : ''}, b, h, i_${r}, j0 + tc + ${k * TC}u, kl);`).join('\n')).join('\n')}
 ${rowsR.map(r => `    var mt_${r} = ${colsC.map(k => S(r, k)).reduce((a, bb) => `max(${a}, ${bb})`)};
     nan_${r} = nan_${r} | ${colsC.map(k => `isNan(${S(r, k)})`).join(' | ')};`).join('\n')}
     ${rowReduce(t, useSubgroups, 'max', rowsR.map(r => `mt_${r}`), rowOf)}
@@ -158,7 +197,7 @@ ${rowsR.map(r => `      let p${r} = ps[(${rowOf(r)}) * PS + kk];`).join('\n')}
 ${oxX.map(x => `      let v${x} = vs[kk * VS + ${colOk(x) === 'true' ? `tc + ${x * TC}u` : `min(tc + ${x * TC}u, DV4 - 1u)`}];`).join('\n')}
 ${rowsR.map(r => oxX.map(x => `      ${O(r, x)} += p${r} * v${x};`).join('\n')).join('\n')}
     }
-  }
+`)}
 ${rowsR.map(r => `  var nanf_${r} = select(0.0, 1.0, nan_${r});`).join('\n')}
   ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `l_${r}`), rowOf)}
   ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `nanf_${r}`), rowOf)}

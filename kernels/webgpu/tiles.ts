@@ -10,6 +10,8 @@ export interface Tiles {
   cols: number;
   rowsPerThread: number;
   colsPerThread: number;
+  /** Forward only: read Q rows from global memory in the score loop instead of staging them. */
+  queryFromGlobal?: boolean;
 }
 
 export function threadsOf(t: Tiles): { TR: number; TC: number; WG: number } {

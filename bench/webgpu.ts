@@ -1,0 +1,239 @@
+// Flash attention against naive tfjs webgpu attention (matMul → softmax → matMul), in one run, on
+// the webgpu backend through Dawn in Node: ms, TFLOP/s and peak tensor memory, forward and
+// forward+backward, causal and not, D = 64 and 128, B = 1, H = 12, float32. First sweeps tile
+// configurations at N = 4096 and keeps the fastest for the rest.
+//
+//   /work/shared/gpu/pack.sh bench/webgpu.ts   then on the GPU machine:   bash .gpu/run.sh webgpu.mjs
+// Results: a table on stdout and JSON in $OUT/webgpu_bench.json (when OUT is set).
+//
+// Timing: after a warm-up (compilation), one run is timed to size the batch, then `iters` runs are
+// queued back to back and timed with the host clock around queue.onSubmittedWorkDone(). Memory:
+// tf.profile's peakBytes (bytes of live tensors at the peak, which includes the naive scores).
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs-core';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { flashAttention } from '../src/index';
+import type { FlashAttentionOptions } from '../src/config';
+import { forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
+import { dkdvWorkgroupBytes } from '../kernels/webgpu/attention_backward_dkdv';
+import { dqWorkgroupBytes } from '../kernels/webgpu/attention_backward_dq';
+import { webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
+import { flushTfjs } from '../kernels/webgpu/runtime';
+import type { Tiles } from '../kernels/webgpu/tiles';
+import type { AttentionConfig } from '../src/config';
+import { initDawnWebGPU } from '../test/setup/webgpu_node';
+
+const H = 12;
+const quick = process.argv.includes('--quick');
+
+interface Row {
+  impl: string; pass: 'fwd' | 'fwd+bwd'; n: number; d: number; causal: boolean; note?: string;
+  ms?: number; tflops?: number; peakMiB?: number; error?: string;
+}
+const rows: Row[] = [];
+
+function backend(): WebGPUBackend {
+  return tf.backend() as WebGPUBackend;
+}
+
+async function settle(): Promise<void> {
+  flushTfjs(backend());
+  await backend().device.queue.onSubmittedWorkDone();
+}
+
+async function timeMs(run: () => void, budgetMs: number): Promise<number> {
+  run();
+  await settle();
+  let t0 = performance.now();
+  run();
+  await settle();
+  const once = performance.now() - t0;
+  const iters = Math.max(1, Math.min(50, Math.ceil(budgetMs / Math.max(once, 0.01))));
+  t0 = performance.now();
+  for (let i = 0; i < iters; i++) run();
+  await settle();
+  return (performance.now() - t0) / iters;
+}
+
+function flops(n: number, d: number, causal: boolean, pass: Row['pass']): number {
+  const fwd = 4 * H * n * n * d * (causal ? 0.5 : 1);
+  return pass === 'fwd' ? fwd : 3.5 * fwd;
+}
+
+type Impl = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
+
+function naive(causal: boolean, n: number): { f: Impl; dispose: () => void } {
+  const mask = causal ? tf.tidy(() => tf.where(
+    tf.greater(tf.reshape(tf.range(0, n), [1, n]), tf.reshape(tf.range(0, n), [n, 1])),
+    tf.fill([n, n], -Infinity), tf.zeros([n, n]))) : null;
+  return {
+    f: (q, k, v) => {
+      let s = tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), 1 / Math.sqrt(q.shape[3] as number));
+      if (mask) s = tf.add(s, mask);
+      return tf.matMul(tf.softmax(s), v as tf.Tensor4D);
+    },
+    dispose: () => mask?.dispose(),
+  };
+}
+
+function flash(options: FlashAttentionOptions): Impl {
+  return (q, k, v) => flashAttention(q, k, v, options);
+}
+
+async function measure(row: Row, impl: Impl, budgetMs: number, withMemory = true): Promise<Row> {
+  const { n, d } = row;
+  const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
+  const step = row.pass === 'fwd'
+    ? () => tf.tidy(() => { impl(q, k, v); })
+    : () => tf.tidy(() => { tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => impl(a, b, c))([q, k, v], dy); });
+  try {
+    row.ms = await timeMs(step, budgetMs);
+    row.tflops = flops(n, d, row.causal, row.pass) / (row.ms * 1e9);
+    if (withMemory) {
+      const profile = await tf.profile(() => { step(); });
+      row.peakMiB = profile.peakBytes / 2 ** 20;
+    }
+  } catch (e) {
+    row.error = (e as Error).message.slice(0, 200);
+  }
+  tf.dispose([q, k, v, dy]);
+  await settle();
+  rows.push(row);
+  console.log(format(row));
+  return row;
+}
+
+function format(r: Row): string {
+  const cells = [r.impl.padEnd(7), r.pass.padEnd(7), `N=${r.n}`.padEnd(8), `D=${r.d}`.padEnd(5),
+    (r.causal ? 'causal' : 'full').padEnd(6),
+    r.error ? `FAILED ${r.error}` : `${r.ms?.toFixed(3).padStart(9)} ms ${r.tflops?.toFixed(2).padStart(6)} TFLOP/s` +
+      (r.peakMiB !== undefined ? ` peak ${r.peakMiB.toFixed(1)} MiB` : ''), r.note ?? ''];
+  return cells.join(' ');
+}
+
+/** A config shaped like the bench problem, for the workgroup-memory fit check. */
+function benchConfig(n: number, d: number): AttentionConfig {
+  return {
+    batch: 1, headsQ: H, headsKV: H, seqQ: n, seqK: n, headDim: d, headDimV: d, layout: 'BHSD', scale: 1 / Math.sqrt(d),
+    windowLeft: -1, windowRight: -1, softcap: 0, dropoutRate: 0, dropoutSeed: 0, biasShape: [], maskShape: [],
+    alibiShape: [], hasKeyLengths: false, blockMaskShape: [], blockSize: 0, precision: 'float32',
+  };
+}
+
+const T = (rows: number, cols: number, rowsPerThread: number, colsPerThread: number): Tiles =>
+  ({ rows, cols, rowsPerThread, colsPerThread });
+
+/** Sweeps forward and backward tiles at N = 4096 and keeps the fastest in webgpuAttentionTuning. */
+async function tune(d: number, limit: number): Promise<void> {
+  const c = benchConfig(4096, d);
+  const forward = [T(64, 32, 4, 4), T(32, 32, 4, 4), T(64, 32, 4, 2), T(32, 16, 2, 4), T(64, 16, 4, 2), T(32, 32, 2, 4)]
+    .filter(t => forwardWorkgroupBytes(c, t, false) <= limit);
+  let best: { t: Tiles; ms: number } | undefined;
+  for (const t of forward) {
+    for (const sg of [true, false]) {
+      webgpuAttentionTuning.forwardTiles = t;
+      webgpuAttentionTuning.subgroups = sg;
+      const r = await measure({ impl: 'flash', pass: 'fwd', n: 4096, d, causal: false,
+        note: `tiles ${JSON.stringify(Object.values(t))} subgroups ${sg}` }, flash({}), 150, false);
+      if (r.ms !== undefined && sg && (!best || r.ms < best.ms)) best = { t, ms: r.ms };
+    }
+  }
+  webgpuAttentionTuning.subgroups = true;
+  webgpuAttentionTuning.forwardTiles = best?.t;
+  const backward = [T(32, 32, 4, 4), T(32, 32, 2, 4), T(32, 16, 2, 4), T(64, 16, 4, 4), T(16, 16, 2, 4)]
+    .filter(t => dkdvWorkgroupBytes(c, t) <= limit && dqWorkgroupBytes(c, t, true) <= limit);
+  let bestB: { t: Tiles; ms: number } | undefined;
+  for (const t of backward) {
+    webgpuAttentionTuning.dkdvTiles = t;
+    webgpuAttentionTuning.dqTiles = t;
+    const r = await measure({ impl: 'flash', pass: 'fwd+bwd', n: 4096, d, causal: false,
+      note: `bwd tiles ${JSON.stringify(Object.values(t))}` }, flash({}), 150, false);
+    if (r.ms !== undefined && (!bestB || r.ms < bestB.ms)) bestB = { t, ms: r.ms };
+  }
+  webgpuAttentionTuning.dkdvTiles = bestB?.t;
+  webgpuAttentionTuning.dqTiles = bestB?.t;
+  console.log(`D=${d}: forward tiles ${JSON.stringify(best)}, backward tiles ${JSON.stringify(bestB)}`);
+}
+
+/** Max |flash − naive| relative to max |naive| for output and gradients (sanity on this GPU). */
+async function crossCheck(n: number, d: number, causal: boolean): Promise<void> {
+  const [q, k, v, dy] = [5, 6, 7, 8].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
+  const nv = naive(causal, n);
+  const both = [flash({ causal }), nv.f].map(f => tf.tidy(() => {
+    const out = f(q, k, v);
+    const grads = tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => f(a, b, c))([q, k, v], dy);
+    return [out, ...grads];
+  }));
+  const names = ['out', 'dq', 'dk', 'dv'];
+  const errs = await Promise.all(names.map(async (_, i) => {
+    const diff = tf.tidy(() => tf.div(tf.max(tf.abs(tf.sub(both[0][i], both[1][i]))), tf.max(tf.abs(both[1][i]))));
+    const value = (await diff.data())[0];
+    diff.dispose();
+    return value;
+  }));
+  console.log(`cross-check N=${n} D=${d} ${causal ? 'causal' : 'full'}: max|flash−naive|/max|naive| ` +
+    names.map((name, i) => `${name} ${errs[i].toExponential(2)}`).join(', '));
+  tf.dispose([q, k, v, dy, ...both.flat()]);
+  nv.dispose();
+}
+
+async function blockSparse(d: number, live: number): Promise<void> {
+  const n = 4096, bs = 64, nb = n / bs;
+  const values = new Int32Array(nb * nb);
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  for (let i = 0; i < values.length; i++) values[i] = rand() < live ? 1 : 0;
+  const blockMask = tf.tensor4d(values, [1, 1, nb, nb], 'int32');
+  const liveShare = values.reduce((a, b) => a + b, 0) / values.length;
+  for (const pass of ['fwd', 'fwd+bwd'] as const) {
+    await measure({ impl: 'flash', pass, n, d, causal: false, note: `block-sparse ${(liveShare * 100).toFixed(1)}% live, block ${bs}` },
+      flash({ blockSparse: { blockMask, blockSize: bs } }), 300);
+  }
+  blockMask.dispose();
+}
+
+async function main(): Promise<void> {
+  const gpu = await initDawnWebGPU();
+  const device = backend().device;
+  const limit = device.limits.maxComputeWorkgroupStorageSize;
+  console.log(`adapter: ${gpu.description}; subgroups ${gpu.subgroups}; workgroup memory ${limit} B; ` +
+    `max binding ${device.limits.maxStorageBufferBindingSize} B`);
+  const dims = quick ? [64] : [64, 128];
+  const sizes = quick ? [128] : [512, 1024, 2048, 4096, 8192, 16384];
+  const checkN = quick ? 128 : 1024;
+  await crossCheck(checkN, 64, false);
+  await crossCheck(checkN, 64, true);
+  for (const d of dims) {
+    if (!quick) await tune(d, limit);
+    for (const n of sizes) {
+      for (const causal of [false, true]) {
+        for (const pass of ['fwd', 'fwd+bwd'] as const) {
+          await measure({ impl: 'flash', pass, n, d, causal }, flash({ causal }), 300);
+          if (n <= 4096) {
+            const nv = naive(causal, n);
+            await measure({ impl: 'naive', pass, n, d, causal }, nv.f, 300);
+            nv.dispose();
+          }
+        }
+      }
+    }
+    if (!quick) {
+      await blockSparse(d, 0.1);
+      for (const pass of ['fwd', 'fwd+bwd'] as const) {
+        await measure({ impl: 'flash', pass, n: 65536, d, causal: true }, flash({ causal: true }), 1, false);
+      }
+    }
+  }
+  if (!quick) {
+    const nv = naive(false, 8192);
+    await measure({ impl: 'naive', pass: 'fwd', n: 8192, d: 64, causal: false, note: 'naive at 8192' }, nv.f, 100, false);
+    nv.dispose();
+  }
+  console.log('\nsummary');
+  for (const r of rows) console.log(format(r));
+  const out = process.env.OUT;
+  if (out) fs.writeFileSync(path.join(out, 'webgpu_bench.json'), JSON.stringify({ adapter: gpu.description, rows }, null, 1));
+}
+
+main().catch(e => { console.error(e); process.exit(1); });
