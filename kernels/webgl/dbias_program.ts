@@ -3,21 +3,10 @@
 // for, recomputing each 2×2 block of dS it touches from q, k, v, dO and lse: no Nq × Nk tensor
 // exists beyond the bias itself.
 import type { AttentionConfig } from '../../src/config';
-import { attentionUniforms, elementAccessor, optionalAccessors, rowsAccessor, scoreSnippet } from './glsl';
-import { dsSnippet } from './dq_program';
+import { attentionUniforms, blockDot, elementAccessor, optionalAccessors, rowsAccessor, scoreSnippet } from './glsl';
+import { dsSnippet } from './ds_program';
 import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
-
-function pairDot(acc: string, a: string, ah: string, an: string, x: string, xh: string,
-  xn: string, dim: number): string {
-  const full = Math.floor(dim / 2);
-  const step = (d: string, mask: string) => `{
-      vec4 s = faRows${a}(b, ${ah}, ${an}, ${d})${mask};
-      vec4 t = faRows${x}(b, ${xh}, ${xn}, ${d})${mask};
-      ${acc} += s.xxzz * t.xzxz + s.yyww * t.ywyw; }`;
-  return `for (int p = 0; p < ${full}; p++) ${step('2 * p', '')}
-    ${dim % 2 ? step(`${2 * full}`, ' * vec4(1.0, 0.0, 1.0, 0.0)') : ''}`;
-}
 
 export function dbiasProgram(c: AttentionConfig, textures: TexShapes): AttentionProgram {
   const optional = optionalAccessors(c);
@@ -54,9 +43,9 @@ void main() {
         vec4 rowTerm = getRowTerm(b * ${c.headsQ} + h, i, 0).xxzz;
         for (int j = faLow; j < faHiw; j += 2) {
           vec4 qk = vec4(0.0);
-          ${pairDot('qk', 'Q', 'h', 'i', 'K', 'g', 'j', c.headDim)}
+          ${blockDot('qk', 'Q', 'h', 'i', 'K', 'g', 'j', c.headDim)}
           vec4 dov = vec4(0.0);
-          ${pairDot('dov', 'DO', 'h', 'i', 'V', 'g', 'j', c.headDimV)}
+          ${blockDot('dov', 'DO', 'h', 'i', 'V', 'g', 'j', c.headDimV)}
           vec4 ds = faDsOfScore(faCapped4(qk), dov, L, rowTerm, b, h, i, j);
           result += dot(mix(ds, vec4(0.0), equal(weight, vec4(0.0))), vec4(1.0));
         }

@@ -48,7 +48,7 @@ export function blockKeys(c: AttentionConfig, maxTextureSize: number): number {
 }
 
 /** Whether some query row may see a key in [start, end) (window bounds only). */
-function blockVisible(c: AttentionConfig, start: number, end: number): boolean {
+export function blockVisible(c: AttentionConfig, start: number, end: number): boolean {
   const offset = c.seqK - c.seqQ;
   if (c.windowRight >= 0 && start > c.seqQ - 1 + offset + c.windowRight) return false;
   if (c.windowLeft >= 0 && end - 1 < offset - c.windowLeft) return false;

@@ -1,17 +1,28 @@
-// The `webgl` FlashAttentionGrad kernel: recomputation-based like FlashAttention's backward. From
-// q, k, v, the output, lse and the upstream gradients it computes the row term D, then dQ (looping
-// over keys), dK and dV (looping over the query rows of each KV head's group, so GQA needs no
-// atomics) and dBias, each a fragment program that recomputes its scores from lse. Nothing of size
-// Nq × Nk is allocated (beyond a full-size bias' own gradient).
+// The `webgl` FlashAttentionGrad kernel, recomputation-based like FlashAttention's backward: from
+// q, k, v, the output, lse and the upstream gradients it computes the row term D = rowsum(dO ∘ O) −
+// dLse, then per key block of `blockKeys` keys (the forward's tiling across textures):
+//   ds:    dS = P ∘ (dP·Z − D) for the block            [B·Hq, Nq, blockKeys]
+//   probs: P̃ = P·Z for the block                        [B·Hq, Nq, blockKeys]
+//   dq:    dQ ← dQ + scale · dS · K_block                [B·Hq, Nq, D]
+//   dk:    dK_block = scale · Σ_group dSᵀ · Q            [B·Hkv, Nk, D]
+//   dv:    dV_block = Σ_group P̃ᵀ · dO                    [B·Hkv, Nk, Dv]
+// Every score is recomputed twice (for dS and P̃) and each product is a 2×2-blocked matrix product;
+// memory is linear in N. (A first version gave each fragment of dQ, dK and dV its own loop over all
+// keys or rows recomputing the scores, which repeats the score work once per pair of output columns:
+// 10–20× slower than naive tfjs attention on SwiftShader; see bench/RESULTS.md.) dBias, when a bias
+// was given, loops over the (b, h, i, j) each bias element stands for.
+import { env } from '@tensorflow/tfjs-core';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { unpackGradInputs } from '../../src/inputs';
 import { FlashAttentionGrad } from '../../src/kernel_names';
 import { attentionConfig } from './attrs';
 import { dbiasProgram } from './dbias_program';
-import { dkProgram, dvProgram } from './dkdv_programs';
+import { dkdvProgram } from './dkdv_program';
 import { dqProgram } from './dq_program';
-import { optionalInputs, packedInputs, toUserLayout } from './flash_attention';
-import { isWebGLBackend, run, view } from './program';
+import { dsProgram } from './ds_program';
+import { blockKeys, blockVisible, optionalInputs, packedInputs, toUserLayout } from './flash_attention';
+import { probsProgram } from './probs_program';
+import { isWebGLBackend, run, texShapeOf, view } from './program';
 import { rowTermProgram } from './row_term_program';
 
 const flashAttentionGradWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
@@ -19,16 +30,40 @@ const flashAttentionGradWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   const c = attentionConfig(attrs);
   const x = unpackGradInputs(c, inputs);
   const optional = optionalInputs(c, x);
-  const rowView = (t: TensorInfo) => view(t, [1, c.batch, c.headsQ, c.seqQ]);
+  const keys = blockKeys(c, env().getNumber('WEBGL_MAX_TEXTURE_SIZE'));
   const packed = packedInputs(backend, { Q: x.q, K: x.k, V: x.v, O: x.output, DO: x.dOutput });
   const { Q, K, V, O, DO } = packed.info;
   const textures = packed.textures;
-  const rowTerm = run(backend, rowTermProgram(c, textures), [O, DO, rowView(x.dLse)]);
-  const common = [Q, K, V, DO, rowView(x.lse)];
-  const dq = run(backend, dqProgram(c, textures), [...common, rowTerm, ...optional]);
-  const dk = run(backend, dkProgram(c, textures), [...common, rowTerm, ...optional]);
-  const dv = run(backend, dvProgram(c, textures), [...common, ...optional]);
-  const dbias = c.biasShape.length ? [run(backend, dbiasProgram(c, textures), [...common, rowTerm, ...optional])] : [];
+  const lse = view(x.lse, [1, c.batch, c.headsQ, c.seqQ]);
+  const rowTerm = run(backend, rowTermProgram(c, textures), [O, DO, view(x.dLse, [1, c.batch, c.headsQ, c.seqQ])]);
+
+  let dq: TensorInfo | undefined, dk: TensorInfo | undefined, dv: TensorInfo | undefined;
+  for (let start = 0; start < c.seqK; start += keys) {
+    // Block 0 always runs: it also writes the zeros of keys and rows that nothing reaches.
+    if (start > 0 && !blockVisible(c, start, start + keys)) continue;
+    const ds = run(backend, dsProgram(c, textures, start, keys), [Q, K, V, DO, lse, rowTerm, ...optional]);
+    const probs = run(backend, probsProgram(c, textures, start, keys), [Q, K, lse, ...optional]);
+    textures.Ds = texShapeOf(backend, ds);
+    textures.Probs = texShapeOf(backend, probs);
+    const chain = (previous: TensorInfo | undefined, make: (first: boolean) => TensorInfo): TensorInfo => {
+      if (previous) textures.Previous = texShapeOf(backend, previous);
+      const next = make(!previous);
+      if (previous) backend.disposeIntermediateTensorInfo(previous);
+      return next;
+    };
+    dq = chain(dq, first => run(backend, dqProgram(c, textures, start, keys, first),
+      [ds, K, ...(dq ? [dq] : []), ...optional]));
+    dk = chain(dk, first => run(backend, dkdvProgram(c, textures, 'dk', start, keys, first),
+      [ds, Q, ...(dk ? [dk] : []), ...optional]));
+    dv = chain(dv, first => run(backend, dkdvProgram(c, textures, 'dv', start, keys, first),
+      [probs, DO, ...(dv ? [dv] : []), ...optional]));
+    backend.disposeIntermediateTensorInfo(ds);
+    backend.disposeIntermediateTensorInfo(probs);
+  }
+  if (!dq || !dk || !dv) throw new Error('flashAttention (webgl): no key block ran');
+  const dbias = c.biasShape.length
+    ? [run(backend, dbiasProgram(c, textures), [Q, K, V, DO, lse, rowTerm, ...optional])]
+    : [];
   backend.disposeIntermediateTensorInfo(rowTerm);
   packed.release();
   return [

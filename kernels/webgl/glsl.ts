@@ -332,3 +332,19 @@ export function decodeRow(c: AttentionConfig, bh: string): string {
   int h = ${bh} - b * ${c.headsQ};
   int g = h / ${c.headsQ / c.headsKV};`;
 }
+
+/**
+ * Accumulates into `vec4 <acc>` the 2×2 block of dot products between rows (an, an+1) of A and rows
+ * (xn, xn+1) of X over `dim` columns: (a_an·x_xn, a_an·x_xn+1, a_an+1·x_xn, a_an+1·x_xn+1). The odd
+ * tail column is masked on both sides, so packed padding (possibly non-finite) never enters.
+ */
+export function blockDot(acc: string, a: string, ah: string, an: string, x: string, xh: string, xn: string,
+  dim: number): string {
+  const full = Math.floor(dim / 2);
+  const step = (d: string, mask: string) => `{
+      vec4 at = faRows${a}(b, ${ah}, ${an}, ${d})${mask};
+      vec4 xt = faRows${x}(b, ${xh}, ${xn}, ${d})${mask};
+      ${acc} += at.xxzz * xt.xzxz + at.yyww * xt.ywyw; }`;
+  return `for (int p = 0; p < ${full}; p++) ${step('2 * p', '')}
+    ${dim % 2 ? step(`${2 * full}`, ' * vec4(1.0, 0.0, 1.0, 0.0)') : ''}`;
+}
