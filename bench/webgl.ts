@@ -1,11 +1,14 @@
 // WebGL benchmark page: flash attention (this package's webgl kernels) against naive tfjs webgl
-// attention (matMul → softmax → matMul) in the same page, forward and forward+backward, reporting
-// milliseconds, TFLOP/s (SPEC §6: forward 4·B·H·N²·D FLOPs, forward+backward 3.5× that) and the peak
-// texture memory each needed beyond its inputs.
+// attention (matMul → softmax → matMul) in the same page on the same inputs, forward and
+// forward+backward, B=1, H=12, D=64 (SPEC §6's reference shape): milliseconds (best of `reps`,
+// alternating flash and naive), TFLOP/s (forward 4·B·H·N²·D FLOPs, forward+backward 3.5× that) and
+// the peak texture memory each needed beyond its inputs (sampled after every WebGL program).
 //
-// Bundled with esbuild; runs by itself on load (for ../shared/gpu's Chromium runner) unless the URL
-// hash says `manual`, in which case Node drives it through `faWebglBench(config)` (bench/webgl_local.ts).
-// Results are POSTed to /result line by line as they come, then `DONE`.
+// Bundle: npx esbuild bench/webgl.ts --bundle --format=iife --outfile=.benchbuild/webgl.js
+// Run:    HASH=quick node bench/webgl_serve.mjs .benchbuild/webgl.js /usr/bin/chromium \
+//           --use-angle=swiftshader --enable-unsafe-swiftshader          (SwiftShader, N = 256, 512)
+//         on the GPU machine: see bench/RESULTS.md (Chromium from ../shared/gpu/pack-chromium.sh).
+// The page runs on load and POSTs each result line to /result, then DONE; `#quick` picks small sizes.
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-webgl';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
@@ -15,8 +18,10 @@ export interface BenchConfig {
   seqs: number[];
   heads: number;
   headDim: number;
-  /** Forward+backward only up to this N (the backward is the slow part). */
+  /** Forward+backward only up to this N. */
   maxBackwardSeq: number;
+  /** Naive attention beyond this N runs last, as it may exhaust GPU memory and lose the context. */
+  naiveUpTo: number;
   reps: number;
   /** Stop starting new measurements after this many seconds. */
   budgetSeconds: number;
@@ -63,13 +68,15 @@ async function withPeak<T>(f: () => Promise<T>): Promise<{ value: T; peak: numbe
   }
 }
 
-async function measure(n: number, pass: BenchRow['pass'], impl: BenchRow['impl'], config: BenchConfig): Promise<BenchRow> {
+/** Times flash and naive on the same inputs, alternating repetitions so that drift hits both alike. */
+async function measurePair(n: number, pass: BenchRow['pass'], impls: Array<BenchRow['impl']>,
+  config: BenchConfig): Promise<BenchRow[]> {
   const shape: [number, number, number, number] = [1, config.heads, n, config.headDim];
   const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal(shape, 0, 1, 'float32', seed) as tf.Tensor4D);
-  const attend = impl === 'flash'
-    ? (a: tf.Tensor4D, b: tf.Tensor4D, c: tf.Tensor4D) => flashAttention(a, b, c)
-    : naiveAttention;
-  const once = async () => {
+  const once = async (impl: BenchRow['impl']) => {
+    const attend = impl === 'flash'
+      ? (a: tf.Tensor4D, b: tf.Tensor4D, c: tf.Tensor4D) => flashAttention(a, b, c)
+      : naiveAttention;
     const outs = pass === 'forward'
       ? [attend(q, k, v)]
       : tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
@@ -78,24 +85,43 @@ async function measure(n: number, pass: BenchRow['pass'], impl: BenchRow['impl']
     await total.data();
     tf.dispose([...outs, total]);
   };
+  const flops = 4 * config.heads * n * n * config.headDim * (pass === 'forward' ? 1 : 3.5);
+  const rows: BenchRow[] = [];
+  const times = new Map<BenchRow['impl'], number[]>();
+  const peaks = new Map<BenchRow['impl'], number>();
   try {
-    await Promise.all([q, k, v, dy].map(t => tf.sum(t).data()));
-    const { peak } = await withPeak(once);
-    const times: number[] = [];
-    for (let r = 0; r < config.reps; r++) {
-      const t0 = performance.now();
-      await once();
-      times.push(performance.now() - t0);
+    const sums = [q, k, v, dy].map(t => tf.sum(t));
+    await Promise.all(sums.map(t => t.data()));
+    tf.dispose(sums);
+    const live = [...impls];
+    for (const impl of impls) {
+      try {
+        peaks.set(impl, (await withPeak(() => once(impl))).peak);
+        times.set(impl, []);
+      } catch (error) {
+        rows.push({ n, pass, impl, error: String(error).slice(0, 200) });
+        live.splice(live.indexOf(impl), 1);
+      }
     }
-    times.sort((a, b) => a - b);
-    const ms = times[Math.floor(times.length / 2)];
-    const flops = 4 * config.heads * n * n * config.headDim * (pass === 'forward' ? 1 : 3.5);
-    return { n, pass, impl, ms: +ms.toFixed(2), tflops: +(flops / ms / 1e9).toFixed(4), peakMiB: +(peak / 2 ** 20).toFixed(1) };
+    for (let r = 0; r < config.reps; r++) {
+      for (const impl of live) {
+        const t0 = performance.now();
+        await once(impl);
+        times.get(impl)?.push(performance.now() - t0);
+      }
+    }
+    for (const impl of live) {
+      const ts = (times.get(impl) ?? []).sort((a, b) => a - b);
+      const ms = ts[0];
+      rows.push({ n, pass, impl, ms: +ms.toFixed(2), tflops: +(flops / ms / 1e9).toFixed(4),
+        peakMiB: +((peaks.get(impl) ?? 0) / 2 ** 20).toFixed(1) });
+    }
   } catch (error) {
-    return { n, pass, impl, error: String(error).slice(0, 200) };
+    rows.push({ n, pass, impl: impls[0], error: String(error).slice(0, 200) });
   } finally {
     tf.dispose([q, k, v, dy]);
   }
+  return rows;
 }
 
 /** Whether naive attention's [1, H, N, N] scores can exist as one texture at all. */
@@ -115,28 +141,36 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
     `config ${JSON.stringify(config)}`);
   const start = performance.now();
   const rows: BenchRow[] = [];
-  for (const pass of ['forward', 'forward+backward'] as const) {
-    for (const n of config.seqs) {
-      if (pass !== 'forward' && n > config.maxBackwardSeq) continue;
-      for (const impl of ['naive', 'flash'] as const) {
-        if ((performance.now() - start) / 1000 > config.budgetSeconds) {
-          await report(`# budget of ${config.budgetSeconds} s spent: stopped before N=${n} ${pass} ${impl}`);
-          return rows;
-        }
-        const row = impl === 'naive' && !naiveFits(n, config)
-          ? { n, pass, impl, error: 'scores [1, H, N, N] exceed MAX_TEXTURE_SIZE²: not run' }
-          : await measure(n, pass, impl, config);
-        rows.push(row);
-        await report(JSON.stringify(row));
-      }
+  // The comparisons that matter first; then flash alone where naive cannot run; naive at the sizes
+  // where it may exhaust GPU memory (and lose the context) last.
+  const plan: Array<[BenchRow['pass'], number, Array<BenchRow['impl']>]> = [];
+  const passes = (n: number) => (n <= config.maxBackwardSeq ? ['forward', 'forward+backward'] as const : ['forward'] as const);
+  const risky = (n: number) => !naiveFits(n, config) || n > config.naiveUpTo;
+  for (const n of config.seqs) for (const pass of passes(n)) plan.push([pass, n, risky(n) ? ['flash'] : ['flash', 'naive']]);
+  for (const n of config.seqs) {
+    if (!risky(n)) continue;
+    for (const pass of passes(n)) {
+      plan.push([pass, n, naiveFits(n, config) ? ['naive'] : []]);
+    }
+  }
+  for (const [pass, n, impls] of plan) {
+    if ((performance.now() - start) / 1000 > config.budgetSeconds) {
+      await report(`# budget of ${config.budgetSeconds} s spent: stopped before N=${n} ${pass} ${impls.join('+')}`);
+      return rows;
+    }
+    const measured = impls.length ? await measurePair(n, pass, impls, config)
+      : [{ n, pass, impl: 'naive' as const, error: 'scores [1, H, N, N] exceed MAX_TEXTURE_SIZE²: not run' }];
+    for (const row of measured) {
+      rows.push(row);
+      await report(JSON.stringify(row));
     }
   }
   return rows;
 }
 
 const DEFAULT: BenchConfig = {
-  seqs: [256, 512, 1024, 2048, 4096, 8192, 16384], heads: 12, headDim: 64, maxBackwardSeq: 4096, reps: 3,
-  budgetSeconds: 400,
+  seqs: [256, 512, 1024, 2048, 4096, 8192, 16384], heads: 12, headDim: 64, maxBackwardSeq: 16384, naiveUpTo: 4096,
+  reps: 3, budgetSeconds: 420,
 };
 const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, reps: 2 };
 
@@ -144,11 +178,5 @@ async function post(line: string): Promise<void> {
   await fetch('/result', { method: 'POST', body: line });
 }
 
-Object.assign(window, {
-  faWebglBench: (config: BenchConfig) => bench(config, async line => { console.log(line); }),
-});
-
-if (!location.hash.includes('manual')) {
-  const config = location.hash.includes('quick') ? QUICK : DEFAULT;
-  bench(config, post).catch(error => post(`# error: ${String(error)}`)).finally(() => post('DONE'));
-}
+const config = location.hash.includes('quick') ? QUICK : DEFAULT;
+bench(config, post).catch(error => post(`# error: ${String(error)}`)).finally(() => post('DONE'));

@@ -1,7 +1,7 @@
-// Forward, per key block: O ← O·exp(lse_prev − lse) + Σ_j exp(s_ij − lse)·Z_ij·v_j over the block's
-// keys, as a packed [B·Hq, Nq, Dv] tensor. O stays normalized by the running lse after every block
+// Forward, per key block: O ← O·exp(lse_prev − lse) + Σ_j P̃_ij·v_j over the block's keys (P̃ from
+// the weights pass), as a packed [B·Hq, Nq, Dv] tensor. O stays normalized by the running lse after every block
 // (a convex combination of v rows), so it never grows with N, and the last block's O is the output.
-// One fragment per 2×2 (row, column) block; each loop step reads one score texel and one V texel
+// One fragment per 2×2 (row, column) block; each loop step reads one P̃ texel and one V texel
 // (two keys), like tfjs' packed matMul, skipping keys outside the window, the key lengths and dead
 // block-mask blocks.
 import type { AttentionConfig } from '../../src/config';
@@ -16,7 +16,7 @@ export function accumulateProgram(c: AttentionConfig, textures: TexShapes, keySt
   const rows = c.batch * c.headsQ;
   const userCode = `
 ${rowsAccessor(c, 'V', textures)}
-${internalAccessor('Scores', [rows, c.seqQ, blockKeys], textures)}
+${internalAccessor('Weights', [rows, c.seqQ, blockKeys], textures)}
 ${internalAccessor('Stats', [rows, c.seqQ, 2], textures)}
 ${first ? '' : internalAccessor('Previous', [rows, c.seqQ, c.headDimV], textures)}
 ${optional.code}
@@ -32,13 +32,13 @@ void main() {
   vec4 rescale = mix(exp(stats.yyww - lse), vec4(0.0), equal(stats.yyww, vec4(-FA_INF)));
   vec4 result = faBlockPrevious(rc.x, i, col) * rescale;`}
   ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 p = faProbs(faLoad(faBlockScores(rc.x, i, j - faKeyStart)), lse) * faDropScale4(b, h, i, j);
+    vec4 p = faBlockWeights(rc.x, i, j - faKeyStart);
     vec4 v = faRowsV(b, g, j, col);
     if (j + 1 >= ${c.seqK}) v.zw = vec2(0.0);
     result += p.xxzz * v.xyxy + p.yyww * v.zwzw;`)}
   setOutput(result);
 }`;
-  const variables = ['Scores', 'V', 'Stats', ...(first ? [] : ['Previous']), ...optional.variables];
+  const variables = ['Weights', 'V', 'Stats', ...(first ? [] : ['Previous']), ...optional.variables];
   return new AttentionProgram(variables, [rows, c.seqQ, c.headDimV], true,
     [...attentionUniforms(c), { name: 'faKeyStart', type: 'int', value: keyStart }], userCode);
 }

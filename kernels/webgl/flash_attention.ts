@@ -2,10 +2,11 @@
 //
 // Algorithm: FlashAttention's tiling moved from workgroups to textures. WebGL has no shared memory
 // and a fragment writes one RGBA texel, so the key dimension is cut into blocks of `blockKeys` keys
-// and each block runs three programs over all query rows:
+// and each block runs four programs over all query rows:
 //   scores:     s for (row, key in block)                    [B·Hq, Nq, blockKeys]
 //   blockStats: running lse_i ← logaddexp(lse_i, block)       [B·Hq, Nq, 2]
-//   accumulate: O ← O·exp(lse_prev − lse) + exp(s − lse)·Z·V  [B·Hq, Nq, Dv]
+//   weights:    P̃ = exp(s − lse)·Z                           [B·Hq, Nq, blockKeys]
+//   accumulate: O ← O·exp(lse_prev − lse) + P̃·V               [B·Hq, Nq, Dv]
 // Every score is computed once, as a 2×2-blocked matrix product like tfjs' packed matMul, and
 // memory is O(Nq·blockKeys + Nq·Dv): linear in N, never an Nq × Nk texture. O and lse stay
 // normalized after each block (convex combinations of V; log-sums), so nothing grows with N and
@@ -30,6 +31,7 @@ import { lseProgram, toBSHDProgram } from './layout_programs';
 import { isWebGLBackend, packedInput, run, texShapeOf, view } from './program';
 import type { PackedInput } from './program';
 import { scoresProgram } from './scores_program';
+import { weightsProgram } from './weights_program';
 
 /** Keys per block of the forward's probability texture (measured: bench/RESULTS.md). */
 export const BLOCK_KEYS = 256;
@@ -110,10 +112,12 @@ const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
     const nextStats = run(backend, blockStatsProgram(c, textures, start, keys, !stats),
       [scores, ...(stats ? [stats] : []), ...optional]);
     textures.Stats = texShapeOf(backend, nextStats);
+    const weights = run(backend, weightsProgram(c, textures, start, keys), [scores, nextStats, ...optional]);
+    textures.Weights = texShapeOf(backend, weights);
     if (sum) textures.Previous = texShapeOf(backend, sum);
     const nextSum = run(backend, accumulateProgram(c, textures, start, keys, !sum),
-      [scores, V, nextStats, ...(sum ? [sum] : []), ...optional]);
-    for (const t of [scores, stats, sum]) if (t) backend.disposeIntermediateTensorInfo(t);
+      [weights, V, nextStats, ...(sum ? [sum] : []), ...optional]);
+    for (const t of [scores, weights, stats, sum]) if (t) backend.disposeIntermediateTensorInfo(t);
     stats = nextStats;
     sum = nextSum;
   }
