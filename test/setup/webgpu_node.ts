@@ -3,8 +3,9 @@
 // The package's index.js is ESM-only, so under jest's CommonJS mode we load its native addon
 // directly. Dawn finds a real GPU through the system's Vulkan drivers; on a machine without one it
 // finds nothing, and we fall back to SwiftShader, the software Vulkan driver that Debian's
-// `chromium` package ships. The Vulkan loader reads VK_ICD_FILENAMES when Dawn creates its
-// instance, so the variable is set before the second `create`.
+// `chromium` package ships, by setting VK_ICD_FILENAMES. The Vulkan loader reads it when Dawn
+// creates its instance, so a child process probes for a hardware adapter first
+// (`selectVulkanDriver`).
 //
 // tfjs' own webgpu backend factory never requests the `subgroups` feature, so a kernel would never
 // see it. We register a factory that requests it when the adapter has it (unless told not to, to
@@ -55,7 +56,8 @@ function keepAlive(dawn: DawnAddon, object: unknown): void {
   const holder = dawn as DawnAddon & { [KEEP_ALIVE]?: unknown[] };
   (holder[KEEP_ALIVE] ??= []).push(object);
 }
-let dawnAdapter: Promise<{ dawn: DawnAddon; gpu: GPU; adapter: GPUAdapter }> | undefined;
+
+let dawnInstance: Promise<{ dawn: DawnAddon; gpu: GPU }> | undefined;
 
 function dawnAddonPath(): string {
   const arch = process.platform === 'darwin' ? 'universal' : process.arch;
@@ -127,7 +129,9 @@ async function requestDevice(dawn: DawnAddon, gpu: GPU, subgroups: boolean): Pro
   if (!adapter) throw new Error('Dawn found an adapter once and not a second time');
   keepAlive(dawn, adapter);
   // 'subgroups' is missing from TypeScript's GPUFeatureName; the adapter is the judge of names.
-  const optional = ['timestamp-query', 'bgra8unorm-storage', 'shader-f16', ...(subgroups ? ['subgroups'] : [])];
+  // Subgroup matrices are offered only with dawnFlags ['enable-dawn-features=allow_unsafe_apis'].
+  const optional = ['timestamp-query', 'bgra8unorm-storage', 'shader-f16',
+    ...(subgroups ? ['subgroups', 'chromium-experimental-subgroup-matrix'] : [])];
   const offered = (name: string): name is GPUFeatureName => adapter.features.has(name);
   const limits = adapter.limits;
   const device = await adapter.requestDevice({
@@ -145,18 +149,18 @@ async function requestDevice(dawn: DawnAddon, gpu: GPU, subgroups: boolean): Pro
   return { adapter, device };
 }
 
-async function start(dawnFlags: string[]): Promise<{ dawn: DawnAddon; gpu: GPU; adapter: GPUAdapter }> {
+async function start(dawnFlags: string[]): Promise<{ dawn: DawnAddon; gpu: GPU }> {
   selectVulkanDriver();
   const dawn = loadDawn();
-  const found = await findAdapter(dawn, dawnFlags);
+  const { gpu } = await findAdapter(dawn, dawnFlags);
   Object.assign(globalThis, dawn.globals);
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav) {
-    Object.defineProperty(nav, 'gpu', { value: found.gpu, configurable: true });
+    Object.defineProperty(nav, 'gpu', { value: gpu, configurable: true });
   } else {
-    Object.defineProperty(globalThis, 'navigator', { value: { gpu: found.gpu }, configurable: true, writable: true });
+    Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
   }
-  return { dawn, ...found };
+  return { dawn, gpu };
 }
 
 const devices = new Map<boolean, Promise<{ adapter: GPUAdapter; device: GPUDevice }>>();
@@ -168,8 +172,8 @@ let active: boolean | undefined;
  * `subgroups` choice swaps the backend to a device made with that choice.
  */
 export async function initDawnWebGPU(options: DawnOptions = {}): Promise<DawnWebGPU> {
-  dawnAdapter ??= start(options.dawnFlags ?? []);
-  const { dawn, gpu } = await dawnAdapter;
+  dawnInstance ??= start(options.dawnFlags ?? []);
+  const { dawn, gpu } = await dawnInstance;
   const subgroups = wantSubgroups(options);
   let made = devices.get(subgroups);
   if (!made) {
