@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-webgl';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
 import { flashAttention } from '../src/index';
+import { setWebGLBlockKeys } from '../kernels/webgl/flash_attention';
 
 export interface BenchConfig {
   seqs: number[];
@@ -22,6 +23,9 @@ export interface BenchConfig {
   maxBackwardSeq: number;
   /** Naive attention beyond this N runs last, as it may exhaust GPU memory and lose the context. */
   naiveUpTo: number;
+  /** Key block sizes to time flash with (forward and forward+backward) at N = sweepSeq. */
+  blockSweep: number[];
+  sweepSeq: number;
   reps: number;
   /** Stop starting new measurements after this many seconds. */
   budgetSeconds: number;
@@ -147,6 +151,10 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
   const passes = (n: number) => (n <= config.maxBackwardSeq ? ['forward', 'forward+backward'] as const : ['forward'] as const);
   const risky = (n: number) => !naiveFits(n, config) || n > config.naiveUpTo;
   for (const n of config.seqs) for (const pass of passes(n)) plan.push([pass, n, risky(n) ? ['flash'] : ['flash', 'naive']]);
+  const sweepAt = plan.findIndex(([, n]) => n > config.sweepSeq);
+  const sweep: typeof plan = config.blockSweep.flatMap(keys =>
+    (['forward', 'forward+backward'] as const).map(pass => [pass, -keys, ['flash']] as [BenchRow['pass'], number, Array<BenchRow['impl']>]));
+  plan.splice(sweepAt < 0 ? plan.length : sweepAt, 0, ...sweep);
   for (const n of config.seqs) {
     if (!risky(n)) continue;
     for (const pass of passes(n)) {
@@ -158,11 +166,15 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
       await report(`# budget of ${config.budgetSeconds} s spent: stopped before N=${n} ${pass} ${impls.join('+')}`);
       return rows;
     }
-    const measured = impls.length ? await measurePair(n, pass, impls, config)
+    // A negative N in the plan is a block-size sweep entry: flash at N = sweepSeq with -n keys per block.
+    if (n < 0) setWebGLBlockKeys(-n);
+    const measured = impls.length ? await measurePair(n < 0 ? config.sweepSeq : n, pass, impls, config)
       : [{ n, pass, impl: 'naive' as const, error: 'scores [1, H, N, N] exceed MAX_TEXTURE_SIZE²: not run' }];
+    if (n < 0) setWebGLBlockKeys(256);
     for (const row of measured) {
-      rows.push(row);
-      await report(JSON.stringify(row));
+      const labeled = n < 0 ? { ...row, blockKeys: -n } : row;
+      rows.push(labeled);
+      await report(JSON.stringify(labeled));
     }
   }
   return rows;
@@ -170,9 +182,9 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
 
 const DEFAULT: BenchConfig = {
   seqs: [256, 512, 1024, 2048, 4096, 8192, 16384], heads: 12, headDim: 64, maxBackwardSeq: 16384, naiveUpTo: 4096,
-  reps: 3, budgetSeconds: 420,
+  blockSweep: [128, 512, 1024], sweepSeq: 4096, reps: 3, budgetSeconds: 420,
 };
-const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, reps: 2 };
+const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, blockSweep: [128], sweepSeq: 512, reps: 2 };
 
 async function post(line: string): Promise<void> {
   await fetch('/result', { method: 'POST', body: line });

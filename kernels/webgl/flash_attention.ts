@@ -33,15 +33,21 @@ import type { PackedInput } from './program';
 import { scoresProgram } from './scores_program';
 import { weightsProgram } from './weights_program';
 
-/** Keys per block of the forward's probability texture (measured: bench/RESULTS.md). */
-export const BLOCK_KEYS = 256;
+/** Keys per block of the per-block textures (measured: bench/RESULTS.md). */
+let blockKeysTarget = 256;
+
+/** Tuning knob for benchmarks: the key block size (even, ≥ 2) the webgl kernels aim for. */
+export function setWebGLBlockKeys(keys: number): void {
+  if (!(Number.isInteger(keys) && keys >= 2 && keys % 2 === 0)) throw new Error(`block keys must be even ≥ 2, got ${keys}`);
+  blockKeysTarget = keys;
+}
 
 /**
- * The key block size: BLOCK_KEYS, fewer when the keys are fewer, and fewer when a
+ * The key block size: the target (256), fewer when the keys are fewer, and fewer when a
  * [B·Hq, Nq, blockKeys] packed texture would not fit in MAX_TEXTURE_SIZE².
  */
 export function blockKeys(c: AttentionConfig, maxTextureSize: number): number {
-  const keys = Math.min(BLOCK_KEYS, c.seqK + (c.seqK % 2));
+  const keys = Math.min(blockKeysTarget, c.seqK + (c.seqK % 2));
   const rowTexels = c.batch * c.headsQ * Math.ceil(c.seqQ / 2);
   // tfjs squarifies a texture beyond MAX_TEXTURE_SIZE into about √texels × √texels; (max − 1)² texels
   // always fit.
