@@ -3,7 +3,7 @@
 // can see it, for every query head of its GQA group, so that the sum over the group happens in
 // registers. It recomputes P = exp2(s − lse) and dS as the dQ pass does (transposed: the
 // workgroup's rows are keys), and accumulates dV = (P∘Z/(1−r))ᵀ·dO and dK = scale·dSᵀ·Q.
-import type { AttentionConfig } from '../../src/config';
+import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
   blockSkip, COMMON_UNIFORMS, constants, queryRange, queryScale, scoreFunctions, stageRows, storageBinding,
@@ -15,7 +15,7 @@ import { threadsOf, Tiles } from './tiles';
 
 export function dkdvWorkgroupBytes(c: AttentionConfig, t: Tiles): number {
   const qs = Math.ceil(c.headDim / 4) + 1, vs = Math.ceil(c.headDimV / 4) + 1;
-  return 16 * (t.rows + t.cols) * (qs + vs) + 8 * t.rows * (t.cols + 1) + 8 * t.cols + 16;
+  return 16 * ((t.rowsFromGlobal ? 0 : t.rows) + t.cols) * (qs + vs) + 8 * t.rows * (t.cols + 1) + 8 * t.cols + 16;
 }
 
 export function dkdvBindings(c: AttentionConfig): BindingSpec[] {
@@ -40,6 +40,17 @@ export function dkdvProgram(c: AttentionConfig, aux: AuxLayout, t: Tiles): Progr
   const KX = Math.ceil(dk4 / TC), VX = Math.ceil(dv4 / TC);
   const rowsR = range(TM), colsC = range(TN);
   const rowOf = (r: number) => `tr + ${r * TR}u`;
+  const kStrides = layoutStrides(c, c.headsKV, c.seqK, c.headDim);
+  const vStrides = layoutStrides(c, c.headsKV, c.seqK, c.headDimV);
+  const base = (name: string, st: { batch: number; head: number; seq: number }, r: number) =>
+    `  let ${name}row_${r} = (b * ${st.batch}u + hk * ${st.head}u + min(j_${r}, SEQK - 1u) * ${st.seq}u - u.off_${name}) / 4u;`;
+  const ownRowBase = (r: number) => !t.rowsFromGlobal ? '' :
+    [vec4Q(c) ? base('k', kStrides, r) : '', vec4V(c) ? base('v', vStrides, r) : ''].filter(x => x).join('\n');
+  const ownRow = (name: 'k' | 'v', r: number) => {
+    if (!t.rowsFromGlobal) return name === 'k' ? `ks[(${rowOf(r)}) * QS + d]` : `vs[(${rowOf(r)}) * VS + d]`;
+    const vec = name === 'k' ? vec4Q(c) : vec4V(c);
+    return vec ? `${name}[${name}row_${r} + d]` : `load_${name}(b, hk, min(j_${r}, SEQK - 1u), d)`;
+  };
   const colIdx = (x: number, n4: number, name: string) => (n4 % TC === 0 ? `tc + ${x * TC}u` : `min(tc + ${x * TC}u, ${name} - 1u)`);
   const colOk = (x: number, n4: number, name: string) => (n4 % TC === 0 ? 'true' : `(tc + ${x * TC}u < ${name})`);
 
@@ -54,8 +65,8 @@ const QS = DK4 + 1u;
 const VS = DV4 + 1u;
 const PS = BQC + 1u;
 const QSCALE = ${f32(queryScale(c))};
-var<workgroup> ks: array<vec4<f32>, ${t.rows * (dk4 + 1)}>;
-var<workgroup> vs: array<vec4<f32>, ${t.rows * (dv4 + 1)}>;
+${t.rowsFromGlobal ? '' : `var<workgroup> ks: array<vec4<f32>, ${t.rows * (dk4 + 1)}>;
+var<workgroup> vs: array<vec4<f32>, ${t.rows * (dv4 + 1)}>;`}
 var<workgroup> qs: array<vec4<f32>, ${t.cols * (dk4 + 1)}>;
 var<workgroup> dos: array<vec4<f32>, ${t.cols * (dv4 + 1)}>;
 var<workgroup> pts: array<f32, ${t.rows * (t.cols + 1)}>;
@@ -79,8 +90,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let b = bhk / HKV;
   let hk = bhk % HKV;
   let j0 = wid.x * BKR;
-  ${stageRows({ dst: 'ks', stride: 'QS', cols4: 'DK4', rows: 'BKR', first: 'j0', limit: 'SEQK', load: 'load_k', head: 'hk' })}
-  ${stageRows({ dst: 'vs', stride: 'VS', cols4: 'DV4', rows: 'BKR', first: 'j0', limit: 'SEQK', load: 'load_v', head: 'hk' })}
+  ${t.rowsFromGlobal ? '' : stageRows({ dst: 'ks', stride: 'QS', cols4: 'DK4', rows: 'BKR', first: 'j0', limit: 'SEQK', load: 'load_k', head: 'hk' })}
+  ${t.rowsFromGlobal ? '' : stageRows({ dst: 'vs', stride: 'VS', cols4: 'DV4', rows: 'BKR', first: 'j0', limit: 'SEQK', load: 'load_v', head: 'hk' })}
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'let kl = SEQK;'}
@@ -90,6 +101,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let tFirst = iLo / BQC;
   let tEnd = select(tFirst, (iHi + BQC - 1u) / BQC, (iHi > iLo) & (j0 < kl));
 ${rowsR.map(r => `  let j_${r} = j0 + ${rowOf(r)};
+${ownRowBase(r)}
 ${range(KX).map(x => `  var dk_${r}_${x} = vec4<f32>(0.0);`).join('\n')}
 ${range(VX).map(x => `  var dv_${r}_${x} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
   for (var g = 0u; g < GROUP; g++) {
@@ -110,12 +122,12 @@ ${range(VX).map(x => `  var dv_${r}_${x} = vec4<f32>(0.0);`).join('\n')}`).join(
       workgroupBarrier();
 ${rowsR.map(r => colsC.map(k => `      var s_${r}_${k} = 0.0;\n      var dp_${r}_${k} = 0.0;`).join('\n')).join('\n')}
       for (var d = 0u; d < DK4; d++) {
-${rowsR.map(r => `        let k${r} = ks[(${rowOf(r)}) * QS + d];`).join('\n')}
+${rowsR.map(r => `        let k${r} = ${ownRow('k', r)};`).join('\n')}
 ${colsC.map(k => `        let q${k} = qs[(tc + ${k * TC}u) * QS + d];`).join('\n')}
 ${rowsR.map(r => colsC.map(k => `        s_${r}_${k} += dot(q${k}, k${r});`).join('\n')).join('\n')}
       }
       for (var d = 0u; d < DV4; d++) {
-${rowsR.map(r => `        let v${r} = vs[(${rowOf(r)}) * VS + d];`).join('\n')}
+${rowsR.map(r => `        let v${r} = ${ownRow('v', r)};`).join('\n')}
 ${colsC.map(k => `        let o${k} = dos[(tc + ${k * TC}u) * VS + d];`).join('\n')}
 ${rowsR.map(r => colsC.map(k => `        dp_${r}_${k} += dot(o${k}, v${r});`).join('\n')).join('\n')}
       }

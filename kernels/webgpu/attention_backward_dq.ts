@@ -3,11 +3,11 @@
 // the saved log-sum-exp, dP = dO·Vᵀ, dS = P ∘ (dP·Z/(1−r) − D), and accumulates dQ = scale·dS·K in
 // registers. With a bias it also writes dS (the bias gradient before broadcasting) into the
 // expanded [B, Hq, Nq, Nk'] buffer `dbias`, summed over keys in registers when Nk' = 1.
-import type { AttentionConfig } from '../../src/config';
+import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  blockSkip, COMMON_UNIFORMS, constants, keyRange, queryScale, scoreFunctions, stageRows, storageBinding,
-  tensorAccess, vec4Q, vec4V,
+  blockSkip, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, stageRows,
+  storageBinding, tensorAccess, vec4Q, vec4V,
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
@@ -21,7 +21,7 @@ function biasRowSums(c: AttentionConfig): boolean {
 export function dqWorkgroupBytes(c: AttentionConfig, t: Tiles, useSubgroups: boolean): number {
   const qs = Math.ceil(c.headDim / 4) + 1, vs = Math.ceil(c.headDimV / 4) + 1;
   const { TC } = threadsOf(t);
-  return 16 * (t.rows + t.cols) * (qs + vs) + 4 * t.rows * (t.cols + 1) +
+  return 16 * ((t.rowsFromGlobal ? 0 : t.rows) + t.cols) * (qs + vs) + 4 * t.rows * (t.cols + 1) +
     (biasRowSums(c) && !useSubgroups ? 4 * t.rows * TC : 0) + 16;
 }
 
@@ -44,10 +44,18 @@ export function dqProgram(c: AttentionConfig, aux: AuxLayout, t: Tiles, useSubgr
   const TM = t.rowsPerThread, TN = t.colsPerThread;
   const dk4 = Math.ceil(c.headDim / 4);
   const QX = Math.ceil(dk4 / TC);
-  const nqb = Math.ceil(c.seqQ / t.rows);
-  const heavyLast = c.windowRight >= 0 && c.windowLeft < 0;
   const rowsR = range(TM), colsC = range(TN), qxX = range(QX);
   const rowOf = (r: number) => `tr + ${r * TR}u`;
+  const strides = { q: layoutStrides(c, c.headsQ, c.seqQ, c.headDim), dout: layoutStrides(c, c.headsQ, c.seqQ, c.headDimV) };
+  const vec = { q: vec4Q(c), dout: vec4V(c) };
+  const ownRowBase = (r: number) => !t.rowsFromGlobal ? '' : (['q', 'dout'] as const).filter(n => vec[n]).map(n =>
+    `  let ${n}row_${r} = (b * ${strides[n].batch}u + h * ${strides[n].head}u + min(i_${r}, SEQQ - 1u) * ${strides[n].seq}u - u.off_${n}) / 4u;`)
+    .join('\n');
+  // Without staged rows, Q is read unscaled and the dot product is scaled instead.
+  const ownRow = (n: 'q' | 'dout', r: number) => {
+    if (!t.rowsFromGlobal) return n === 'q' ? `qs[(${rowOf(r)}) * QS + d]` : `dos[(${rowOf(r)}) * VS + d]`;
+    return vec[n] ? `${n}[${n}row_${r} + d]` : `load_${n}(b, h, min(i_${r}, SEQQ - 1u), d)`;
+  };
   const colIdx = (x: number) => (dk4 % TC === 0 ? `tc + ${x * TC}u` : `min(tc + ${x * TC}u, DK4 - 1u)`);
   const colOk = (x: number) => (dk4 % TC === 0 ? 'true' : `(tc + ${x * TC}u < DK4)`);
   const rowSums = biasRowSums(c);
@@ -64,8 +72,8 @@ const QS = DK4 + 1u;
 const VS = DV4 + 1u;
 const PS = BK + 1u;
 const QSCALE = ${f32(queryScale(c))};
-var<workgroup> qs: array<vec4<f32>, ${t.rows * (dk4 + 1)}>;
-var<workgroup> dos: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDimV / 4) + 1)}>;
+${t.rowsFromGlobal ? '' : `var<workgroup> qs: array<vec4<f32>, ${t.rows * (dk4 + 1)}>;
+var<workgroup> dos: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDimV / 4) + 1)}>;`}
 var<workgroup> ks: array<vec4<f32>, ${t.cols * (dk4 + 1)}>;
 var<workgroup> vs: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDimV / 4) + 1)}>;
 var<workgroup> dss: array<f32, ${t.rows * (t.cols + 1)}>;
@@ -82,14 +90,13 @@ ${scoreFunctions(c, aux)}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
   let tr = lidx / TC;
   let tc = lidx % TC;
-  let qb = ${heavyLast ? `${nqb - 1}u - wid.x` : 'wid.x'};
-  let bh = u.unit_start * ${c.layout === 'BHSD' ? 'GROUP' : 'HQ'} + wid.y;
+  ${queryBlockIds(c, t.rows)}
   let b = bh / HQ;
   let h = bh % HQ;
   let hk = h / GROUP;
   let i0 = qb * BQ;
-  ${stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
-  ${stageRows({ dst: 'dos', stride: 'VS', cols4: 'DV4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_dout', head: 'h' })}
+  ${t.rowsFromGlobal ? '' : stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
+  ${t.rowsFromGlobal ? '' : stageRows({ dst: 'dos', stride: 'VS', cols4: 'DV4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_dout', head: 'h' })}
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'let kl = SEQK;'}
@@ -99,6 +106,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let tFirst = jLo / BK;
   let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);
 ${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
+${ownRowBase(r)}
   let row_${r} = bh * SEQQ + min(i_${r}, SEQQ - 1u);
   let lse_${r} = bitcast<f32>(aux[${aux.lse}u + row_${r}]);
   let lseUse_${r} = select(lse_${r}, 0.0, lse_${r} == negInf());
@@ -113,15 +121,16 @@ ${rowSums ? `  var dbsum_${r} = 0.0;\n` : ''}${c.dropoutRate > 0 ? `  let drop_$
     workgroupBarrier();
 ${rowsR.map(r => colsC.map(k => `    var s_${r}_${k} = 0.0;\n    var dp_${r}_${k} = 0.0;`).join('\n')).join('\n')}
     for (var d = 0u; d < DK4; d++) {
-${rowsR.map(r => `      let q${r} = qs[(${rowOf(r)}) * QS + d];`).join('\n')}
+${rowsR.map(r => `      let q${r} = ${ownRow('q', r)};`).join('\n')}
 ${colsC.map(k => `      let k${k} = ks[(tc + ${k * TC}u) * QS + d];`).join('\n')}
 ${rowsR.map(r => colsC.map(k => `      s_${r}_${k} += dot(q${r}, k${k});`).join('\n')).join('\n')}
     }
     for (var d = 0u; d < DV4; d++) {
-${rowsR.map(r => `      let o${r} = dos[(${rowOf(r)}) * VS + d];`).join('\n')}
+${rowsR.map(r => `      let o${r} = ${ownRow('dout', r)};`).join('\n')}
 ${colsC.map(k => `      let v${k} = vs[(tc + ${k * TC}u) * VS + d];`).join('\n')}
 ${rowsR.map(r => colsC.map(k => `      dp_${r}_${k} += dot(o${r}, v${k});`).join('\n')).join('\n')}
     }
+${t.rowsFromGlobal ? rowsR.map(r => colsC.map(k => `    s_${r}_${k} *= QSCALE;`).join('\n')).join('\n') : ''}
 ${rowsR.map(r => colsC.map(k => {
     const j = `j0 + tc + ${k * TC}u`;
     const dpz = c.dropoutRate > 0 ? `select(0.0, dp_${r}_${k} * KEEP_SCALE, dropoutKeep(drop_${r}, ${j}))` : `dp_${r}_${k}`;

@@ -8,8 +8,8 @@
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  COMMON_UNIFORMS, constants, keyRange, queryScale, scoreFunctions, stageRows, storageBinding, tensorAccess, vec4Q,
-  vec4V,
+  COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, stageRows, storageBinding,
+  tensorAccess, vec4Q, vec4V,
 } from './attention_wgsl';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
 import { rowReduce, threadsOf, Tiles } from './tiles';
@@ -18,7 +18,7 @@ import { rowReduce, threadsOf, Tiles } from './tiles';
 export function forwardWorkgroupBytes(c: AttentionConfig, t: Tiles, useSubgroups: boolean): number {
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
   const { TC } = threadsOf(t);
-  const qRows = t.queryFromGlobal ? 0 : t.rows;
+  const qRows = t.rowsFromGlobal ? 0 : t.rows;
   return 16 * ((qRows + t.cols) * (dk4 + 1) + t.cols * (dv4 + 1)) + 4 * t.rows * (t.cols + 1) +
     (useSubgroups ? 0 : 4 * t.rows * TC) + (c.blockSize > 0 ? 4 * TILE_LIST : 0) + 16;
 }
@@ -87,16 +87,13 @@ export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: bool
   const { TR, TC, WG } = threadsOf(t);
   const TM = t.rowsPerThread, TN = t.colsPerThread;
   const OX = Math.ceil(Math.ceil(c.headDimV / 4) / TC);
-  const nqb = Math.ceil(c.seqQ / t.rows);
-  // Causal-like bands give the last query blocks the most keys: start those first.
-  const heavyLast = c.windowRight >= 0 && c.windowLeft < 0;
   const rowsR = range(TM), colsC = range(TN), oxX = range(OX);
   const rowOf = (r: number) => `tr + ${r * TR}u`;
   const colOk = (x: number) => ((Math.ceil(c.headDimV / 4) % TC === 0) ? 'true' : `(tc + ${x * TC}u < DV4)`);
   const S = (r: number, k: number) => `s_${r}_${k}`;
   // Without a staged Q block, each thread reads its rows of Q from global memory (L1-cached) in the
   // score loop and scales the dot product instead; that frees workgroup memory for larger tiles.
-  const queryOperand = (r: number) => !t.queryFromGlobal ? `qs[(${rowOf(r)}) * QS + d]`
+  const queryOperand = (r: number) => !t.rowsFromGlobal ? `qs[(${rowOf(r)}) * QS + d]`
     : vec4Q(c) ? `q[qrow_${r} + d]` : `load_q(b, h, min(i_${r}, SEQQ - 1u), d)`;
   const qs = layoutStrides(c, c.headsQ, c.seqQ, c.headDim);
   const O = (r: number, x: number) => `o_${r}_${x}`;
@@ -112,7 +109,7 @@ const QS = DK4 + 1u;
 const VS = DV4 + 1u;
 const PS = BK + 1u;
 const QSCALE = ${f32(queryScale(c))};
-${t.queryFromGlobal ? '' : `var<workgroup> qs: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDim / 4) + 1)}>;`}
+${t.rowsFromGlobal ? '' : `var<workgroup> qs: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDim / 4) + 1)}>;`}
 ${c.blockSize > 0 ? `var<workgroup> tileFlags: array<u32, ${TILE_LIST}>;` : ''}
 var<workgroup> ks: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDim / 4) + 1)}>;
 var<workgroup> vs: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDimV / 4) + 1)}>;
@@ -129,13 +126,12 @@ ${scoreFunctions(c, aux)}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
   let tr = lidx / TC;
   let tc = lidx % TC;
-  let qb = ${heavyLast ? `${nqb - 1}u - wid.x` : 'wid.x'};
-  let bh = u.unit_start * ${c.layout === 'BHSD' ? 'GROUP' : 'HQ'} + wid.y;
+  ${queryBlockIds(c, t.rows)}
   let b = bh / HQ;
   let h = bh % HQ;
   let hk = h / GROUP;
   let i0 = qb * BQ;
-  ${t.queryFromGlobal ? '' : stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
+  ${t.rowsFromGlobal ? '' : stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'let kl = SEQK;'}
@@ -148,7 +144,7 @@ ${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
   var m_${r} = negInf();
   var l_${r} = 0.0;
   var nan_${r} = false;
-${t.queryFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
+${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
   ${tileLoop(c, `
     let j0 = t * BK;
     workgroupBarrier();
@@ -173,7 +169,7 @@ ${rowsR.map(r => `      let q${r} = ${queryOperand(r)};`).join('\n')}
 ${colsC.map(k => `      let k${k} = ks[(tc + ${k * TC}u) * QS + d];`).join('\n')}
 ${rowsR.map(r => colsC.map(k => `      ${S(r, k)} += dot(q${r}, k${k});`).join('\n')).join('\n')}
     }
-${rowsR.map(r => colsC.map(k => `    ${S(r, k)} = score2(${S(r, k)}${t.queryFromGlobal ? ' * QSCALE' : ''}, b, h, i_${r}, j0 + tc + ${k * TC}u, kl);`).join('\n')).join('\n')}
+${rowsR.map(r => colsC.map(k => `    ${S(r, k)} = score2(${S(r, k)}${t.rowsFromGlobal ? ' * QSCALE' : ''}, b, h, i_${r}, j0 + tc + ${k * TC}u, kl);`).join('\n')).join('\n')}
 ${rowsR.map(r => `    var mt_${r} = ${colsC.map(k => S(r, k)).reduce((a, bb) => `max(${a}, ${bb})`)};
     nan_${r} = nan_${r} | ${colsC.map(k => `isNan(${S(r, k)})`).join(' | ')};`).join('\n')}
     ${rowReduce(t, useSubgroups, 'max', rowsR.map(r => `mt_${r}`), rowOf)}

@@ -221,3 +221,27 @@ export function blockSkip(c: AttentionConfig, rFirst: string, rLast: string, kFi
     }
     if (workgroupUniformLoad(&flag) == 0u) { continue; }`;
 }
+
+/**
+ * Causal-like bands give the last query blocks the most keys. GPUs start workgroups in x-major
+ * order, so for those the query block (reversed) goes on y and heads on x: every head's heaviest
+ * blocks start first and the light ones fill the tail.
+ */
+function heavyFirst(c: AttentionConfig): boolean {
+  return c.windowRight >= 0 && c.windowLeft < 0;
+}
+
+/** Workgroup grid of a pass with one workgroup per (query head, block of `rows` query rows). */
+export function queryBlockGrid(c: AttentionConfig, rows: number, heads: number): [number, number, number] {
+  const blocks = Math.ceil(c.seqQ / rows);
+  return heavyFirst(c) ? [heads, blocks, 1] : [blocks, heads, 1];
+}
+
+/** WGSL defining `qb` (query block) and `bh` (flat b·Hq + h) for queryBlockGrid. */
+export function queryBlockIds(c: AttentionConfig, rows: number): string {
+  const perUnit = c.layout === 'BHSD' ? 'GROUP' : 'HQ';
+  const blocks = Math.ceil(c.seqQ / rows);
+  return heavyFirst(c)
+    ? `let qb = ${blocks - 1}u - wid.y;\n  let bh = u.unit_start * ${perUnit} + wid.x;`
+    : `let qb = wid.x;\n  let bh = u.unit_start * ${perUnit} + wid.y;`;
+}

@@ -9,7 +9,7 @@ import { FlashAttention } from '../../src/kernel_names';
 import { warnOnce } from '../../src/warn';
 import { auxLayout, auxNeeded, encodeAuxCopies } from './aux';
 import { forwardProgram, forwardWorkgroupBytes } from './attention_forward';
-import { NEG_INF_BITS } from './attention_wgsl';
+import { NEG_INF_BITS, queryBlockGrid } from './attention_wgsl';
 import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeometry } from './chunks';
 import {
   Dispatch, gpuBuffer, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer, subgroupMinSize,
@@ -101,7 +101,7 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
     webgpuAttentionTuning.forwardTiles);
   const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups);
   const dispatches = planDispatches(backend, c, buffers,
-    (units, g) => [Math.ceil(c.seqQ / tiles.rows), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
+    (units, g) => queryBlockGrid(c, tiles.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
   runPrograms(backend, [{ spec, dispatches }], encoder => {
     if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
   });

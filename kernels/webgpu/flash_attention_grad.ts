@@ -15,6 +15,7 @@ import type { AttentionConfig } from '../../src/config';
 import { unpackGradInputs } from '../../src/inputs';
 import { FlashAttentionGrad } from '../../src/kernel_names';
 import { auxLayout, encodeAuxCopies } from './aux';
+import { queryBlockGrid } from './attention_wgsl';
 import { dkdvProgram, dkdvWorkgroupBytes } from './attention_backward_dkdv';
 import { dqProgram, dqWorkgroupBytes } from './attention_backward_dq';
 import { ROW_DOT_ROWS, rowDotProgram } from './row_dot';
@@ -70,7 +71,7 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
   const qt = pickTiles(device, (tl, sg) => dqWorkgroupBytes(c, tl, sg), webgpuAttentionTuning.dqTiles);
   const dqSpec = dqProgram(c, aux, qt.tiles, qt.useSubgroups);
   const dqDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dq', 'bias', 'dbias', 'aux']),
-    (units, g) => [Math.ceil(c.seqQ / qt.tiles.rows), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
+    (units, g) => queryBlockGrid(c, qt.tiles.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
 
   runPrograms(backend, [
     { spec: rowDot, dispatches: rowDotDispatches },

@@ -10,8 +10,12 @@ export interface Tiles {
   cols: number;
   rowsPerThread: number;
   colsPerThread: number;
-  /** Forward only: read Q rows from global memory in the score loop instead of staging them. */
-  queryFromGlobal?: boolean;
+  /**
+   * Read the workgroup's own rows (Q and dO in the forward and dQ passes, K and V in the dK/dV pass)
+   * from global memory (L1-cached) in the dot-product loops instead of staging them in workgroup
+   * memory, which frees workgroup memory for larger tiles.
+   */
+  rowsFromGlobal?: boolean;
 }
 
 export function threadsOf(t: Tiles): { TR: number; TC: number; WG: number } {
