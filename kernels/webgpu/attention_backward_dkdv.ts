@@ -11,29 +11,39 @@ import {
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
-import { threadsOf, Tiles } from './tiles';
+import { rowReduce, threadsOf, Tiles } from './tiles';
 
 export function dkdvWorkgroupBytes(c: AttentionConfig, t: Tiles): number {
   const qs = Math.ceil(c.headDim / 4) + 1, vs = Math.ceil(c.headDimV / 4) + 1;
   return 16 * ((t.rowsFromGlobal ? 0 : t.rows) + t.cols) * (qs + vs) + 8 * t.rows * (t.cols + 1) + 8 * t.cols + 16;
 }
 
-export function dkdvBindings(c: AttentionConfig): BindingSpec[] {
+/**
+ * 'dkdv' accumulates dK and dV; 'biasColumns' (a bias broadcast over query rows, see
+ * biasGradMode) instead sums dS over the query rows of each (head, key) into `dbias`
+ * [B, Hq, 1, Nk]. That second walk recomputes the scores but keeps the bias gradient O(Nk) per
+ * head, where writing dS per element would cost Nq·Nk; it is its own pass because dK/dV already
+ * use WebGPU's default 8 storage bindings.
+ */
+export type DkdvMode = 'dkdv' | 'biasColumns';
+
+export function dkdvBindings(c: AttentionConfig, mode: DkdvMode): BindingSpec[] {
   const b: BindingSpec[] = [
     storageBinding('q', vec4Q(c), false),
     storageBinding('k', vec4Q(c), false),
     storageBinding('v', vec4V(c), false),
     storageBinding('dout', vec4V(c), false),
-    storageBinding('dk', vec4Q(c), true),
-    storageBinding('dv', vec4V(c), true),
   ];
+  if (mode === 'dkdv') b.push(storageBinding('dk', vec4Q(c), true), storageBinding('dv', vec4V(c), true));
   if (c.biasShape.length) b.push(storageBinding('bias', false, false));
   b.push({ name: 'aux', type: 'u32', write: false });
+  if (mode === 'biasColumns') b.push(storageBinding('dbias', false, true));
   return b;
 }
 
-export function dkdvProgram(c: AttentionConfig, aux: AuxLayout, t: Tiles): ProgramSpec {
-  const bindings = dkdvBindings(c);
+export function dkdvProgram(c: AttentionConfig, aux: AuxLayout, t: Tiles, mode: DkdvMode = 'dkdv'): ProgramSpec {
+  const bindings = dkdvBindings(c, mode);
+  const columns = mode === 'biasColumns';
   const { TR, TC, WG } = threadsOf(t);
   const TM = t.rowsPerThread, TN = t.colsPerThread;
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
@@ -53,6 +63,22 @@ export function dkdvProgram(c: AttentionConfig, aux: AuxLayout, t: Tiles): Progr
   };
   const colIdx = (x: number, n4: number, name: string) => (n4 % TC === 0 ? `tc + ${x * TC}u` : `min(tc + ${x * TC}u, ${name} - 1u)`);
   const colOk = (x: number, n4: number, name: string) => (n4 % TC === 0 ? 'true' : `(tc + ${x * TC}u < ${name})`);
+
+  const accumulate = () => `      workgroupBarrier();
+      for (var qq = 0u; qq < BQC; qq++) {
+${rowsR.map(r => `        let pt${r} = pts[(${rowOf(r)}) * PS + qq];\n        let g${r} = dss[(${rowOf(r)}) * PS + qq];`).join('\n')}
+${range(VX).map(x => `        let o${x} = dos[qq * VS + ${colIdx(x, dv4, 'DV4')}];`).join('\n')}
+${range(KX).map(x => `        let q${x} = qs[qq * QS + ${colIdx(x, dk4, 'DK4')}];`).join('\n')}
+${rowsR.map(r => range(VX).map(x => `        dv_${r}_${x} += pt${r} * o${x};`).join('\n')).join('\n')}
+${rowsR.map(r => range(KX).map(x => `        dk_${r}_${x} += g${r} * q${x};`).join('\n')).join('\n')}
+      }
+`;
+  const stores = () => rowsR.map(r => `  if (j_${r} < SEQK) {
+${range(KX).map(x => `    if (${colOk(x, dk4, 'DK4')}) { store_dk(b, hk, j_${r}, tc + ${x * TC}u, dk_${r}_${x} * ${f32(c.scale / queryScale(c))}); }`).join('\n')}
+${range(VX).map(x => `    if (${colOk(x, dv4, 'DV4')}) { store_dv(b, hk, j_${r}, tc + ${x * TC}u, dv_${r}_${x}); }`).join('\n')}
+  }`).join('\n');
+  const columnSums = () => `    ${rowReduce(t, false, 'add', rowsR.map(r => `dbcol_${r}`), rowOf)}
+${rowsR.map(r => `    if ((tc == 0u) & (j_${r} < SEQK)) { dbias[bh * SEQK + j_${r} - u.off_dbias] = dbcol_${r}; }`).join('\n')}`;
 
   const body = () => `
 ${constants(c)}
@@ -74,12 +100,13 @@ var<workgroup> dss: array<f32, ${t.rows * (t.cols + 1)}>;
 var<workgroup> lses: array<f32, ${t.cols}>;
 var<workgroup> dterms: array<f32, ${t.cols}>;
 var<workgroup> flag: u32;
+${columns ? `var<workgroup> red: array<f32, ${t.rows * TC}>;` : ''}
 ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
-${tensorAccess(c, 'dk', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'store')}
-${tensorAccess(c, 'dv', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'store')}
+${columns ? '' : tensorAccess(c, 'dk', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'store')}
+${columns ? '' : tensorAccess(c, 'dv', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'store')}
 ${scoreFunctions(c, aux)}
 
 @compute @workgroup_size(${WG})
@@ -107,6 +134,7 @@ ${range(VX).map(x => `  var dv_${r}_${x} = vec4<f32>(0.0);`).join('\n')}`).join(
   for (var g = 0u; g < GROUP; g++) {
     let h = hk * GROUP + g;
     let bh = b * HQ + h;
+${columns ? rowsR.map(r => `    var dbcol_${r} = 0.0;`).join('\n') : ''}
     for (var t = tFirst; t < tEnd; t++) {
       let i0 = t * BQC;
       ${blockSkip(c, 'i0', 'min(i0 + BQC, SEQQ) - 1u', 'jFirst', 'jLast')}
@@ -141,27 +169,18 @@ ${rowsR.map(r => colsC.map(k => {
     return `      {
         let p = select(exp2(score2(s_${r}_${k}, b, h, ic_${k}, j_${r}, kl) - lses[${col}]), 0.0, ic_${k} >= SEQQ);
         pts[(${rowOf(r)}) * PS + ${col}] = ${pd};
-        dss[(${rowOf(r)}) * PS + ${col}] = p * (${dpz} - dterms[${col}]) * softcapDerivative(s_${r}_${k});
+        let ds = p * (${dpz} - dterms[${col}]);${columns ? `\n        dbcol_${r} += ds;` : ''}
+        dss[(${rowOf(r)}) * PS + ${col}] = ds * softcapDerivative(s_${r}_${k});
       }`;
   }).join('\n')).join('\n')}
-      workgroupBarrier();
-      for (var qq = 0u; qq < BQC; qq++) {
-${rowsR.map(r => `        let pt${r} = pts[(${rowOf(r)}) * PS + qq];\n        let g${r} = dss[(${rowOf(r)}) * PS + qq];`).join('\n')}
-${range(VX).map(x => `        let o${x} = dos[qq * VS + ${colIdx(x, dv4, 'DV4')}];`).join('\n')}
-${range(KX).map(x => `        let q${x} = qs[qq * QS + ${colIdx(x, dk4, 'DK4')}];`).join('\n')}
-${rowsR.map(r => range(VX).map(x => `        dv_${r}_${x} += pt${r} * o${x};`).join('\n')).join('\n')}
-${rowsR.map(r => range(KX).map(x => `        dk_${r}_${x} += g${r} * q${x};`).join('\n')).join('\n')}
-      }
-    }
+${columns ? '' : accumulate()}    }
+${columns ? columnSums() : ''}
   }
-${rowsR.map(r => `  if (j_${r} < SEQK) {
-${range(KX).map(x => `    if (${colOk(x, dk4, 'DK4')}) { store_dk(b, hk, j_${r}, tc + ${x * TC}u, dk_${r}_${x} * ${f32(c.scale / queryScale(c))}); }`).join('\n')}
-${range(VX).map(x => `    if (${colOk(x, dv4, 'DV4')}) { store_dv(b, hk, j_${r}, tc + ${x * TC}u, dv_${r}_${x}); }`).join('\n')}
-  }`).join('\n')}
+${columns ? '' : stores()}
 }
 `;
   return {
-    key: JSON.stringify({ program: 'attention_backward_dkdv', config: shaderConfig(c), tiles: t }),
+    key: JSON.stringify({ program: 'attention_backward_dkdv', config: shaderConfig(c), tiles: t, mode }),
     bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], workgroupSize: WG, body,
   };
 }

@@ -2,20 +2,20 @@
 // block of query rows) walks the same key tiles as the forward, recomputes P = exp2(s − lse) from
 // the saved log-sum-exp, dP = dO·Vᵀ, dS = P ∘ (dP·Z/(1−r) − D), and accumulates dQ = scale·dS·K in
 // registers. With a bias it also writes dS (the bias gradient before broadcasting) into the
-// expanded [B, Hq, Nq, Nk'] buffer `dbias`, summed over keys in registers when Nk' = 1.
+// expanded [B, Hq, Nq, Nk'] buffer `dbias`, summed over keys in registers when Nk' = 1 (a bias
+// broadcast over query rows is left to the dK/dV-shaped column pass instead).
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  blockSkip, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, stageRows,
+  biasGradMode, blockSkip, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, stageRows,
   storageBinding, tensorAccess, vec4Q, vec4V,
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
 import { rowReduce, threadsOf, Tiles } from './tiles';
 
-/** Whether dS is summed over keys in the kernel (a bias broadcast over keys). */
 function biasRowSums(c: AttentionConfig): boolean {
-  return c.biasShape.length > 0 && c.biasShape[3] === 1 && c.seqK > 1;
+  return biasGradMode(c) === 'rows';
 }
 
 export function dqWorkgroupBytes(c: AttentionConfig, t: Tiles, useSubgroups: boolean): number {
@@ -33,7 +33,8 @@ export function dqBindings(c: AttentionConfig): BindingSpec[] {
     storageBinding('dout', vec4V(c), false),
     storageBinding('dq', vec4Q(c), true),
   ];
-  if (c.biasShape.length) b.push(storageBinding('bias', false, false), storageBinding('dbias', false, true));
+  if (c.biasShape.length) b.push(storageBinding('bias', false, false));
+  if (biasGradMode(c) === 'rows' || biasGradMode(c) === 'full') b.push(storageBinding('dbias', false, true));
   b.push({ name: 'aux', type: 'u32', write: false });
   return b;
 }
@@ -59,7 +60,7 @@ export function dqProgram(c: AttentionConfig, aux: AuxLayout, t: Tiles, useSubgr
   const colIdx = (x: number) => (dk4 % TC === 0 ? `tc + ${x * TC}u` : `min(tc + ${x * TC}u, DK4 - 1u)`);
   const colOk = (x: number) => (dk4 % TC === 0 ? 'true' : `(tc + ${x * TC}u < DK4)`);
   const rowSums = biasRowSums(c);
-  const fullBias = c.biasShape.length > 0 && !rowSums;
+  const fullBias = biasGradMode(c) === 'full';
 
   const body = () => `
 ${constants(c)}

@@ -245,3 +245,22 @@ export function queryBlockIds(c: AttentionConfig, rows: number): string {
     ? `let qb = ${blocks - 1}u - wid.y;\n  let bh = u.unit_start * ${perUnit} + wid.x;`
     : `let qb = wid.x;\n  let bh = u.unit_start * ${perUnit} + wid.y;`;
 }
+
+/**
+ * How the bias gradient dS is reduced in-kernel before tfjs' Sum finishes it:
+ *   'rows'    bias broadcast over keys ([.., .., Nq or 1, 1]): the dQ pass sums over keys;
+ *   'columns' bias broadcast over query rows ([.., .., 1, Nk]): a dK/dV-shaped pass sums over rows;
+ *   'full'    bias with both extents: the dQ pass writes dS per element.
+ */
+export function biasGradMode(c: AttentionConfig): 'none' | 'rows' | 'columns' | 'full' {
+  if (!c.biasShape.length) return 'none';
+  if (c.biasShape[3] === 1 && c.seqK > 1) return 'rows';
+  if (c.biasShape[2] === 1 && c.seqQ > 1) return 'columns';
+  return 'full';
+}
+
+/** Shape of the in-kernel dS buffer: [B, Hq, Nq or 1, Nk or 1]. */
+export function dbiasExpandedShape(c: AttentionConfig): number[] {
+  const mode = biasGradMode(c);
+  return [c.batch, c.headsQ, mode === 'columns' ? 1 : c.seqQ, mode === 'rows' ? 1 : c.seqK];
+}

@@ -6,6 +6,7 @@
 // element offset, which travels as a uniform.
 import type { AttentionConfig } from '../../src/config';
 import type { BoundRange, Dispatch } from './runtime';
+import { dbiasExpandedShape } from './attention_wgsl';
 
 /** How one tensor's elements map onto units. */
 export type Coverage =
@@ -125,7 +126,7 @@ export function attentionCoverage(c: AttentionConfig): Record<string, Coverage> 
   if (c.biasShape.length) {
     const [bb, bh, bi, bj] = c.biasShape;
     cov.bias = { kind: 'perQueryHead', batch: bb, heads: bh, block: bi * bj };
-    cov.dbias = { kind: 'perUnit', elements: q * bj };
+    cov.dbias = { kind: 'perUnit', elements: dbiasExpandedShape(c).reduce((a, b) => a * b, 1) };
   }
   return cov;
 }

@@ -93,19 +93,28 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   buffers.out = out.buffer;
   buffers.lse = lse.buffer;
 
+  // Everything that can throw (tiles, splitting) runs before the GPU work; the outputs made above
+  // are released on the way out so a refused problem leaks nothing.
   const withAux = auxNeeded(c, false);
   const aux = auxLayout(c, false);
   const auxBuffer = withAux ? scratchBuffer(device, aux.size * 4) : undefined;
-  if (auxBuffer) buffers.aux = auxBuffer;
-  const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
-    webgpuAttentionTuning.forwardTiles);
-  const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups);
-  const dispatches = planDispatches(backend, c, buffers,
-    (units, g) => queryBlockGrid(c, tiles.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
-  runPrograms(backend, [{ spec, dispatches }], encoder => {
-    if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
-  });
-  auxBuffer?.destroy();
+  try {
+    if (auxBuffer) buffers.aux = auxBuffer;
+    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
+      webgpuAttentionTuning.forwardTiles);
+    const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups);
+    const dispatches = planDispatches(backend, c, buffers,
+      (units, g) => queryBlockGrid(c, tiles.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
+    runPrograms(backend, [{ spec, dispatches }], encoder => {
+      if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
+    });
+  } catch (error) {
+    backend.disposeData(out.info.dataId);
+    backend.disposeData(lse.info.dataId);
+    throw error;
+  } finally {
+    auxBuffer?.destroy();
+  }
   return [out.info, lse.info];
 };
 

@@ -2,12 +2,13 @@
 // with float atomics (WGSL has none): row_dot (D and lse·log2 e into aux), dK/dV over key blocks,
 // dQ over query blocks; each recomputes the scores from lse, so nothing of size Nq × Nk is made.
 //
-// The bias gradient is dS reduced to the bias' shape. The dQ pass writes dS into an expanded
-// [B, Hq, Nq, Nk'] buffer (Nk' = the bias' key extent; a bias broadcast over keys is summed in
-// the kernel, so this is [B, Hq, Nq, 1]), which tfjs' Sum kernel then reduces over the batch,
-// head and row dims the bias broadcasts over. Memory: a bias with a key dimension costs
-// B·Hq·Nq·Nk floats during the backward (the bias itself, when it is full size; B·Hq times a
-// [Nq, Nk] bias shared by all heads) — the one O(Nq·Nk) buffer, and only when the user's bias is.
+// The bias gradient is dS reduced to the bias' shape. The kernels write dS, already summed over
+// keys or query rows where the bias broadcasts over them (biasGradMode), into an expanded
+// [B, Hq, Nq or 1, Nk or 1] buffer, which tfjs' Sum kernel then reduces over the batch and head
+// dims the bias broadcasts over. Memory: B·Hq·Nq (bias over rows), B·Hq·Nk (over keys) or, for a
+// bias with both a row and a key dimension, B·Hq·Nq·Nk floats during the backward — the bias'
+// own size when it is full, B·Hq times a [Nq, Nk] bias shared by all heads. That is the one
+// O(Nq·Nk) buffer, and only when the user's bias already is O(Nq·Nk).
 import { getKernel } from '@tensorflow/tfjs-core';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
@@ -15,7 +16,7 @@ import type { AttentionConfig } from '../../src/config';
 import { unpackGradInputs } from '../../src/inputs';
 import { FlashAttentionGrad } from '../../src/kernel_names';
 import { auxLayout, encodeAuxCopies } from './aux';
-import { queryBlockGrid } from './attention_wgsl';
+import { biasGradMode, dbiasExpandedShape, queryBlockGrid } from './attention_wgsl';
 import { dkdvProgram, dkdvWorkgroupBytes } from './attention_backward_dkdv';
 import { dqProgram, dqWorkgroupBytes } from './attention_backward_dq';
 import { ROW_DOT_ROWS, rowDotProgram } from './row_dot';
@@ -50,39 +51,55 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
   buffers.dq = dq.buffer;
   buffers.dk = dk.buffer;
   buffers.dv = dv.buffer;
-  const expandedBiasShape = c.biasShape.length ? [c.batch, c.headsQ, c.seqQ, c.biasShape[3]] : [];
+  const expandedBiasShape = c.biasShape.length ? dbiasExpandedShape(c) : [];
   const dbias = c.biasShape.length ? makeOutput(backend, expandedBiasShape) : undefined;
   if (dbias) buffers.dbias = dbias.buffer;
 
+  const made = [dq.info, dk.info, dv.info, ...(dbias ? [dbias.info] : [])];
   const aux = auxLayout(c, true);
   const auxBuffer = scratchBuffer(device, aux.size * 4);
-  buffers.aux = auxBuffer;
-  const pick = (names: string[]) => Object.fromEntries(names.filter(n => buffers[n]).map(n => [n, buffers[n]]));
+  try {
+    buffers.aux = auxBuffer;
+    const pick = (names: string[]) => Object.fromEntries(names.filter(n => buffers[n]).map(n => [n, buffers[n]]));
 
-  const rowDot = rowDotProgram(c, aux);
-  const rowDotDispatches = planDispatches(backend, c, pick(['out', 'dout', 'lse', 'dlse', 'aux']),
-    (units, g) => [Math.ceil(c.seqQ / ROW_DOT_ROWS), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
+    const rowDot = rowDotProgram(c, aux);
+    const rowDotDispatches = planDispatches(backend, c, pick(['out', 'dout', 'lse', 'dlse', 'aux']),
+      (units, g) => [Math.ceil(c.seqQ / ROW_DOT_ROWS), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
 
-  const kv = pickTiles(device, tl => dkdvWorkgroupBytes(c, tl), webgpuAttentionTuning.dkdvTiles);
-  const dkdv = dkdvProgram(c, aux, kv.tiles);
-  const dkdvDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dk', 'dv', 'bias', 'aux']),
-    (units, g) => [Math.ceil(c.seqK / kv.tiles.rows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit);
+    const kv = pickTiles(device, tl => dkdvWorkgroupBytes(c, tl), webgpuAttentionTuning.dkdvTiles);
+    const dkdv = dkdvProgram(c, aux, kv.tiles);
+    const dkdvDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dk', 'dv', 'bias', 'aux']),
+      (units, g) => [Math.ceil(c.seqK / kv.tiles.rows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit);
 
-  const qt = pickTiles(device, (tl, sg) => dqWorkgroupBytes(c, tl, sg), webgpuAttentionTuning.dqTiles);
-  const dqSpec = dqProgram(c, aux, qt.tiles, qt.useSubgroups);
-  const dqDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dq', 'bias', 'dbias', 'aux']),
-    (units, g) => queryBlockGrid(c, qt.tiles.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
+    const qt = pickTiles(device, (tl, sg) => dqWorkgroupBytes(c, tl, sg), webgpuAttentionTuning.dqTiles);
+    const dqSpec = dqProgram(c, aux, qt.tiles, qt.useSubgroups);
+    const dqDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dq', 'bias', 'aux',
+      ...(biasGradMode(c) === 'columns' ? [] : ['dbias'])]),
+      (units, g) => queryBlockGrid(c, qt.tiles.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
 
-  runPrograms(backend, [
-    { spec: rowDot, dispatches: rowDotDispatches },
-    { spec: dkdv, dispatches: dkdvDispatches },
-    { spec: dqSpec, dispatches: dqDispatches },
-  ], encoder => {
-    encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
-    // Tiles the dQ pass skips (outside the window, dead blocks) leave their dS entries unwritten.
-    if (dbias) encoder.clearBuffer(dbias.buffer);
-  });
-  auxBuffer.destroy();
+    const programs = [
+      { spec: rowDot, dispatches: rowDotDispatches },
+      { spec: dkdv, dispatches: dkdvDispatches },
+      { spec: dqSpec, dispatches: dqDispatches },
+    ];
+    if (biasGradMode(c) === 'columns') {
+      programs.push({
+        spec: dkdvProgram(c, aux, kv.tiles, 'biasColumns'),
+        dispatches: planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'bias', 'aux', 'dbias']),
+          (units, g) => [Math.ceil(c.seqK / kv.tiles.rows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit),
+      });
+    }
+    runPrograms(backend, programs, encoder => {
+      encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
+      // Tiles the dQ pass skips (outside the window, dead blocks) leave their dS entries unwritten.
+      if (dbias) encoder.clearBuffer(dbias.buffer);
+    });
+  } catch (error) {
+    for (const t of made) backend.disposeData(t.dataId);
+    throw error;
+  } finally {
+    auxBuffer.destroy();
+  }
 
   const outputs = [dq.info, dk.info, dv.info];
   if (dbias) {

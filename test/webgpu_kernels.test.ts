@@ -1,0 +1,211 @@
+// Tests of the webgpu kernels' own machinery, on Dawn in Node (SwiftShader on CI): the subgroup
+// and workgroup-memory reduction paths, staged and from-global rows, a large register tile,
+// dispatch splitting under a small binding limit, tiles outside the causal band and dead
+// block-sparse tiles never being read, no Nq × Nk buffer, and no leaks (also when a problem is
+// refused). The shared case list runs on webgpu in test/webgpu_node.test.ts.
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { flashAttention } from '../src/index';
+import { AttentionCase, CASES, caseData } from './cases';
+import { caseTensors } from './case_tensors';
+import { checkCase, failures } from './setup/check_case';
+import { runCase } from './setup/run_case';
+import { initDawnWebGPU } from './setup/webgpu_node';
+import { referenceForward } from './reference';
+import { compareForward, maxAbs } from './compare';
+import { pickTiles, webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
+import { forwardProgram, forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
+import { auxLayout } from '../kernels/webgpu/aux';
+import { planChunks, unitGeometry, attentionCoverage } from '../kernels/webgpu/chunks';
+import type { AttentionConfig } from '../src/config';
+import type { Tiles } from '../kernels/webgpu/tiles';
+
+const byName = (name: string): AttentionCase => {
+  const c = CASES.find(x => x.name === name);
+  if (!c) throw new Error(`no case '${name}'`);
+  return c;
+};
+
+/** A representative subset of the shared cases: GQA, BSHD, masks, bias gradients, dropout, sparsity. */
+const SUBSET = ['plain', 'D=7 Dv=5', 'GQA 4:2', 'BSHD', 'causal Nq>Nk (empty rows)', 'bias per head',
+  'mask int32 fully masked rows', 'dropout', 'block sparse', 'everything'].map(byName);
+
+async function expectCasesPass(cases: AttentionCase[]): Promise<void> {
+  const problems: string[] = [];
+  for (const c of cases) {
+    const data = caseData(c);
+    const result = await runCase(c, data);
+    const f = failures(checkCase(c, data, result, 2e-5));
+    if (f) problems.push(f);
+  }
+  expect(problems.join('\n')).toBe('');
+}
+
+function backend(): WebGPUBackend {
+  return tf.backend() as WebGPUBackend;
+}
+
+function withTiles(t: Tiles | undefined, body: () => Promise<void>): () => Promise<void> {
+  return async () => {
+    webgpuAttentionTuning.forwardTiles = t;
+    webgpuAttentionTuning.dqTiles = t;
+    webgpuAttentionTuning.dkdvTiles = t;
+    try {
+      await body();
+    } finally {
+      webgpuAttentionTuning.forwardTiles = undefined;
+      webgpuAttentionTuning.dqTiles = undefined;
+      webgpuAttentionTuning.dkdvTiles = undefined;
+    }
+  };
+}
+
+function plainConfig(over: Partial<AttentionConfig>): AttentionConfig {
+  return {
+    batch: 1, headsQ: 2, headsKV: 2, seqQ: 16, seqK: 16, headDim: 8, headDimV: 8, layout: 'BHSD', scale: 0.3,
+    windowLeft: -1, windowRight: -1, softcap: 0, dropoutRate: 0, dropoutSeed: 0, biasShape: [], maskShape: [],
+    alibiShape: [], hasKeyLengths: false, blockMaskShape: [], blockSize: 0, precision: 'float32', ...over,
+  };
+}
+
+describe('webgpu kernels with subgroups', () => {
+  beforeAll(async () => { await initDawnWebGPU({ subgroups: true }); }, 120000);
+
+  test('the subgroup reduction path is chosen where the adapter has subgroups, and is correct', async () => {
+    const device = backend().device;
+    const hasSubgroups = device.features.has('subgroups');
+    const { tiles, useSubgroups } = pickTiles(device, (t, sg) => forwardWorkgroupBytes(plainConfig({}), t, sg));
+    const c = plainConfig({});
+    const source = forwardProgram(c, auxLayout(c, false), false, tiles, useSubgroups).body();
+    expect(useSubgroups).toBe(hasSubgroups);
+    expect(source.includes('subgroupShuffleXor')).toBe(hasSubgroups);
+    await expectCasesPass(SUBSET);
+  });
+
+  test('rows read from global memory instead of staged (all three passes)',
+    withTiles({ rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2, rowsFromGlobal: true }, async () => {
+      await expectCasesPass(SUBSET);
+    }));
+
+  test('a 4×4 register tile (the large-GPU shape) is correct',
+    withTiles({ rows: 16, cols: 16, rowsPerThread: 4, colsPerThread: 4, rowsFromGlobal: true }, async () => {
+      await expectCasesPass(['D=7 Dv=5', 'everything'].map(byName));
+    }));
+
+  test('problems larger than the binding limit are split over dispatches', async () => {
+    const c: AttentionCase = {
+      name: 'split', b: 3, hq: 4, hkv: 2, nq: 20, nk: 24, d: 8, dv: 4, grad: true,
+      bias: [3, 4, 20, 24], causal: true, dropout: { rate: 0.25, seed: 99 },
+    };
+    const bshd: AttentionCase = { ...c, name: 'split BSHD', layout: 'BSHD', bias: [4, 1, 24] };
+    const limit = 4096;
+    for (const k of [c, bshd]) {
+      const config = plainConfig({
+        batch: k.b, headsQ: k.hq, headsKV: k.hkv, seqQ: k.nq, seqK: k.nk, headDim: k.d, headDimV: k.dv,
+        layout: k.layout ?? 'BHSD', biasShape: k.bias?.length === 4 ? k.bias : [1, 4, 1, 24],
+      });
+      const g = unitGeometry(config);
+      const chunks = planChunks(config, g, Object.values(attentionCoverage(config)), limit, g.queryHeadsPerUnit, 65535);
+      expect(chunks.length).toBeGreaterThan(1);
+    }
+    webgpuAttentionTuning.maxBindingBytes = limit;
+    try {
+      await expectCasesPass([c, bshd]);
+    } finally {
+      webgpuAttentionTuning.maxBindingBytes = undefined;
+    }
+  });
+
+  test('a slice too large to bind is refused with a message, leaking nothing', async () => {
+    const c = byName('plain');
+    const t = caseTensors(c, caseData(c));
+    const tensors = tf.memory().numTensors;
+    const dataIds = backend().numDataIds();
+    webgpuAttentionTuning.maxBindingBytes = 64;
+    try {
+      expect(() => flashAttention(t.q, t.k, t.v, t.options)).toThrow(/maxStorageBufferBindingSize/);
+    } finally {
+      webgpuAttentionTuning.maxBindingBytes = undefined;
+    }
+    expect(tf.memory().numTensors).toBe(tensors);
+    expect(backend().numDataIds()).toBe(dataIds);
+    tf.dispose(t.all);
+  });
+
+  test('key tiles outside the causal band and dead block-sparse tiles are never read',
+    withTiles({ rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 }, async () => {
+      // NaN in a value row that a query cannot see still poisons it if its tile were visited
+      // (0 · NaN = NaN), so finite, unchanged outputs prove the tile was skipped.
+      const n = 32, d = 4;
+      const q = tf.randomNormal([1, 1, n, d], 0, 1, 'float32', 1);
+      const k = tf.randomNormal([1, 1, n, d], 0, 1, 'float32', 2);
+      const v = tf.randomNormal([1, 1, n, d], 0, 1, 'float32', 3);
+      const rows = tf.reshape(tf.range(0, n), [1, 1, n, 1]);
+      const poisoned = tf.where(tf.greaterEqual(rows, 16), tf.fill(v.shape, NaN), v);
+      const clean = await flashAttention(q, k, v, { causal: true }).data();
+      const dirty = await flashAttention(q, k, poisoned, { causal: true }).data();
+      expect(Array.from(dirty.slice(0, 16 * d))).toEqual(Array.from(clean.slice(0, 16 * d)));
+      expect(dirty.slice(0, 16 * d).every(Number.isFinite)).toBe(true);
+      // Block-sparse: keys 16..31 live only for query block 1 (blocks of 16).
+      const blockMask = tf.tensor4d([1, 0, 1, 1], [1, 1, 2, 2], 'int32');
+      const sparse = { blockSparse: { blockMask, blockSize: 16 } };
+      const cleanSparse = await flashAttention(q, k, v, sparse).data();
+      const dirtySparse = await flashAttention(q, k, poisoned, sparse).data();
+      expect(Array.from(dirtySparse.slice(0, 16 * d))).toEqual(Array.from(cleanSparse.slice(0, 16 * d)));
+      expect(dirtySparse.slice(0, 16 * d).every(Number.isFinite)).toBe(true);
+      tf.dispose([q, k, v, rows, poisoned, blockMask]);
+    }));
+
+  test('block-sparse listing over more than one run of key tiles', withTiles(
+    { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 }, async () => {
+      const c: AttentionCase = { name: 'long block sparse', b: 1, hq: 1, hkv: 1, nq: 24, nk: 1100, d: 4, dv: 4,
+        grad: false, blockSparse: { blockSize: 8 } };
+      const data = caseData(c);
+      const t = caseTensors(c, data);
+      const out = flashAttention(t.q, t.k, t.v, t.options);
+      const ref = referenceForward(c, data);
+      const r = compareForward('output', await out.data(), ref.output, [1, 1, 24, 4], maxAbs(data.v.values));
+      tf.dispose([out, ...t.all]);
+      expect(r.message).toBe('');
+    }));
+
+  test('no buffer of Nq × Nk is created, forward and backward', async () => {
+    const n = 512, d = 8;
+    const device = backend().device;
+    const [q, k, v] = [1, 2, 3].map(seed => tf.randomNormal([1, 1, n, d], 0, 1, 'float32', seed));
+    const bias = tf.randomNormal([1, 1, 1, n], 0, 1, 'float32', 4);
+    const create = device.createBuffer.bind(device);
+    let largest = 0;
+    device.createBuffer = (descriptor: GPUBufferDescriptor) => {
+      largest = Math.max(largest, descriptor.size);
+      return create(descriptor);
+    };
+    try {
+      const loss = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor, e: tf.Tensor) =>
+        tf.sum(flashAttention(a, b, c, { causal: true, bias: e, dropout: { rate: 0.1, seed: 3 } }));
+      const grads = tf.grads(loss)([q, k, v, bias]);
+      await Promise.all(grads.map(g => g.data()));
+      tf.dispose(grads);
+    } finally {
+      device.createBuffer = create;
+    }
+    expect(largest).toBeGreaterThan(0);
+    expect(largest).toBeLessThan(n * n * 4 / 8);
+    tf.dispose([q, k, v, bias]);
+  });
+});
+
+describe('webgpu kernels without subgroups', () => {
+  beforeAll(async () => { await initDawnWebGPU({ subgroups: false }); }, 120000);
+
+  test('the workgroup-memory reduction path is chosen and is correct', async () => {
+    const device = backend().device;
+    expect(device.features.has('subgroups')).toBe(false);
+    const c = plainConfig({});
+    const { tiles, useSubgroups } = pickTiles(device, (t, sg) => forwardWorkgroupBytes(c, t, sg));
+    expect(useSubgroups).toBe(false);
+    expect(forwardProgram(c, auxLayout(c, false), false, tiles, useSubgroups).body()).not.toContain('subgroup');
+    await expectCasesPass(SUBSET);
+  });
+});
