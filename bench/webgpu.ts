@@ -134,7 +134,7 @@ async function tune(d: number, limit: number, threads: number): Promise<void> {
   const c = benchConfig(4096, d);
   const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
   const forward = [G(T(64, 16, 4, 2)), T(64, 16, 4, 2), G(T(64, 16, 2, 2)), G(T(128, 16, 8, 2)), G(T(32, 16, 2, 2)),
-    G(T(64, 32, 4, 2)), G(T(128, 16, 4, 2)), G(T(64, 8, 4, 2))]
+    G(T(64, 32, 4, 2)), G(T(128, 16, 4, 2)), G(T(64, 8, 4, 2)), G(T(64, 16, 4, 4))]
     .filter(t => forwardWorkgroupBytes(c, t, true) <= limit && threadsOf(t).WG <= threads);
   let best: { t: Tiles; ms: number } | undefined;
   for (const t of forward) {

@@ -19,7 +19,7 @@ import { forwardProgram, forwardWorkgroupBytes } from '../kernels/webgpu/attenti
 import { auxLayout } from '../kernels/webgpu/aux';
 import { planChunks, unitGeometry, attentionCoverage } from '../kernels/webgpu/chunks';
 import type { AttentionConfig } from '../src/config';
-import type { Tiles } from '../kernels/webgpu/tiles';
+import { FORWARD_TILES, Tiles } from '../kernels/webgpu/tiles';
 
 const byName = (name: string): AttentionCase => {
   const c = CASES.find(x => x.name === name);
@@ -75,7 +75,8 @@ describe('webgpu kernels with subgroups', () => {
   test('the subgroup reduction path is chosen where the adapter has subgroups, and is correct', async () => {
     const device = backend().device;
     const hasSubgroups = device.features.has('subgroups');
-    const { tiles, useSubgroups } = pickTiles(device, (t, sg) => forwardWorkgroupBytes(plainConfig({}), t, sg));
+    const { tiles, useSubgroups } = pickTiles(device, (t, sg) => forwardWorkgroupBytes(plainConfig({}), t, sg),
+      FORWARD_TILES);
     const c = plainConfig({});
     const source = forwardProgram(c, auxLayout(c, false), false, tiles, useSubgroups).body();
     expect(useSubgroups).toBe(hasSubgroups);
@@ -203,7 +204,7 @@ describe('webgpu kernels without subgroups', () => {
     const device = backend().device;
     expect(device.features.has('subgroups')).toBe(false);
     const c = plainConfig({});
-    const { tiles, useSubgroups } = pickTiles(device, (t, sg) => forwardWorkgroupBytes(c, t, sg));
+    const { tiles, useSubgroups } = pickTiles(device, (t, sg) => forwardWorkgroupBytes(c, t, sg), FORWARD_TILES);
     expect(useSubgroups).toBe(false);
     expect(forwardProgram(c, auxLayout(c, false), false, tiles, useSubgroups).body()).not.toContain('subgroup');
     await expectCasesPass(SUBSET);

@@ -14,7 +14,7 @@ import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeome
 import {
   Dispatch, gpuBuffer, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer, subgroupMinSize,
 } from './runtime';
-import { chooseTiles, subgroupReduceFits, Tiles } from './tiles';
+import { chooseTiles, FORWARD_TILES, subgroupReduceFits, Tiles } from './tiles';
 
 export function isAttentionConfig(attrs: NamedAttrMap | undefined): attrs is NamedAttrMap & AttentionConfig {
   return typeof attrs === 'object' && attrs !== null && typeof attrs.headsQ === 'number' &&
@@ -49,14 +49,15 @@ export function useSubgroupsFor(device: GPUDevice, t: Tiles): boolean {
 const SOFTWARE_TILES: Tiles = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 };
 
 /** Chooses tiles that fit the device, preferring the subgroup path where it fits. */
-export function pickTiles(device: GPUDevice, bytes: (t: Tiles, sg: boolean) => number, preferred?: Tiles):
+export function pickTiles(device: GPUDevice, bytes: (t: Tiles, sg: boolean) => number, candidates: readonly Tiles[],
+  preferred?: Tiles):
     { tiles: Tiles; useSubgroups: boolean } {
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   const threads = device.limits.maxComputeInvocationsPerWorkgroup;
   // On a CPU adapter, compiling unrolled 4×4 register tiles takes seconds per program, and large
   // tiles buy nothing there.
   const choice = preferred ?? (isSoftwareAdapter(device) ? SOFTWARE_TILES : undefined);
-  const tiles = chooseTiles(t => bytes(t, useSubgroupsFor(device, t)), limit, threads, choice);
+  const tiles = chooseTiles(t => bytes(t, useSubgroupsFor(device, t)), limit, threads, candidates, choice);
   return { tiles, useSubgroups: useSubgroupsFor(device, tiles) };
 }
 
@@ -100,7 +101,7 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   const auxBuffer = withAux ? scratchBuffer(device, aux.size * 4) : undefined;
   try {
     if (auxBuffer) buffers.aux = auxBuffer;
-    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
+    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg), FORWARD_TILES,
       webgpuAttentionTuning.forwardTiles);
     const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups);
     const dispatches = planDispatches(backend, c, buffers,

@@ -23,22 +23,30 @@ export function threadsOf(t: Tiles): { TR: number; TC: number; WG: number } {
   return { TR, TC, WG: TR * TC };
 }
 
-/** Tile candidates, fastest first on a large GPU (measured on the H100, bench/RESULTS.md). */
-export const TILE_CANDIDATES: readonly Tiles[] = [
-  { rows: 64, cols: 32, rowsPerThread: 4, colsPerThread: 4 },
-  { rows: 32, cols: 32, rowsPerThread: 4, colsPerThread: 4 },
-  { rows: 32, cols: 16, rowsPerThread: 2, colsPerThread: 4 },
-  { rows: 16, cols: 16, rowsPerThread: 2, colsPerThread: 4 },
-  { rows: 16, cols: 8, rowsPerThread: 2, colsPerThread: 2 },
-  { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 },
-  { rows: 4, cols: 4, rowsPerThread: 1, colsPerThread: 1 },
+/** Fallbacks that fit ever smaller workgroup memory (large head sizes, small devices). */
+const FALLBACK_TILES: readonly Tiles[] = [
+  { rows: 32, cols: 16, rowsPerThread: 2, colsPerThread: 2, rowsFromGlobal: true },
+  { rows: 16, cols: 16, rowsPerThread: 1, colsPerThread: 2, rowsFromGlobal: true },
+  { rows: 16, cols: 8, rowsPerThread: 2, colsPerThread: 2, rowsFromGlobal: true },
+  { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2, rowsFromGlobal: true },
+  { rows: 4, cols: 4, rowsPerThread: 1, colsPerThread: 1, rowsFromGlobal: true },
 ];
 
-/** The first candidate (or `preferred`) whose workgroup memory fits; `bytes` gives a tile's need. */
+/** Per pass, fastest first where they fit: measured on the H100 (bench/RESULTS.md, webgpu section). */
+export const FORWARD_TILES: readonly Tiles[] = [
+  { rows: 64, cols: 16, rowsPerThread: 4, colsPerThread: 2, rowsFromGlobal: true },
+  ...FALLBACK_TILES,
+];
+export const BACKWARD_TILES: readonly Tiles[] = [
+  { rows: 32, cols: 32, rowsPerThread: 2, colsPerThread: 2 },
+  ...FALLBACK_TILES,
+];
+
+/** The first of `preferred`, then `candidates`, whose workgroup memory (`bytes`) and threads fit. */
 export function chooseTiles(bytes: (t: Tiles) => number, limit: number, maxThreads: number,
-  preferred?: Tiles): Tiles {
-  const candidates = preferred ? [preferred, ...TILE_CANDIDATES] : TILE_CANDIDATES;
-  const tiles = candidates.find(t => bytes(t) <= limit && threadsOf(t).WG <= maxThreads);
+  candidates: readonly Tiles[], preferred?: Tiles): Tiles {
+  const tiles = [...(preferred ? [preferred] : []), ...candidates]
+    .find(t => bytes(t) <= limit && threadsOf(t).WG <= maxThreads);
   if (!tiles) throw new Error(`flashAttention (webgpu): no tile size fits ${limit} bytes of workgroup memory`);
   return tiles;
 }
