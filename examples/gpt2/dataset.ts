@@ -36,18 +36,37 @@ export class TokenDataset {
     this.random = seededRandom(seed);
   }
 
-  batch(batchSize: number, context: number, split: 'train' | 'validation' = 'train'): Batch {
-    const source = split === 'train' ? this.train : this.validation;
+  /** Windows at random places of the training split. */
+  batch(batchSize: number, context: number): Batch {
+    const room = this.room(this.train, context, 'training');
+    return windows(this.train, context, Array.from({ length: batchSize }, () => Math.floor(this.random() * room)));
+  }
+
+  /** `index`-th of `count` batches of windows spread evenly over the validation split: the same every call. */
+  validationBatch(index: number, count: number, batchSize: number, context: number): Batch {
+    const room = this.room(this.validation, context, 'validation');
+    const total = count * batchSize;
+    return windows(this.validation, context,
+      Array.from({ length: batchSize }, (_, b) => Math.floor(((index * batchSize + b) * room) / total)));
+  }
+
+  private room(source: Int32Array, context: number, split: string): number {
     if (source.length < context + 1) {
       throw new Error(`the ${split} split has ${source.length} tokens, fewer than context + 1 = ${context + 1}`);
     }
-    const x = new Int32Array(batchSize * context);
-    const y = new Int32Array(batchSize * context);
-    for (let b = 0; b < batchSize; b++) {
-      const start = Math.floor(this.random() * (source.length - context));
-      x.set(source.subarray(start, start + context), b * context);
-      y.set(source.subarray(start + 1, start + 1 + context), b * context);
-    }
-    return { x: tf.tensor2d(x, [batchSize, context], 'int32'), y: tf.tensor2d(y, [batchSize, context], 'int32') };
+    return source.length - context;
   }
+}
+
+function windows(source: Int32Array, context: number, starts: number[]): Batch {
+  const x = new Int32Array(starts.length * context);
+  const y = new Int32Array(starts.length * context);
+  starts.forEach((start, b) => {
+    x.set(source.subarray(start, start + context), b * context);
+    y.set(source.subarray(start + 1, start + 1 + context), b * context);
+  });
+  return {
+    x: tf.tensor2d(x, [starts.length, context], 'int32'),
+    y: tf.tensor2d(y, [starts.length, context], 'int32'),
+  };
 }

@@ -1,0 +1,130 @@
+// One GPT-2 training step (forward, backward, Adam) timed for flash attention, naive attention and
+// the identity-on-V ablation, on the best backend Node has (`../examples/gpt2/backend.ts`).
+// Random token ids: the data does not change the work. One JSON line per measurement on stdout.
+//
+//   node gpt2_step.mjs --preset small --contexts 1024,2048 --batches 1,4 --variants flash,naive,identity
+//     [--steps 3] [--profile] [--backend auto|webgpu|cpu] [--vocab N (default: the preset's, 50257)]
+import { parseArgs } from 'util';
+import * as tf from '@tensorflow/tfjs-core';
+import { isBackendRequest, selectBackend } from '../examples/gpt2/backend';
+import { registerTileGradient } from '../examples/gpt2/tile_gradient';
+import { Trainer } from '../examples/gpt2/training';
+import { gpt2, gpt2Config } from '../src/index';
+import { ablateAttention } from './gpt2_ablation';
+
+type Variant = 'flash' | 'naive' | 'identity';
+
+function isVariant(s: string): s is Variant {
+  return s === 'flash' || s === 'naive' || s === 'identity';
+}
+
+interface KernelTime {
+  name: string;
+  ms: number;
+  calls: number;
+}
+
+interface Measurement {
+  variant: Variant;
+  preset: string;
+  vocab: number;
+  context: number;
+  batch: number;
+  backend: string;
+  stepMs?: number[];
+  medianMs?: number;
+  tokensPerSecond?: number;
+  /** Most bytes of live tensors during one step (tf.profile's peakBytes). */
+  peakBytes?: number;
+  topKernels?: KernelTime[];
+  error?: string;
+}
+
+function randomBatch(batch: number, context: number, vocab: number): { x: tf.Tensor2D; y: tf.Tensor2D } {
+  const ids = () => tf.tensor2d(Int32Array.from({ length: batch * context }, () => Math.floor(Math.random() * vocab)),
+    [batch, context], 'int32');
+  return { x: ids(), y: ids() };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+async function measure(variant: Variant, preset: string, vocab: number, context: number, batch: number,
+  steps: number, profile: boolean): Promise<Measurement> {
+  const result: Measurement = { variant, preset, vocab, context, batch, backend: tf.getBackend() };
+  const ablation = variant === 'identity' ? ablateAttention(tf.getBackend()) : undefined;
+  const model = gpt2({
+    preset, vocabSize: vocab, contextLength: context, attention: variant === 'naive' ? 'naive' : 'flash', dropout: 0,
+  });
+  const trainer = new Trainer(model, vocab, 3e-4);
+  const data = randomBatch(batch, context, vocab);
+  try {
+    await trainer.step(data);
+    const times: number[] = [];
+    for (let i = 0; i < steps; i++) times.push((await trainer.step(data)).milliseconds);
+    result.stepMs = times.map(t => Math.round(t * 10) / 10);
+    result.medianMs = median(times);
+    result.tokensPerSecond = Math.round(batch * context / (result.medianMs / 1000));
+    if (profile) {
+      const info = await tf.profile(async () => { await trainer.step(data); });
+      result.peakBytes = info.peakBytes;
+      const byName = new Map<string, KernelTime>();
+      for (const kernel of info.kernels) {
+        const ms = typeof kernel.kernelTimeMs === 'number' ? kernel.kernelTimeMs : 0;
+        const entry = byName.get(kernel.name) ?? { name: kernel.name, ms: 0, calls: 0 };
+        entry.ms += ms;
+        entry.calls += 1;
+        byName.set(kernel.name, entry);
+      }
+      result.topKernels = [...byName.values()].sort((a, b) => b.ms - a.ms).slice(0, 10)
+        .map(k => ({ ...k, ms: Math.round(k.ms * 10) / 10 }));
+    }
+  } catch (error) {
+    result.error = error instanceof Error ? error.message : String(error);
+  } finally {
+    tf.dispose([data.x, data.y]);
+    trainer.dispose();
+    model.dispose();
+    ablation?.restore();
+  }
+  return result;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      preset: { type: 'string', default: 'small' },
+      vocab: { type: 'string' },
+      contexts: { type: 'string', default: '1024' },
+      batches: { type: 'string', default: '1' },
+      variants: { type: 'string', default: 'flash,naive,identity' },
+      steps: { type: 'string', default: '3' },
+      profile: { type: 'boolean', default: false },
+      backend: { type: 'string', default: 'auto' },
+    },
+  });
+  if (!isBackendRequest(values.backend)) throw new Error(`--backend must be auto, webgpu or cpu, got ${values.backend}`);
+  const variants = values.variants.split(',');
+  const bad = variants.find(v => !isVariant(v));
+  if (bad !== undefined) throw new Error(`unknown variant ${bad}: flash, naive or identity`);
+  const vocab = values.vocab === undefined ? gpt2Config({ preset: values.preset }).vocabSize : Number(values.vocab);
+  // The example's training runs with this gradient too (see tile_gradient.ts for why).
+  registerTileGradient();
+  const backend = await selectBackend(values.backend);
+  console.error(`backend: ${backend.description}`);
+  for (const context of values.contexts.split(',').map(Number)) {
+    for (const batch of values.batches.split(',').map(Number)) {
+      for (const variant of variants.filter(isVariant)) {
+        const m = await measure(variant, values.preset, vocab, context, batch, Number(values.steps), values.profile);
+        console.log(JSON.stringify(m));
+      }
+    }
+  }
+}
+
+main().catch(error => {
+  console.error(error);
+  process.exit(1);
+});

@@ -1,0 +1,229 @@
+// `npm start`: trains a small GPT-2 on Moby-Dick with flash attention on the best backend Node has,
+// then samples text and measures the same model with naive attention. `--help` lists the flags.
+import { parseArgs } from 'util';
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import { SingleBar } from 'cli-progress';
+import { BackendChoice, isBackendRequest, selectBackend } from './backend';
+import { directoryHandler } from './checkpoint';
+import { registerTileGradient } from './tile_gradient';
+import { CORPUS_SOURCE } from './corpus';
+import { readMobyDick } from './corpus_node';
+import { seededRandom, TokenDataset } from './dataset';
+import { Attention, buildModel, isAttention, ModelOptions } from './model';
+import { isTokenizerKind, Tokenizer, tokenizerFor, tokenizerFromSpec, TokenizerSpec } from './tokenizer';
+import { generate, measureTokensPerSecond, Trainer, validationLoss } from './training';
+
+const USAGE = `Trains a GPT-2 on Moby-Dick with flash attention, then compares naive attention.
+
+  --preset NAME       model size preset of gpt2() (default tiny)
+  --context N         tokens per sequence (default 64)
+  --batch N           sequences per step (default 8)
+  --steps N           training steps (default: as many as fit in --minutes)
+  --minutes X         training time when --steps is not given (default 2)
+  --lr X              Adam learning rate (default 3e-3)
+  --tokenizer KIND    char | bpe (GPT-2 BPE, vocabulary compacted to the book's tokens) |
+                      bpe-full (all 50257 GPT-2 tokens) (default char)
+  --backend NAME      auto | webgpu | cpu (default auto: GPU, else SwiftShader, else cpu)
+  --attention KIND    flash | naive: the model that trains (default flash)
+  --compare-steps N   timed steps of the other attention after training, 0 to skip (default 4)
+  --sample N          tokens to generate at the end (default 200)
+  --save DIR          write the trained model to DIR (model.json + weights.bin)
+  --load DIR          start from a model saved with --save (its preset, context, tokenizer)
+  --seed N            data order and sampling seed (default 1)
+`;
+
+interface Metadata {
+  preset: string;
+  context: number;
+  attention: Attention;
+  tokenizer: TokenizerSpec;
+}
+
+function parseFlags() {
+  const { values } = parseArgs({
+    options: {
+      preset: { type: 'string', default: 'tiny' },
+      context: { type: 'string', default: '64' },
+      batch: { type: 'string', default: '8' },
+      steps: { type: 'string' },
+      minutes: { type: 'string', default: '2' },
+      lr: { type: 'string', default: '3e-3' },
+      tokenizer: { type: 'string', default: 'char' },
+      backend: { type: 'string', default: 'auto' },
+      attention: { type: 'string', default: 'flash' },
+      'compare-steps': { type: 'string', default: '4' },
+      sample: { type: 'string', default: '200' },
+      save: { type: 'string' },
+      load: { type: 'string' },
+      seed: { type: 'string', default: '1' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  const int = (name: string, s: string, min: number): number => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer ≥ ${min}, got ${s}`);
+    return n;
+  };
+  const { tokenizer, backend, attention } = values;
+  if (!isTokenizerKind(tokenizer)) throw new Error(`--tokenizer must be char, bpe or bpe-full, got ${tokenizer}`);
+  if (!isBackendRequest(backend)) throw new Error(`--backend must be auto, webgpu or cpu, got ${backend}`);
+  if (!isAttention(attention)) throw new Error(`--attention must be flash or naive, got ${attention}`);
+  const lr = Number(values.lr);
+  const minutes = Number(values.minutes);
+  if (!(minutes > 0)) throw new Error(`--minutes must be a positive number, got ${values.minutes}`);
+  if (!(lr > 0)) throw new Error(`--lr must be a positive number, got ${values.lr}`);
+  return {
+    help: values.help,
+    preset: values.preset,
+    context: int('context', values.context, 1),
+    batch: int('batch', values.batch, 1),
+    steps: values.steps === undefined ? undefined : int('steps', values.steps, 0),
+    minutes,
+    lr,
+    tokenizer,
+    backend,
+    attention,
+    compareSteps: int('compare-steps', values['compare-steps'], 0),
+    sample: int('sample', values.sample, 0),
+    save: values.save,
+    load: values.load,
+    seed: int('seed', values.seed, 0),
+  };
+}
+
+type Flags = ReturnType<typeof parseFlags>;
+
+async function loadOrBuild(flags: Flags, text: string): Promise<{ model: tfl.LayersModel; tokenizer: Tokenizer; meta: Metadata }> {
+  if (flags.load) {
+    const model = await tfl.loadLayersModel(directoryHandler(flags.load));
+    const meta = model.getUserDefinedMetadata() as Metadata | undefined;
+    if (!meta?.tokenizer) throw new Error(`${flags.load} has no tokenizer metadata: was it saved by this example?`);
+    return { model, tokenizer: tokenizerFromSpec(meta.tokenizer), meta };
+  }
+  const tokenizer = tokenizerFor(flags.tokenizer, text);
+  const meta: Metadata = { preset: flags.preset, context: flags.context, attention: flags.attention, tokenizer: tokenizer.spec() };
+  return { model: buildModel(modelOptions(meta, tokenizer, flags.attention)), tokenizer, meta };
+}
+
+function modelOptions(meta: Metadata, tokenizer: Tokenizer, attention: Attention): ModelOptions {
+  return { preset: meta.preset, vocabSize: tokenizer.vocabSize, context: meta.context, attention };
+}
+
+function formatSeconds(ms: number): string {
+  const s = Math.round(ms / 1000);
+  return s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
+}
+
+interface TrainingRun {
+  steps: number;
+  firstLoss: number;
+  lastLoss: number;
+  /** Over the steps after the first two, which compile the GPU programs; 0 if there were none. */
+  tokensPerSecond: number;
+}
+
+async function train(trainer: Trainer, dataset: TokenDataset, flags: Flags, context: number): Promise<TrainingRun> {
+  const budgetMs = flags.minutes * 60_000;
+  const bySteps = flags.steps !== undefined;
+  const total = flags.steps ?? Math.round(budgetMs / 1000);
+  const run: TrainingRun = { steps: 0, firstLoss: NaN, lastLoss: NaN, tokensPerSecond: 0 };
+  if (total === 0) return run;
+  const bar = new SingleBar({
+    format: `training |{bar}| ${bySteps ? '{value}/{total} steps' : '{value}/{total} s, step {step}'}` +
+      ' | loss {loss} | {speed} tokens/s',
+    noTTYOutput: true,
+    notTTYSchedule: 10_000,
+    hideCursor: true,
+  });
+  bar.start(total, 0, { loss: '-', speed: '-', step: 0 });
+  const started = performance.now();
+  let timedTokens = 0;
+  let timedMs = 0;
+  try {
+    while (bySteps ? run.steps < total : performance.now() - started < budgetMs) {
+      const batch = dataset.batch(flags.batch, context);
+      const result = await trainer.step(batch);
+      tf.dispose([batch.x, batch.y]);
+      if (!Number.isFinite(result.loss)) throw new Error(`loss became ${result.loss} at step ${run.steps}`);
+      if (run.steps === 0) run.firstLoss = result.loss;
+      run.lastLoss = result.loss;
+      if (run.steps >= 2) {
+        timedTokens += result.tokens;
+        timedMs += result.milliseconds;
+      }
+      run.steps++;
+      const speed = timedMs > 0 ? timedTokens / (timedMs / 1000) : result.tokens / (result.milliseconds / 1000);
+      const value = bySteps ? run.steps : Math.min(total, Math.round((performance.now() - started) / 1000));
+      bar.update(value, { loss: result.loss.toFixed(3), speed: speed.toFixed(0), step: run.steps });
+    }
+  } finally {
+    bar.stop();
+  }
+  run.tokensPerSecond = timedMs > 0 ? timedTokens / (timedMs / 1000) : 0;
+  return run;
+}
+
+async function main(): Promise<void> {
+  const flags = parseFlags();
+  if (flags.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  registerTileGradient();
+  const started = performance.now();
+  const backend: BackendChoice = await selectBackend(flags.backend);
+  console.log(`backend: ${backend.description}`);
+
+  const text = readMobyDick();
+  const { model, tokenizer, meta } = await loadOrBuild(flags, text);
+  const context = meta.context;
+  const tokens = tokenizer.encode(text);
+  const dataset = new TokenDataset(tokens, 0.05, flags.seed);
+  console.log(`corpus: ${CORPUS_SOURCE}: ${text.length.toLocaleString()} characters, ` +
+    `${tokens.length.toLocaleString()} ${tokenizer.kind} tokens, vocabulary ${tokenizer.vocabSize}`);
+  console.log(`model: gpt2 preset '${meta.preset}'${flags.load ? ` loaded from ${flags.load}` : ''}, ` +
+    `${model.countParams().toLocaleString()} parameters, context ${context}, ${meta.attention} attention, ` +
+    `batch ${flags.batch}`);
+
+  const trainer = new Trainer(model, tokenizer.vocabSize, flags.lr);
+  const run = await train(trainer, dataset, flags, context);
+  const random = seededRandom(flags.seed);
+  if (run.steps > 0) {
+    const valLoss = await validationLoss(model, dataset, tokenizer.vocabSize, flags.batch, context, 4);
+    console.log(`loss ${run.firstLoss.toFixed(3)} → ${run.lastLoss.toFixed(3)} in ${run.steps} steps ` +
+      `(validation ${valLoss.toFixed(3)}; uniform guess ${Math.log(tokenizer.vocabSize).toFixed(3)})`);
+  }
+  if (flags.save) {
+    model.setUserDefinedMetadata(meta);
+    await model.save(directoryHandler(flags.save));
+    console.log(`saved to ${flags.save}`);
+  }
+  if (flags.sample > 0) {
+    const sample = await generate(model, tokenizer, 'Call me Ishmael.', flags.sample,
+      { context, temperature: 0.8, topK: 40, random });
+    console.log(`\nsample:\n${sample}\n`);
+  }
+
+  if (flags.compareSteps > 0 && run.tokensPerSecond > 0) {
+    const other: Attention = meta.attention === 'flash' ? 'naive' : 'flash';
+    const twin = buildModel(modelOptions(meta, tokenizer, other));
+    twin.setWeights(model.getWeights());
+    const twinTrainer = new Trainer(twin, tokenizer.vocabSize, flags.lr);
+    const otherSpeed = await measureTokensPerSecond(twinTrainer, dataset, flags.batch, context, 1, flags.compareSteps);
+    twinTrainer.dispose();
+    twin.dispose();
+    const [flash, naive] = meta.attention === 'flash' ? [run.tokensPerSecond, otherSpeed] : [otherSpeed, run.tokensPerSecond];
+    console.log(`training speed on ${backend.name}, batch ${flags.batch} × context ${context}:`);
+    console.log(`  flash attention: ${flash.toFixed(0)} tokens/s`);
+    console.log(`  naive attention: ${naive.toFixed(0)} tokens/s (same model, ${flags.compareSteps} steps after 1 warm-up)`);
+    console.log(`  speed-up: ${(flash / naive).toFixed(2)}×`);
+  }
+  trainer.dispose();
+  console.log(`done in ${formatSeconds(performance.now() - started)}`);
+}
+
+main().catch(error => {
+  console.error(error instanceof Error ? error.message : error);
+  process.exit(1);
+});

@@ -1,0 +1,119 @@
+// The training loop shared by the Node CLI and the browser page: next-token cross-entropy, Adam,
+// per-step timing (a step ends when its loss is read back, so GPU work is included), sampling.
+import * as tf from '@tensorflow/tfjs-core';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import type { Batch, TokenDataset } from './dataset';
+import type { Tokenizer } from './tokenizer';
+
+/** Mean next-token cross-entropy (nats) of the model's logits [B, T, V] against targets [B, T]. */
+export function languageModelLoss(model: LayersModel, batch: Batch, vocabSize: number, training: boolean): tf.Scalar {
+  return tf.tidy(() => {
+    const logits = model.apply(batch.x, { training }) as tf.Tensor;
+    const rows = batch.x.size;
+    const labels = tf.oneHot(tf.reshape(batch.y, [rows]), vocabSize);
+    return tf.losses.softmaxCrossEntropy(labels, tf.reshape(logits, [rows, vocabSize])) as tf.Scalar;
+  });
+}
+
+export interface StepResult {
+  loss: number;
+  milliseconds: number;
+  tokens: number;
+}
+
+export class Trainer {
+  readonly optimizer: tf.AdamOptimizer;
+  private readonly variables: tf.Variable[];
+
+  constructor(readonly model: LayersModel, readonly vocabSize: number, learningRate: number) {
+    this.optimizer = tf.train.adam(learningRate, 0.9, 0.95);
+    this.variables = model.trainableWeights.map(w => w.read() as tf.Variable);
+  }
+
+  async step(batch: Batch): Promise<StepResult> {
+    const start = performance.now();
+    const loss = this.optimizer.minimize(
+      () => languageModelLoss(this.model, batch, this.vocabSize, true), true, this.variables);
+    if (!loss) throw new Error('optimizer.minimize returned no loss');
+    const [value] = await loss.data();
+    loss.dispose();
+    return { loss: value, milliseconds: performance.now() - start, tokens: batch.x.size };
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+  }
+}
+
+/** Steps `count` times on fresh batches and returns tokens/s over the steps after `warmup`. */
+export async function measureTokensPerSecond(trainer: Trainer, dataset: TokenDataset, batchSize: number,
+  context: number, warmup: number, count: number): Promise<number> {
+  let tokens = 0;
+  let milliseconds = 0;
+  for (let i = 0; i < warmup + count; i++) {
+    const batch = dataset.batch(batchSize, context);
+    try {
+      const result = await trainer.step(batch);
+      if (i >= warmup) {
+        tokens += result.tokens;
+        milliseconds += result.milliseconds;
+      }
+    } finally {
+      tf.dispose([batch.x, batch.y]);
+    }
+  }
+  return tokens / (milliseconds / 1000);
+}
+
+/** Mean loss over `batches` fixed batches of the validation split. */
+export async function validationLoss(model: LayersModel, dataset: TokenDataset, vocabSize: number,
+  batchSize: number, context: number, batches: number): Promise<number> {
+  let total = 0;
+  for (let i = 0; i < batches; i++) {
+    const batch = dataset.validationBatch(i, batches, batchSize, context);
+    const loss = languageModelLoss(model, batch, vocabSize, false);
+    total += (await loss.data())[0];
+    tf.dispose([batch.x, batch.y, loss]);
+  }
+  return total / batches;
+}
+
+export interface SampleOptions {
+  context: number;
+  temperature: number;
+  /** Sample among the k most likely tokens only. */
+  topK: number;
+  random: () => number;
+}
+
+/** Continues `prompt` by `count` tokens, one full forward pass per token (no KV cache). */
+export async function generate(model: LayersModel, tokenizer: Tokenizer, prompt: string, count: number,
+  options: SampleOptions): Promise<string> {
+  const ids = tokenizer.encode(prompt);
+  for (let n = 0; n < count; n++) {
+    const window = ids.slice(-options.context);
+    const last = tf.tidy(() => {
+      const logits = model.apply(tf.tensor2d([window], [1, window.length], 'int32'), { training: false }) as tf.Tensor;
+      const [, t, v] = logits.shape as number[];
+      return tf.reshape(tf.slice(logits, [0, t - 1, 0], [1, 1, v]), [v]);
+    });
+    const logits = await last.data();
+    last.dispose();
+    ids.push(sampleTopK(logits, options));
+  }
+  return tokenizer.decode(ids);
+}
+
+function sampleTopK(logits: ArrayLike<number>, options: SampleOptions): number {
+  const order = Array.from({ length: logits.length }, (_, i) => i)
+    .sort((a, b) => logits[b] - logits[a])
+    .slice(0, Math.max(1, options.topK));
+  const max = logits[order[0]];
+  const weights = order.map(i => Math.exp((logits[i] - max) / options.temperature));
+  let r = options.random() * weights.reduce((a, b) => a + b, 0);
+  for (let i = 0; i < order.length; i++) {
+    r -= weights[i];
+    if (r <= 0) return order[i];
+  }
+  return order[order.length - 1];
+}
