@@ -4,12 +4,17 @@
 //
 //   node gpt2_step.mjs --preset small --contexts 1024,2048 --batches 1,4 --variants flash,naive,identity
 //     [--steps 3] [--profile] [--backend auto|webgpu|cpu] [--vocab N (default: the preset's, 50257)]
+// With $OUT set (the device tool), the lines are also appended to $OUT/gpt2_step.jsonl. On WebGPU a
+// measurement runs inside error scopes, so a buffer over the device's limits is reported, not missed.
+import * as fs from 'fs';
+import * as path from 'path';
 import { parseArgs } from 'util';
 import * as tf from '@tensorflow/tfjs-core';
 import { isBackendRequest, selectBackend } from '../examples/gpt2/backend';
 import { registerTileGradient } from '../examples/gpt2/tile_gradient';
 import { Trainer } from '../examples/gpt2/training';
 import { gpt2, gpt2Config } from '../src/index';
+import { initDawnWebGPU } from '../test/setup/webgpu_node';
 import { ablateAttention } from './gpt2_ablation';
 
 type Variant = 'flash' | 'naive' | 'identity';
@@ -61,9 +66,14 @@ async function measure(variant: Variant, preset: string, vocab: number, context:
   const trainer = new Trainer(model, vocab, 3e-4);
   const data = randomBatch(batch, context, vocab);
   try {
-    await trainer.step(data);
+    const checked = async () => {
+      const step = await trainer.step(data);
+      if (!Number.isFinite(step.loss)) throw new Error(`loss is ${step.loss}`);
+      return step.milliseconds;
+    };
+    await checked();
     const times: number[] = [];
-    for (let i = 0; i < steps; i++) times.push((await trainer.step(data)).milliseconds);
+    for (let i = 0; i < steps; i++) times.push(await checked());
     result.stepMs = times.map(t => Math.round(t * 10) / 10);
     result.medianMs = median(times);
     result.tokensPerSecond = Math.round(batch * context / (result.medianMs / 1000));
@@ -92,6 +102,26 @@ async function measure(variant: Variant, preset: string, vocab: number, context:
   return result;
 }
 
+/** Runs `measure` inside WebGPU validation and out-of-memory error scopes where the backend is webgpu. */
+async function guarded(run: () => Promise<Measurement>): Promise<Measurement> {
+  if (tf.getBackend() !== 'webgpu') return run();
+  const { device } = await initDawnWebGPU();
+  device.pushErrorScope('validation');
+  device.pushErrorScope('out-of-memory');
+  const result = await run();
+  const outOfMemory = await device.popErrorScope();
+  const invalid = await device.popErrorScope();
+  const gpuError = outOfMemory ?? invalid;
+  if (gpuError && !result.error) result.error = `WebGPU ${outOfMemory ? 'out of memory' : 'validation error'}: ${gpuError.message.split('\n')[0]}`;
+  return result;
+}
+
+function report(m: Measurement): void {
+  const line = JSON.stringify(m);
+  console.log(line);
+  if (process.env.OUT) fs.appendFileSync(path.join(process.env.OUT, 'gpt2_step.jsonl'), line + '\n');
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -117,8 +147,7 @@ async function main(): Promise<void> {
   for (const context of values.contexts.split(',').map(Number)) {
     for (const batch of values.batches.split(',').map(Number)) {
       for (const variant of variants.filter(isVariant)) {
-        const m = await measure(variant, values.preset, vocab, context, batch, Number(values.steps), values.profile);
-        console.log(JSON.stringify(m));
+        report(await guarded(() => measure(variant, values.preset, vocab, context, batch, Number(values.steps), values.profile)));
       }
     }
   }
