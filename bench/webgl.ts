@@ -81,8 +81,9 @@ async function measurePair(n: number, pass: BenchRow['pass'], impls: Array<Bench
     const attend = impl === 'flash'
       ? (a: tf.Tensor4D, b: tf.Tensor4D, c: tf.Tensor4D) => flashAttention(a, b, c)
       : naiveAttention;
+    // tidy: naive attention's intermediates (scores, softmax) must not outlive the call.
     const outs = pass === 'forward'
-      ? [attend(q, k, v)]
+      ? [tf.tidy(() => attend(q, k, v))]
       : tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
         tf.sum(tf.mul(attend(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D), dy)))([q, k, v]);
     const total = tf.tidy(() => outs.map(o => tf.sum(o)).reduce((a, b) => tf.add(a, b)));
@@ -170,7 +171,7 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
     if (n < 0) setWebGLBlockKeys(-n);
     const measured = impls.length ? await measurePair(n < 0 ? config.sweepSeq : n, pass, impls, config)
       : [{ n, pass, impl: 'naive' as const, error: 'scores [1, H, N, N] exceed MAX_TEXTURE_SIZE²: not run' }];
-    if (n < 0) setWebGLBlockKeys(256);
+    if (n < 0) setWebGLBlockKeys(1024);
     for (const row of measured) {
       const labeled = n < 0 ? { ...row, blockKeys: -n } : row;
       rows.push(labeled);
@@ -182,7 +183,7 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
 
 const DEFAULT: BenchConfig = {
   seqs: [256, 512, 1024, 2048, 4096, 8192, 16384], heads: 12, headDim: 64, maxBackwardSeq: 16384, naiveUpTo: 4096,
-  blockSweep: [128, 512, 1024], sweepSeq: 4096, reps: 3, budgetSeconds: 420,
+  blockSweep: [256, 512], sweepSeq: 4096, reps: 3, budgetSeconds: 420,
 };
 const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, blockSweep: [128], sweepSeq: 512, reps: 2 };
 

@@ -33,26 +33,38 @@ import type { PackedInput } from './program';
 import { scoresProgram } from './scores_program';
 import { weightsProgram } from './weights_program';
 
-/** Keys per block of the per-block textures (measured: bench/RESULTS.md). */
-let blockKeysTarget = 256;
+/**
+ * Most keys per block. Each block costs a fixed ~2.6 ms of draw overhead on the H100 (4 draws;
+ * fitted to the forward times at N = 256 … 2048 with 256-key blocks, bench/RESULTS.md), so blocks
+ * are as large as memory allows.
+ */
+let blockKeysTarget = 1024;
 
-/** Tuning knob for benchmarks: the key block size (even, ≥ 2) the webgl kernels aim for. */
+/** Elements a per-block texture ([B·Hq, Nq, blockKeys]) may hold: 128 MiB in float32. */
+const BLOCK_ELEMENTS = 2 ** 25;
+
+/** Tuning knob for benchmarks: the most keys per block (even, ≥ 2) the webgl kernels use. */
 export function setWebGLBlockKeys(keys: number): void {
   if (!(Number.isInteger(keys) && keys >= 2 && keys % 2 === 0)) throw new Error(`block keys must be even ≥ 2, got ${keys}`);
   blockKeysTarget = keys;
 }
 
+const evenFloor = (n: number) => n - (n % 2);
+
 /**
- * The key block size: the target (256), fewer when the keys are fewer, and fewer when a
- * [B·Hq, Nq, blockKeys] packed texture would not fit in MAX_TEXTURE_SIZE².
+ * The key block size (even): at most the target, at most BLOCK_ELEMENTS per block texture, at most
+ * half the keys (so there are always two or more blocks: no texture is ever Nq × Nk), and small
+ * enough that a [B·Hq, Nq, blockKeys] packed texture fits MAX_TEXTURE_SIZE² texels.
  */
 export function blockKeys(c: AttentionConfig, maxTextureSize: number): number {
-  const keys = Math.min(blockKeysTarget, c.seqK + (c.seqK % 2));
-  const rowTexels = c.batch * c.headsQ * Math.ceil(c.seqQ / 2);
+  const rows = c.batch * c.headsQ * c.seqQ;
+  const budget = evenFloor(Math.floor(BLOCK_ELEMENTS / rows));
+  const half = 2 * Math.ceil(c.seqK / 4);
   // tfjs squarifies a texture beyond MAX_TEXTURE_SIZE into about √texels × √texels; (max − 1)² texels
   // always fit.
+  const rowTexels = c.batch * c.headsQ * Math.ceil(c.seqQ / 2);
   const fit = 2 * Math.floor((maxTextureSize - 1) ** 2 / rowTexels);
-  return Math.max(2, Math.min(keys, fit));
+  return Math.max(2, Math.min(blockKeysTarget, budget, half, fit));
 }
 
 /** Whether some query row may see a key in [start, end) (window bounds only). */
