@@ -8,7 +8,8 @@
 // Run:    HASH=quick node bench/webgl_serve.mjs .benchbuild/webgl.js /usr/bin/chromium \
 //           --use-angle=swiftshader --enable-unsafe-swiftshader          (SwiftShader, N = 256, 512)
 //         on the GPU machine: see bench/RESULTS.md (Chromium from ../shared/gpu/pack-chromium.sh).
-// The page runs on load and POSTs each result line to /result, then DONE; `#quick` picks small sizes.
+// The page runs on load and POSTs each result line to /result, then DONE; `#quick` picks small sizes
+// and `#swiftshader` the sizes measured on SwiftShader.
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-webgl';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
@@ -191,5 +192,6 @@ async function post(line: string): Promise<void> {
   await fetch('/result', { method: 'POST', body: line });
 }
 
-const config = location.hash.includes('quick') ? QUICK : DEFAULT;
+const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, blockSweep: [256], sweepSeq: 1024 };
+const config = location.hash.includes('quick') ? QUICK : location.hash.includes('swiftshader') ? SWIFTSHADER : DEFAULT;
 bench(config, post).catch(error => post(`# error: ${String(error)}`)).finally(() => post('DONE'));

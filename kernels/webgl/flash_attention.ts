@@ -11,11 +11,21 @@
 // memory is O(Nq·blockKeys + Nq·Dv): linear in N, never an Nq × Nk texture. O and lse stay
 // normalized after each block (convex combinations of V; log-sums), so nothing grows with N and
 // half-float render targets do not overflow.
-// Chosen by measurement over (a) a fragment per (row, 4 output columns) looping over all keys with an
-// online softmax, which recomputes each score Dv/4 times, and (b) a two-sweep variant (lse over all
-// keys first, then exp(s − lse)·V per block), which computes every score twice: see the header of
-// bench/webgl.ts and bench/RESULTS.md for the numbers. Inputs are read with texelFetch at addresses
-// derived from tfjs' packed layout (no per-fetch division in the usual, non-squarified case).
+// How it was chosen (numbers in bench/RESULTS.md):
+// - A fragment per (row, 4 output columns) looping over all keys with an online softmax was rejected
+//   on paper, not measured: it recomputes every score Dv/4 times (16× at Dv = 64) and refetches K
+//   as often.
+// - A two-sweep version (lse over all keys first, then exp(s − lse)·V per block) computes every
+//   score twice; it was replaced by the online per-block lse here, which computes it once (together
+//   with texelFetch addressing: time relative to naive attention in the same run went from 1.6× to
+//   0.97× at N = 256, 12 heads, D = 64, on SwiftShader).
+// - exp and the dropout hash first lived in the accumulate pass, redone by each pair of output
+//   columns; the separate weights pass does them once (1.11× → 0.92× naive's time at N = 512 on
+//   SwiftShader).
+// - Block size: the H100 forward times fit ≈ 2.6 ms per key block plus 3.2 ms per GFLOP (draw
+//   overhead dominates small blocks), hence blocks of up to 1024 keys (see `blockKeys`).
+// Inputs are read with texelFetch at addresses derived from tfjs' packed layout (no division per
+// fetch unless a texture was squarified beyond MAX_TEXTURE_SIZE, and then by constants).
 import { env } from '@tensorflow/tfjs-core';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';

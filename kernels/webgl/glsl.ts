@@ -10,11 +10,9 @@ import type { AttentionConfig } from '../../src/config';
 import type { Uniform } from './program';
 
 /** Name of tfjs' generated sampler for an input variable. */
-export function sampler(variable: string): string {
+function sampler(variable: string): string {
   return `get${variable.charAt(0).toUpperCase()}${variable.slice(1)}`;
 }
-
-export const even = (n: number) => n + (n % 2);
 
 /** Physical texture shapes of the inputs read through `texelFetch`, by variable name. */
 export type TexShapes = Record<string, [number, number]>;
@@ -25,7 +23,7 @@ export type TexShapes = Record<string, [number, number]>;
  * flat texel sequence, row-major in the texture; when the texture is exactly `cols` texels wide (the
  * usual case: it is squarified only beyond MAX_TEXTURE_SIZE) the address needs no division.
  */
-export function texelAccessor(variable: string, cols: number, texShape: [number, number]): string {
+function texelAccessor(variable: string, cols: number, texShape: [number, number]): string {
   const width = Math.ceil(texShape[1] / 2);
   const position = width === cols
     ? 'ivec2(col, row)'
@@ -34,7 +32,7 @@ export function texelAccessor(variable: string, cols: number, texShape: [number,
 }
 
 /** [heads, seq, dim] of the attention tensors by variable name. */
-export function headDims(c: AttentionConfig, variable: string): [number, number, number] {
+function headDims(c: AttentionConfig, variable: string): [number, number, number] {
   switch (variable) {
     case 'Q': return [c.headsQ, c.seqQ, c.headDim];
     case 'K': return [c.headsKV, c.seqK, c.headDim];
@@ -89,7 +87,7 @@ export function elementAccessor(variable: string, shape: number[]): string {
 }
 
 /** Uniforms the score snippet reads; values come from the config. */
-export function scoreUniforms(c: AttentionConfig): Uniform[] {
+function scoreUniforms(c: AttentionConfig): Uniform[] {
   const uniforms: Uniform[] = [{ name: 'faScale', type: 'float', value: c.scale }];
   if (c.softcap > 0) uniforms.push({ name: 'faSoftcap', type: 'float', value: c.softcap });
   return uniforms;
@@ -105,7 +103,7 @@ export function attentionUniforms(c: AttentionConfig): Uniform[] {
  * GLSL ES 3.00 uint arithmetic). The 32-bit seed travels as two 16-bit int uniforms because int
  * uniforms are signed and int→uint of a negative value is not portable.
  */
-export function dropoutUniforms(c: AttentionConfig): Uniform[] {
+function dropoutUniforms(c: AttentionConfig): Uniform[] {
   if (c.dropoutRate === 0) return [];
   const seed = c.dropoutSeed >>> 0;
   return [
@@ -245,39 +243,7 @@ export function optionalShapes(c: AttentionConfig): number[][] {
   return shapes;
 }
 
-/**
- * Loads the 2×2 blocks of rows (n, n+1) of X over all `dim` columns into `vec4 <array>[]`, the last
- * block's odd column zeroed when dim is odd (packed padding is not guaranteed to be zero).
- */
-export function loadRows(variable: string, array: string, dim: number, b: string, h: string, n: string): string {
-  const pairs = even(dim) / 2;
-  const tail = dim % 2 ? `${array}[${pairs - 1}] *= vec4(1.0, 0.0, 1.0, 0.0);` : '';
-  return `vec4 ${array}[${pairs}];
-  for (int p = 0; p < ${pairs}; p++) ${array}[p] = faRows${variable}(${b}, ${h}, ${n}, 2 * p);
-  ${tail}`;
-}
 
-/**
- * Accumulates into `vec4 <acc>` the 2×2 dot products of rows (n, n+1) held in `rowsArray` with rows
- * (m, m+1) of X: acc = (a_n·x_m, a_n·x_{m+1}, a_{n+1}·x_m, a_{n+1}·x_{m+1}). The odd tail column is
- * zero in `rowsArray`, and X's is masked so that padding (possibly non-finite) never enters.
- */
-export function dotRows(acc: string, rowsArray: string, variable: string, dim: number,
-  b: string, h: string, m: string): string {
-  const pairs = even(dim) / 2;
-  const full = Math.floor(dim / 2);
-  const tail = dim % 2
-    ? `{ vec4 x = faRows${variable}(${b}, ${h}, ${m}, ${2 * full}) * vec4(1.0, 0.0, 1.0, 0.0);
-         vec4 a = ${rowsArray}[${pairs - 1}];
-         ${acc} += a.xxzz * x.xzxz + a.yyww * x.ywyw; }`
-    : '';
-  return `for (int p = 0; p < ${full}; p++) {
-    vec4 x = faRows${variable}(${b}, ${h}, ${m}, 2 * p);
-    vec4 a = ${rowsArray}[p];
-    ${acc} += a.xxzz * x.xzxz + a.yyww * x.ywyw;
-  }
-  ${tail}`;
-}
 
 /**
  * Loops `int j` over the even starts of key pairs (j, j+1) that rows (i, i+1) of head h may see,

@@ -2,7 +2,7 @@
 // packed [B·Hq, Nq, 2] tensor (D_i, D_i, D_{i+1}, D_{i+1}) per row pair. Folding dLse in here makes
 // the lse output differentiable at no extra cost.
 import type { AttentionConfig } from '../../src/config';
-import { decodeRow, elementAccessor, even, PICK, rowsAccessor } from './glsl';
+import { decodeRow, elementAccessor, PICK, rowsAccessor } from './glsl';
 import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
@@ -31,5 +31,5 @@ void main() {
   float d1 = (i + 1 < ${c.seqQ}) ? sum.y - faAtDLse(0, b, h, i + 1) : 0.0;
   setOutput(vec4(d0, d0, d1, d1));
 }`;
-  return new AttentionProgram(['O', 'DO', 'DLse'], [c.batch * c.headsQ, c.seqQ, even(2)], true, [], userCode);
+  return new AttentionProgram(['O', 'DO', 'DLse'], [c.batch * c.headsQ, c.seqQ, 2], true, [], userCode);
 }
