@@ -139,6 +139,14 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 300000);
 
+  test('inputs made on the GPU (split and reshaped from a packed matMul output) give the same results', async () => {
+    await withPage({}, async page => {
+      const r = await page.runInPage<{ output: number; grads: number }>('faWebglDerivedInputs');
+      expect(r.output).toBeLessThan(1e-6);
+      expect(r.grads).toBeLessThan(1e-5);
+    });
+  }, 120000);
+
   test('the dropout mask is bit-exact with src/dropout.ts', async () => {
     await withPage({}, async page => {
       for (const [rate, seed] of [[0.3, 1234], [0.5, 4294967295], [0.9, 7]]) {

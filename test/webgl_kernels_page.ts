@@ -127,7 +127,36 @@ async function dropoutMismatches(b: number, h: number, nq: number, nk: number, r
   return { mismatches, kept, total: n };
 }
 
+/**
+ * q, k, v as a model makes them: slices of one packed matMul output reshaped to BSHD (a texture whose
+ * packed layout is not q's own, or a slice of a shared texture). Returns the largest difference from
+ * the same values uploaded fresh from the CPU, for the output and the gradients.
+ */
+async function derivedInputs(): Promise<{ output: number; grads: number }> {
+  const [b, t, h, d] = [2, 37, 3, 8];
+  const x = tf.randomNormal([b * t, 16], 0, 1, 'float32', 11);
+  const w = tf.randomNormal([16, 3 * h * d], 0, 0.3, 'float32', 12);
+  const f = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => flashAttention(q, k, v, { layout: 'BSHD', causal: true });
+  const loss = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.sum(tf.mul(f(q, k, v), f(q, k, v)));
+  const derived = tf.tidy(() => tf.split(tf.matMul(x, w), 3, 1).map(part => tf.reshape(part, [b, t, h, d])));
+  const fresh = await Promise.all(derived.map(async part => tf.tensor(await part.data(), part.shape)));
+  const outputs = [derived, fresh].map(([q, k, v]) => f(q, k, v));
+  const grads = [derived, fresh].map(([q, k, v]) => tf.grads(loss)([q, k, v]));
+  const maxDiff = async (a: tf.Tensor[], c: tf.Tensor[]) => {
+    let m = 0;
+    for (let n = 0; n < a.length; n++) {
+      const [u, z] = [await a[n].data(), await c[n].data()];
+      for (let e = 0; e < u.length; e++) m = Math.max(m, Math.abs(u[e] - z[e]));
+    }
+    return m;
+  };
+  const result = { output: await maxDiff([outputs[0]], [outputs[1]]), grads: await maxDiff(grads[0], grads[1]) };
+  tf.dispose([x, w, ...derived, ...fresh, ...outputs, ...grads.flat()]);
+  return result;
+}
+
 expose('faWebglMemoryProbe', memoryProbe);
+expose('faWebglDerivedInputs', derivedInputs);
 expose('faWebglRunScaledCase', runScaledCase);
 expose('faWebglDropoutMismatches', dropoutMismatches);
 expose('faWebglKernels', () => ({
