@@ -147,6 +147,13 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 120000);
 
+  test('with WEBGL_PACK off (tfjs ops unpacked) the kernels still match the reference', async () => {
+    await withPage({ WEBGL_PACK: false }, async page => {
+      expect(await scaledCase(page, 'everything', {}, 1e-3)).toBe('');
+      expect(await scaledCase(page, 'plain', { nq: 300, nk: 280 }, 1e-3)).toBe('');
+    });
+  }, 120000);
+
   test('the dropout mask is bit-exact with src/dropout.ts', async () => {
     await withPage({}, async page => {
       for (const [rate, seed] of [[0.3, 1234], [0.5, 4294967295], [0.9, 7]]) {

@@ -119,8 +119,15 @@ export function packedInputs<N extends string>(backend: MathBackendWebGL, inputs
   };
 }
 
+/** The programs are GLSL ES 3.00 (texelFetch, uint arithmetic for dropout): WebGL2 only. */
+export function checkWebGL2(): void {
+  const version = env().getNumber('WEBGL_VERSION');
+  if (version !== 2) throw new Error(`flashAttention: the webgl kernels need WebGL2; this context is WebGL${version}`);
+}
+
 const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   if (!isWebGLBackend(backend)) throw new Error('flashAttention: the webgl kernel needs the webgl backend');
+  checkWebGL2();
   const c = attentionConfig(attrs);
   const x = unpackAttentionInputs(c, inputs);
   const optional = optionalInputs(c, x);

@@ -20,13 +20,14 @@ import { dbiasProgram } from './dbias_program';
 import { dkdvProgram } from './dkdv_program';
 import { dqProgram } from './dq_program';
 import { dsProgram } from './ds_program';
-import { blockKeys, blockVisible, optionalInputs, packedInputs, toUserLayout } from './flash_attention';
+import { blockKeys, blockVisible, checkWebGL2, optionalInputs, packedInputs, toUserLayout } from './flash_attention';
 import { probsProgram } from './probs_program';
 import { isWebGLBackend, run, texShapeOf, view } from './program';
 import { rowTermProgram } from './row_term_program';
 
 const flashAttentionGradWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   if (!isWebGLBackend(backend)) throw new Error('flashAttention: the webgl kernel needs the webgl backend');
+  checkWebGL2();
   const c = attentionConfig(attrs);
   const x = unpackGradInputs(c, inputs);
   const optional = optionalInputs(c, x);
