@@ -204,12 +204,36 @@ async function blockSparse(d: number, live: number): Promise<void> {
   blockMask.dispose();
 }
 
+/** The headline measurements with the kernel's default tile choice (no tuning), and naive for scale. */
+async function final(): Promise<void> {
+  for (const d of [64, 128]) {
+    for (const pass of ['fwd', 'fwd+bwd'] as const) {
+      for (const causal of [false, true]) await measure({ impl: 'flash', pass, n: 4096, d, causal }, flash({ causal }), 300);
+    }
+    await blockSparse(d, 0.1);
+  }
+  for (const causal of [false, true]) {
+    await measure({ impl: 'flash', pass: 'fwd', n: 16384, d: 64, causal }, flash({ causal }), 300);
+    await measure({ impl: 'flash', pass: 'fwd+bwd', n: 16384, d: 64, causal }, flash({ causal }), 300);
+  }
+  const nv = naive(false, 4096);
+  await measure({ impl: 'naive', pass: 'fwd', n: 4096, d: 64, causal: false }, nv.f, 300);
+  nv.dispose();
+  await measure({ impl: 'flash', pass: 'fwd+bwd', n: 65536, d: 64, causal: true }, flash({ causal: true }), 1, false);
+  console.log('\nsummary');
+  for (const r of rows) console.log(format(r));
+}
+
 async function main(): Promise<void> {
   const gpu = await initDawnWebGPU();
   const device = backend().device;
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   console.log(`adapter: ${gpu.description}; subgroups ${gpu.subgroups}; workgroup memory ${limit} B; ` +
     `max binding ${device.limits.maxStorageBufferBindingSize} B`);
+  if (process.argv.includes('--final')) {
+    await final();
+    return;
+  }
   const dims = quick ? [64] : [64, 128];
   const sizes = quick ? [128] : [512, 1024, 2048, 4096, 8192, 16384];
   const checkN = quick ? 128 : 1024;

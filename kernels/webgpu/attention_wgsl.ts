@@ -18,7 +18,7 @@ import { BindingSpec, f32 } from './runtime';
 export const LOG2E = Math.LOG2E;
 
 /** Uniforms every attention program has; the rest are per-program. */
-export const COMMON_UNIFORMS = ['neg_inf_bits', 'seed', 'unit_start'] as const;
+export const COMMON_UNIFORMS = ['neg_inf_bits', 'seed', 'unit_start', 'heads_in_chunk'] as const;
 export const NEG_INF_BITS = 0xff800000;
 
 /** Which tensors a program reads as vec4 (head size a multiple of 4). */
@@ -224,9 +224,13 @@ export function blockSkip(c: AttentionConfig, rFirst: string, rLast: string, kFi
 
 /**
  * Causal-like bands give the last query blocks the most keys. GPUs start workgroups in x-major
- * order, so for those the query block (reversed) goes on y and heads on x: every head's heaviest
- * blocks start first and the light ones fill the tail.
+ * order, so for those the grid runs heads in groups of HEAD_GROUP: x = (query block, reversed) ×
+ * head within the group, y = group. The heaviest blocks of a group's heads start first and light
+ * ones fill the tail, while the workgroups in flight share the K/V of only HEAD_GROUP heads (all
+ * heads' K/V at once overflowed the H100's L2 at N = 16384 and halved the speed).
  */
+const HEAD_GROUP = 4;
+
 function heavyFirst(c: AttentionConfig): boolean {
   return c.windowRight >= 0 && c.windowLeft < 0;
 }
@@ -234,16 +238,21 @@ function heavyFirst(c: AttentionConfig): boolean {
 /** Workgroup grid of a pass with one workgroup per (query head, block of `rows` query rows). */
 export function queryBlockGrid(c: AttentionConfig, rows: number, heads: number): [number, number, number] {
   const blocks = Math.ceil(c.seqQ / rows);
-  return heavyFirst(c) ? [heads, blocks, 1] : [blocks, heads, 1];
+  return heavyFirst(c) ? [blocks * HEAD_GROUP, Math.ceil(heads / HEAD_GROUP), 1] : [blocks, heads, 1];
 }
 
-/** WGSL defining `qb` (query block) and `bh` (flat b·Hq + h) for queryBlockGrid. */
+/**
+ * WGSL defining `qb` (query block) and `bh` (flat b·Hq + h) for queryBlockGrid; workgroups past
+ * the chunk's heads (the last head group may be partial) return at once.
+ */
 export function queryBlockIds(c: AttentionConfig, rows: number): string {
   const perUnit = c.layout === 'BHSD' ? 'GROUP' : 'HQ';
   const blocks = Math.ceil(c.seqQ / rows);
-  return heavyFirst(c)
-    ? `let qb = ${blocks - 1}u - wid.y;\n  let bh = u.unit_start * ${perUnit} + wid.x;`
-    : `let qb = wid.x;\n  let bh = u.unit_start * ${perUnit} + wid.y;`;
+  if (!heavyFirst(c)) return `let qb = wid.x;\n  let bh = u.unit_start * ${perUnit} + wid.y;`;
+  return `let qb = ${blocks - 1}u - wid.x / ${HEAD_GROUP}u;
+  let hInChunk = wid.y * ${HEAD_GROUP}u + wid.x % ${HEAD_GROUP}u;
+  if (hInChunk >= u.heads_in_chunk) { return; }
+  let bh = u.unit_start * ${perUnit} + hInChunk;`;
 }
 
 /**

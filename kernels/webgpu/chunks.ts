@@ -91,7 +91,10 @@ export function chunkDispatches(c: AttentionConfig, g: UnitGeometry, chunks: Arr
   coverage: Record<string, Coverage>, buffers: Record<string, GPUBuffer>,
   workgroups: (units: number) => [number, number, number], uniforms: Record<string, number>): Dispatch[] {
   return chunks.map(([u0, u1]) => {
-    const d: Dispatch = { workgroups: workgroups(u1 - u0), buffers: {}, uniforms: { ...uniforms, unit_start: u0 } };
+    const d: Dispatch = {
+      workgroups: workgroups(u1 - u0), buffers: {},
+      uniforms: { ...uniforms, unit_start: u0, heads_in_chunk: (u1 - u0) * g.queryHeadsPerUnit },
+    };
     for (const [name, buffer] of Object.entries(buffers)) {
       const cov = coverage[name];
       if (!cov) {

@@ -14,7 +14,7 @@ import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeome
 import {
   Dispatch, gpuBuffer, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer, subgroupMinSize,
 } from './runtime';
-import { chooseTiles, FORWARD_TILES, subgroupReduceFits, Tiles } from './tiles';
+import { chooseTiles, forBlockSize, FORWARD_TILES, subgroupReduceFits, Tiles } from './tiles';
 
 export function isAttentionConfig(attrs: NamedAttrMap | undefined): attrs is NamedAttrMap & AttentionConfig {
   return typeof attrs === 'object' && attrs !== null && typeof attrs.headsQ === 'number' &&
@@ -101,7 +101,8 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   const auxBuffer = withAux ? scratchBuffer(device, aux.size * 4) : undefined;
   try {
     if (auxBuffer) buffers.aux = auxBuffer;
-    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg), FORWARD_TILES,
+    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
+      forBlockSize(FORWARD_TILES, c.blockSize),
       webgpuAttentionTuning.forwardTiles);
     const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups);
     const dispatches = planDispatches(backend, c, buffers,

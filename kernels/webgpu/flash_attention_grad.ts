@@ -22,7 +22,7 @@ import { dqProgram, dqWorkgroupBytes } from './attention_backward_dq';
 import { ROW_DOT_ROWS, rowDotProgram } from './row_dot';
 import { isAttentionConfig, pickTiles, planDispatches, webgpuAttentionTuning, webgpuBackendOf } from './flash_attention';
 import { gpuBuffer, makeOutput, runPrograms, scratchBuffer } from './runtime';
-import { BACKWARD_TILES } from './tiles';
+import { BACKWARD_TILES, forBlockSize } from './tiles';
 
 /** Sums `x` over `axes` (keeping them) with tfjs' own Sum kernel of this backend. */
 function sumKeepDims(backend: WebGPUBackend, x: TensorInfo, axes: number[]): TensorInfo {
@@ -67,12 +67,13 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
     const rowDotDispatches = planDispatches(backend, c, pick(['out', 'dout', 'lse', 'dlse', 'aux']),
       (units, g) => [Math.ceil(c.seqQ / ROW_DOT_ROWS), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
 
-    const kv = pickTiles(device, tl => dkdvWorkgroupBytes(c, tl), BACKWARD_TILES, webgpuAttentionTuning.dkdvTiles);
+    const kv = pickTiles(device, tl => dkdvWorkgroupBytes(c, tl), forBlockSize(BACKWARD_TILES, c.blockSize),
+      webgpuAttentionTuning.dkdvTiles);
     const dkdv = dkdvProgram(c, aux, kv.tiles);
     const dkdvDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dk', 'dv', 'bias', 'aux']),
       (units, g) => [Math.ceil(c.seqK / kv.tiles.rows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit);
 
-    const qt = pickTiles(device, (tl, sg) => dqWorkgroupBytes(c, tl, sg), BACKWARD_TILES,
+    const qt = pickTiles(device, (tl, sg) => dqWorkgroupBytes(c, tl, sg), forBlockSize(BACKWARD_TILES, c.blockSize),
       webgpuAttentionTuning.dqTiles);
     const dqSpec = dqProgram(c, aux, qt.tiles, qt.useSubgroups);
     const dqDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dq', 'bias', 'aux',
