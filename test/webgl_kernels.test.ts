@@ -154,6 +154,16 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 120000);
 
+  test('many small key blocks (64 keys), with whole blocks outside the window skipped', async () => {
+    await withPage({}, async page => {
+      await page.runInPage('faWebglSetBlockKeys', [64]);
+      // Rows see keys 220–299 only: blocks 64–127 and 128–191 are skipped, block 0 still runs.
+      expect(await scaledCase(page, 'window', { nq: 50, nk: 300, windowSize: [30, 0] }, 1e-3)).toBe('');
+      expect(await scaledCase(page, 'block sparse', { nq: 200, nk: 180 }, 1e-3)).toBe('');
+      expect(await scaledCase(page, 'GQA 4:2', { nq: 130, nk: 150, layout: 'BSHD' }, 1e-3)).toBe('');
+    });
+  }, 120000);
+
   test('the dropout mask is bit-exact with src/dropout.ts', async () => {
     await withPage({}, async page => {
       for (const [rate, seed] of [[0.3, 1234], [0.5, 4294967295], [0.9, 7]]) {
