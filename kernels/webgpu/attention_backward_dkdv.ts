@@ -107,7 +107,7 @@ ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${columns ? '' : tensorAccess(c, 'dk', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'store')}
 ${columns ? '' : tensorAccess(c, 'dv', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'store')}
-${scoreFunctions(c, aux)}
+${scoreFunctions(c, aux, 0)}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {

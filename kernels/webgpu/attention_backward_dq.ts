@@ -85,7 +85,7 @@ ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'dq', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'store')}
-${scoreFunctions(c, aux)}
+${scoreFunctions(c, aux, t.cols)}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {

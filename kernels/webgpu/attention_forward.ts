@@ -120,7 +120,7 @@ ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'store')}
-${scoreFunctions(c, aux)}
+${scoreFunctions(c, aux, t.cols)}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
@@ -143,7 +143,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 ${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
   var m_${r} = negInf();
   var l_${r} = 0.0;
-  var nan_${r} = false;
 ${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
   ${tileLoop(c, `
     let j0 = t * BK;
@@ -170,8 +169,7 @@ ${colsC.map(k => `      let k${k} = ks[(tc + ${k * TC}u) * QS + d];`).join('\n')
 ${rowsR.map(r => colsC.map(k => `      ${S(r, k)} += dot(q${r}, k${k});`).join('\n')).join('\n')}
     }
 ${rowsR.map(r => colsC.map(k => `    ${S(r, k)} = score2(${S(r, k)}${t.rowsFromGlobal ? ' * QSCALE' : ''}, b, h, i_${r}, j0 + tc + ${k * TC}u, kl);`).join('\n')).join('\n')}
-${rowsR.map(r => `    var mt_${r} = ${colsC.map(k => S(r, k)).reduce((a, bb) => `max(${a}, ${bb})`)};
-    nan_${r} = nan_${r} | ${colsC.map(k => `isNan(${S(r, k)})`).join(' | ')};`).join('\n')}
+${rowsR.map(r => `    var mt_${r} = ${colsC.map(k => S(r, k)).reduce((a, bb) => `max(${a}, ${bb})`)};`).join('\n')}
     ${rowReduce(t, useSubgroups, 'max', rowsR.map(r => `mt_${r}`), rowOf)}
 ${rowsR.map(r => `    {
       let mNew = max(m_${r}, mt_${r});
@@ -194,17 +192,18 @@ ${oxX.map(x => `      let v${x} = vs[kk * VS + ${colOk(x) === 'true' ? `tc + ${x
 ${rowsR.map(r => oxX.map(x => `      ${O(r, x)} += p${r} * v${x};`).join('\n')).join('\n')}
     }
 `)}
-${rowsR.map(r => `  var nanf_${r} = select(0.0, 1.0, nan_${r});`).join('\n')}
   ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `l_${r}`), rowOf)}
-  ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `nanf_${r}`), rowOf)}
 ${rowsR.map(r => `  if (i_${r} < SEQQ) {
     let inv = select(1.0 / l_${r}, 0.0, l_${r} == 0.0);
 ${oxX.map(x => `    if (${colOk(x)}) { store_out(b, h, i_${r}, tc + ${x * TC}u, ${O(r, x)} * inv); }`).join('\n')}
     if (tc == 0u) {
       let mUse = select(m_${r}, 0.0, m_${r} == negInf());
       let value = select((mUse + log2(l_${r})) * LN2, negInf(), l_${r} == 0.0);
-      // max() and exp2() of NaN are implementation-defined in WGSL; a NaN score makes the row NaN as in softmax.
-      lse[bh * SEQQ + i_${r} - u.off_lse] = select(value, nanValue(), nanf_${r} > 0.0);
+      // A NaN score leaves l non-finite whatever max() and exp2() make of NaN (both are
+      // implementation-defined in WGSL; SwiftShader's exp2(NaN) is +∞): the row's lse is NaN, as
+      // in the reference, and +∞ where the largest score is +∞.
+      let special = select(nanValue(), -negInf(), m_${r} == -negInf());
+      lse[bh * SEQQ + i_${r} - u.off_lse] = select(value, special, !isFinite(l_${r}) | (m_${r} == -negInf()));
     }
   }`).join('\n')}
 }

@@ -53,7 +53,7 @@ const LN2 = ${f32(Math.LN2)};
 fn negInf() -> f32 { return bitcast<f32>(u.neg_inf_bits); }
 fn nanValue() -> f32 { return bitcast<f32>(u.neg_inf_bits | 0x7fc00000u); }
 // By the bits: compilers may fold x != x away.
-fn isNan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn isFinite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
 `;
 }
 
@@ -104,18 +104,22 @@ function broadcastIndex(shape: number[], b: string, h: string, i: string, j: str
  * The score functions:
  *   keyLimit(b)                      keys ≥ this are hidden (keyLengths[b], clamped to SEQK)
  *   score2(dot, b, h, i, j, kl) → f32  base-2 score of a pre-scaled dot product, −∞ when hidden
+ *                                    (every key of the loops' key range is < SEQK unless keyTile says so)
  *   softcapDerivative(dot) → f32     d(capped)/d(uncapped) for the backward (1 without softcap)
  *   dropoutRow(b, h, i) → u32, dropoutKeep(row, j) → bool   (src/dropout.ts, bit for bit)
  *   blockLive(b, h, qb, kb) → bool
  * The bias binding is `bias` (f32) with element offset uniform `off_bias`.
  */
-export function scoreFunctions(c: AttentionConfig, aux: AuxLayout): string {
+export function scoreFunctions(c: AttentionConfig, aux: AuxLayout, keyTile: number): string {
   const out: string[] = [];
   out.push(c.hasKeyLengths
     ? `fn keyLimitOf(b: u32) -> u32 { return u32(clamp(bitcast<i32>(aux[${aux.keyLengths}u + b]), 0, i32(SEQK))); }`
     : 'fn keyLimitOf(b: u32) -> u32 { return SEQK; }');
 
-  const hidden: string[] = ['(j >= kl)'];
+  // Keys past SEQK only occur in a partial last key tile of `keyTile` keys (0: the pass never
+  // lets them matter), so the bound is compiled in only where it can bite.
+  const hidden: string[] = [];
+  if (c.hasKeyLengths || (keyTile > 0 && c.seqK % keyTile !== 0)) hidden.push('(j >= kl)');
   const off = queryOffset(c);
   if (c.windowLeft >= 0) hidden.push(`(i32(j) < i32(i) + ${off - c.windowLeft})`);
   if (c.windowRight >= 0) hidden.push(`(i32(j) > i32(i) + ${off + c.windowRight})`);
@@ -144,7 +148,7 @@ const BLOCK = ${c.blockSize}u;`);
   if (extra.length) body += `\n  s += LOG2E * (${extra.join(' + ')});`;
   out.push(`fn score2(dot: f32, b: u32, h: u32, i: u32, j: u32, kl: u32) -> f32 {
   ${body}
-  let hidden = ${hidden.join(' | ')};
+  let hidden = ${hidden.length ? hidden.join(' | ') : 'false'};
   return select(s, negInf(), hidden);
 }`);
   out.push(c.softcap > 0
