@@ -181,6 +181,6 @@ ${columns ? '' : stores()}
 `;
   return {
     key: JSON.stringify({ program: 'attention_backward_dkdv', config: shaderConfig(c), tiles: t, mode }),
-    bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], workgroupSize: WG, body,
+    bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], body,
   };
 }

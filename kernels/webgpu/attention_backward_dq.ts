@@ -160,7 +160,7 @@ ${rowSums ? `    if (tc == 0u) { dbias[row_${r} - u.off_dbias] = dbsum_${r}; }` 
 `;
   return {
     key: JSON.stringify({ program: 'attention_backward_dq', config: shaderConfig(c), tiles: t, useSubgroups }),
-    bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], workgroupSize: WG, body,
+    bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], body,
     extensions: useSubgroups && rowSums ? ['subgroups'] : [],
   };
 }

@@ -210,7 +210,7 @@ ${oxX.map(x => `    if (${colOk(x)}) { store_out(b, h, i_${r}, tc + ${x * TC}u, 
 `;
   return {
     key: JSON.stringify({ program: 'attention_forward', config: shaderConfig(c), tiles: t, useSubgroups, withAux }),
-    bindings, uniforms, workgroupSize: WG, body,
+    bindings, uniforms, body,
     extensions: useSubgroups ? ['subgroups'] : [],
   };
 }

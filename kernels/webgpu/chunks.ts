@@ -13,9 +13,7 @@ export type Coverage =
   /** [units × perUnit] elements, unit u at [u·perUnit, (u+1)·perUnit). */
   | { kind: 'perUnit'; elements: number }
   /** A [B', H', X] tensor (B' ∈ {1, B}, H' ∈ {1, Hq}) read by query head (b, h) at its [b', h'] block. */
-  | { kind: 'perQueryHead'; batch: number; heads: number; block: number }
-  /** Read whole by every unit. */
-  | { kind: 'whole'; elements: number };
+  | { kind: 'perQueryHead'; batch: number; heads: number; block: number };
 
 export interface UnitGeometry {
   units: number;
@@ -38,8 +36,6 @@ export function coveredRange(c: AttentionConfig, g: UnitGeometry, cov: Coverage,
       const per = cov.elements / g.units;
       return [u0 * per, u1 * per];
     }
-    case 'whole':
-      return [0, cov.elements];
     case 'perQueryHead': {
       let lo = Infinity, hi = -Infinity;
       for (let qh = u0 * g.queryHeadsPerUnit; qh < u1 * g.queryHeadsPerUnit; qh++) {

@@ -41,6 +41,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 `;
   return {
     key: JSON.stringify({ program: 'row_dot', config: shaderConfig(c) }),
-    bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], workgroupSize: ROW_DOT_ROWS, body,
+    bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], body,
   };
 }

@@ -26,7 +26,6 @@ export interface ProgramSpec {
   key: string;
   bindings: readonly BindingSpec[];
   uniforms: UniformNames;
-  workgroupSize: number;
   /** The WGSL body after the generated binding and uniform declarations. */
   body: () => string;
   /** WGSL `enable` extensions. */
@@ -88,17 +87,10 @@ export interface Dispatch {
 }
 
 /**
- * Submits tfjs' queued commands, then ours, in one new command buffer. Uniform buffers are
- * destroyed after submission; WebGPU keeps them alive until the submitted work is done.
- */
-export function runDispatches(backend: WebGPUBackend, spec: ProgramSpec, dispatches: Dispatch[]): void {
-  runPrograms(backend, [{ spec, dispatches }]);
-}
-
-/**
  * Encodes `prelude` (buffer copies) and the programs' dispatches in order, in one command buffer.
- * Every tensor involved must already be on the GPU (gpuBuffer), so that no upload is left in tfjs'
- * encoder behind ours.
+ * tfjs' queued commands are submitted first, so queue order is kept. Every tensor involved must
+ * already be on the GPU (gpuBuffer), so that no upload is left in tfjs' encoder behind ours. The
+ * uniform buffers are destroyed after submission; WebGPU keeps them alive until the work is done.
  */
 export function runPrograms(backend: WebGPUBackend, programs: Array<{ spec: ProgramSpec; dispatches: Dispatch[] }>,
   prelude?: (encoder: GPUCommandEncoder) => void): void {
