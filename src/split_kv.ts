@@ -1,0 +1,76 @@
+// Split-KV ("flash-decoding"): when a problem has few query rows against many keys (decoding with a
+// KV cache), one workgroup per (batch, head, query block) leaves most of a GPU idle, because the
+// keys of a row are visited one tile after another by one workgroup. The split path cuts the keys
+// into `splits` ranges of whole key tiles, computes each range's partial output O_s (normalized
+// over its own keys) and log-sum-exp lse_s in parallel, then merges them:
+//
+//   lse = logsumexp_s lse_s,   O = Σ_s exp(lse_s − lse) · O_s
+//
+// A range with no visible key has lse_s = −Infinity and weight 0; when every range is empty the
+// row is empty (output 0, lse −Infinity), never NaN. Dropout does not change the rule: each O_s is
+// Σ p·z·v / Σ p over its keys, so weighting by the (dropout-free) sums recombines it exactly.
+//
+// The rule (by shape only, so a cached program is reused while the cache length is fixed):
+//   parallel work  W = batch · headsQ · ceil(seqQ / queryRowsPerBlock)
+//   split when     seqQ ≤ MAX_QUERY_ROWS and W < TARGET_WORKGROUPS and seqK ≥ 2 · MIN_KEYS_PER_SPLIT
+//   splits         = min(ceil(seqK / MIN_KEYS_PER_SPLIT), ceil(TARGET_WORKGROUPS / W)), ≥ 2
+// TARGET_WORKGROUPS is about two waves of an H100's 132 SMs; below MIN_KEYS_PER_SPLIT keys a
+// range's fixed cost (staging q, writing a partial row, the merge) outweighs its work.
+import type { AttentionConfig } from './config';
+
+export const SPLIT_RULE = {
+  /** Decode-like problems only: the split kernels give each query row its own workgroup. */
+  MAX_QUERY_ROWS: 16,
+  TARGET_WORKGROUPS: 256,
+  MIN_KEYS_PER_SPLIT: 256,
+};
+
+/**
+ * Tuning knob for tests and benches, not a user option: `force` = n runs every problem with n key
+ * ranges (n = 1: never split), whatever the rule says.
+ */
+export const splitKvTuning: { force?: number } = {};
+
+/** Number of key ranges for this problem (1: the one-pass kernel); `queryRowsPerBlock` is the one-pass tile. */
+export function keySplits(c: AttentionConfig, queryRowsPerBlock: number): number {
+  if (splitKvTuning.force !== undefined) return Math.max(1, Math.min(splitKvTuning.force, c.seqK));
+  const { MAX_QUERY_ROWS, TARGET_WORKGROUPS, MIN_KEYS_PER_SPLIT } = SPLIT_RULE;
+  const work = c.batch * c.headsQ * Math.ceil(c.seqQ / queryRowsPerBlock);
+  if (c.seqQ > MAX_QUERY_ROWS || work >= TARGET_WORKGROUPS || c.seqK < 2 * MIN_KEYS_PER_SPLIT) return 1;
+  return Math.max(2, Math.min(Math.ceil(c.seqK / MIN_KEYS_PER_SPLIT), Math.ceil(TARGET_WORKGROUPS / work)));
+}
+
+/** Keys per range: range s is [s·size, (s+1)·size) ∩ [0, seqK). */
+export function keysPerSplit(c: AttentionConfig, splits: number): number {
+  return Math.ceil(c.seqK / splits);
+}
+
+/**
+ * Merges one row's partials in float64 (the cpu reference of the GPU merge pass): `lse[s]` and
+ * `partial[s·dim + d]` for s < splits into `out[outAt + d]`; returns the row's lse. A NaN lse
+ * anywhere makes the row NaN, a +Infinity one gives lse +Infinity and a NaN output (the one-pass
+ * softmax of a +Infinity score), as the one-pass kernels do.
+ */
+export function mergeRow(lse: ArrayLike<number>, partial: ArrayLike<number>, splits: number, dim: number,
+  out: Float32Array, outAt: number): number {
+  let max = -Infinity;
+  for (let s = 0; s < splits; s++) max = Math.max(max, lse[s]);
+  if (max === -Infinity) {
+    out.fill(0, outAt, outAt + dim);
+    return -Infinity;
+  }
+  if (Number.isNaN(max) || max === Infinity) {
+    out.fill(NaN, outAt, outAt + dim);
+    return max;
+  }
+  let sum = 0;
+  const acc = new Float64Array(dim);
+  for (let s = 0; s < splits; s++) {
+    if (lse[s] === -Infinity) continue;
+    const w = Math.exp(lse[s] - max);
+    sum += w;
+    for (let d = 0; d < dim; d++) acc[d] += w * partial[s * dim + d];
+  }
+  for (let d = 0; d < dim; d++) out[outAt + d] = acc[d] / sum;
+  return max + Math.log(sum);
+}
