@@ -6,6 +6,7 @@ import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { AttentionConfig, outputShape } from '../../src/config';
 import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
+import { keySplits } from '../../src/split_kv';
 import { warnOnce } from '../../src/warn';
 import { auxLayout, auxNeeded, encodeAuxCopies } from './aux';
 import { forwardProgram, forwardWorkgroupBytes } from './attention_forward';
@@ -14,6 +15,7 @@ import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeome
 import {
   Dispatch, gpuBuffer, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer, subgroupMinSize,
 } from './runtime';
+import { splitForwardWebGPU } from './flash_attention_split';
 import { chooseTiles, forBlockSize, FORWARD_TILES, subgroupReduceFits, Tiles } from './tiles';
 
 export function isAttentionConfig(attrs: NamedAttrMap | undefined): attrs is NamedAttrMap & AttentionConfig {
@@ -83,6 +85,9 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
     warnOnce('webgpu-float16', "precision 'float16' has no webgpu kernel yet: computing in float32.");
   }
   const t = unpackAttentionInputs(c, inputs);
+  // Decode shapes (few query rows, many keys) spread the keys over workgroups (src/split_kv.ts).
+  const splits = keySplits(c, FORWARD_TILES[0].rows);
+  if (splits > 1) return splitForwardWebGPU(backend, c, t, splits);
   const device = backend.device;
   const buffers: Record<string, GPUBuffer> = {
     q: gpuBuffer(backend, t.q), k: gpuBuffer(backend, t.k), v: gpuBuffer(backend, t.v),
