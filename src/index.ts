@@ -15,6 +15,10 @@ export type { AttentionImplementation, CausalSelfAttentionArgs } from './layers/
 export { Gpt2Mlp, PositionEmbedding, TokenEmbedding } from './layers/gpt2_blocks';
 export { GPT2_PRESETS, gpt2, gpt2Config } from './models/gpt2';
 export type { Gpt2Config, Gpt2Options } from './models/gpt2';
+export { Gpt2Decoder, generate, recomputeLogits } from './models/generate';
+export type { GenerateOptions } from './models/generate';
+export { KVCache } from './models/kv_cache';
+export { KVCacheUpdate } from './kernel_names';
 
 // Script-tag use: a page that loaded tfjs as a global `tf` gets `tf.flashAttention`.
 const globalTf: unknown = (globalThis as { tf?: unknown }).tf;

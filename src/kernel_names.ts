@@ -5,3 +5,9 @@ export const FlashAttention = 'FlashAttention';
  * the rank-4 `biasShape`) when a bias was given.
  */
 export const FlashAttentionGrad = 'FlashAttentionGrad';
+/**
+ * KV-cache write (src/models/kv_cache.ts): inputs [cache [B, L, H, D], rows [B, T, H, D]], attrs
+ * { positions: number[] } (one per batch); writes rows[b] into cache[b, positions[b] …] in place,
+ * in the cache's own storage, and returns no output.
+ */
+export const KVCacheUpdate = 'KVCacheUpdate';

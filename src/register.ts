@@ -5,10 +5,12 @@ import type { KernelConfig } from '@tensorflow/tfjs-core';
 import { flashAttentionGradConfig } from '../gradients/flash_attention_grad';
 import { flashAttentionCpuConfig } from '../kernels/cpu/flash_attention';
 import { flashAttentionGradCpuConfig } from '../kernels/cpu/flash_attention_grad';
+import { kvCacheUpdateCpuConfig } from '../kernels/cpu/kv_cache_update';
 import { flashAttentionWebGLConfig } from '../kernels/webgl/flash_attention';
 import { flashAttentionGradWebGLConfig } from '../kernels/webgl/flash_attention_grad';
 import { flashAttentionWebGPUConfig } from '../kernels/webgpu/flash_attention';
 import { flashAttentionGradWebGPUConfig } from '../kernels/webgpu/flash_attention_grad';
+import { kvCacheUpdateWebGPUConfig } from '../kernels/webgpu/kv_cache_update';
 
 const KERNELS: KernelConfig[] = [
   flashAttentionCpuConfig,
@@ -17,6 +19,8 @@ const KERNELS: KernelConfig[] = [
   flashAttentionGradWebGLConfig,
   flashAttentionWebGPUConfig,
   flashAttentionGradWebGPUConfig,
+  kvCacheUpdateCpuConfig,
+  kvCacheUpdateWebGPUConfig,
 ];
 
 let registered = false;

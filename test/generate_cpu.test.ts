@@ -1,0 +1,20 @@
+// KV-cache generation on the cpu backend (checks in test/setup/generate_checks.ts).
+import '@tensorflow/tfjs-backend-cpu';
+import * as tf from '@tensorflow/tfjs-core';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import '@tensorflow/tfjs-layers';
+import { checkCachedLogits, checkGreedyGeneration, checkInPlaceWrite, tinyModel } from './setup/generate_checks';
+
+let model: LayersModel;
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+  model = tinyModel();
+});
+
+afterAll(() => model.dispose());
+
+test('KVCacheUpdate writes rows into the cache tensor in place', checkInPlaceWrite);
+test('cached logits equal recomputing the prefix (prompts of different lengths)', () => checkCachedLogits(model));
+test('cached logits equal recomputing the prefix, keys forced through the split path', () => checkCachedLogits(model, 3));
+test('greedy generate() with the cache equals greedy recompute; no leaks', () => checkGreedyGeneration(model));

@@ -1,0 +1,23 @@
+// KV-cache generation on the webgpu backend in Node through Dawn (SwiftShader here): the cache
+// write is a copyBufferToBuffer into the cache tensor's GPUBuffer (checks in test/setup/generate_checks.ts).
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import '@tensorflow/tfjs-layers';
+import { checkCachedLogits, checkGreedyGeneration, checkInPlaceWrite, tinyModel } from './setup/generate_checks';
+import { initDawnWebGPU } from './setup/webgpu_node';
+
+let model: LayersModel;
+
+beforeAll(async () => {
+  await initDawnWebGPU();
+  expect(tf.getBackend()).toBe('webgpu');
+  model = tinyModel();
+}, 120000);
+
+afterAll(() => model.dispose());
+
+test('KVCacheUpdate writes rows into the cache tensor in place', checkInPlaceWrite);
+test('cached logits equal recomputing the prefix (prompts of different lengths)', () => checkCachedLogits(model));
+test('cached logits equal recomputing the prefix, keys forced through the split path', () => checkCachedLogits(model, 3));
+test('greedy generate() with the cache equals greedy recompute; no leaks', () => checkGreedyGeneration(model));
