@@ -2,6 +2,7 @@
 // per-step timing (a step ends when its loss is read back, so GPU work is included), sampling.
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
+import { Gpt2Decoder } from '../../src/models/generate';
 import type { Batch, TokenDataset } from './dataset';
 import type { Tokenizer } from './tokenizer';
 
@@ -86,20 +87,39 @@ export interface SampleOptions {
   random: () => number;
 }
 
-/** Continues `prompt` by `count` tokens, one full forward pass per token (no KV cache). */
+/**
+ * Continues `prompt` by `count` tokens with the library's KV cache (src/models/generate.ts): one
+ * pass over the prompt, then one position per new token, attending over the cached keys and
+ * values. When the cache holds a full context, it starts over from the last half context.
+ */
 export async function generate(model: LayersModel, tokenizer: Tokenizer, prompt: string, count: number,
   options: SampleOptions): Promise<string> {
   const ids = tokenizer.encode(prompt);
-  for (let n = 0; n < count; n++) {
-    const window = ids.slice(-options.context);
-    const last = tf.tidy(() => {
-      const logits = model.apply(tf.tensor2d([window], [1, window.length], 'int32'), { training: false }) as tf.Tensor;
-      const [, t, v] = logits.shape as number[];
-      return tf.reshape(tf.slice(logits, [0, t - 1, 0], [1, 1, v]), [v]);
-    });
-    const logits = await last.data();
-    last.dispose();
-    ids.push(sampleTopK(logits, options));
+  const decoder = new Gpt2Decoder(model);
+  let cache = decoder.newCache(1, options.context);
+  let input = ids.slice(-options.context);
+  try {
+    for (let n = 0; n < count; n++) {
+      if (cache.lengths[0] + input.length > options.context) {
+        cache.dispose();
+        cache = decoder.newCache(1, options.context);
+        input = ids.slice(-Math.ceil(options.context / 2));
+      }
+      const step = tf.tensor2d([input], [1, input.length], 'int32');
+      const logits = decoder.forward(cache, step, [input.length]);
+      const last = tf.tidy(() => {
+        const v = logits.shape[2];
+        return tf.reshape(tf.slice(logits, [0, input.length - 1, 0], [1, 1, v]), [v]);
+      });
+      tf.dispose([step, logits]);
+      const values = await last.data();
+      last.dispose();
+      const next = sampleTopK(values, options);
+      ids.push(next);
+      input = [next];
+    }
+  } finally {
+    cache.dispose();
   }
   return tokenizer.decode(ids);
 }

@@ -67,13 +67,14 @@ function writeRows(cache: Tensor4D, rows: Tensor, positions: number[]): Tensor4D
   }
   warnOnce(`kv-cache-${tf.getBackend()}`, `KVCache: no in-place cache write on the '${tf.getBackend()}' backend; ` +
     'each step rebuilds the cache tensors (a copy of the cache per token).');
-  const updated = tf.tidy(() => tf.stack(Array.from({ length: B }, (_, b) => {
+  // Kept: the write may run inside a caller's tidy, and the cache outlives it.
+  const updated = tf.keep(tf.tidy(() => tf.stack(Array.from({ length: B }, (_, b) => {
     const row = tf.squeeze(tf.slice(cache, [b, 0, 0, 0], [1, L, -1, -1]), [0]);
     const fresh = tf.squeeze(tf.slice(rows, [b, 0, 0, 0], [1, T, -1, -1]), [0]);
     const p = positions[b];
     const parts = [tf.slice(row, [0, 0, 0], [p, -1, -1]), fresh, tf.slice(row, [p + T, 0, 0], [L - p - T, -1, -1])];
     return tf.concat(parts, 0);
-  })) as Tensor4D);
+  })) as Tensor4D));
   cache.dispose();
   return updated;
 }
