@@ -50,8 +50,8 @@ export class CharTokenizer implements Tokenizer {
 
 /**
  * GPT-2's byte-pair encoding (r50k_base, 50257 tokens). With `compact`, model ids are renumbered
- * to the GPT-2 tokens the corpus actually uses (Moby-Dick uses ~16.6k of 50257), in GPT-2 id
- * order: the embedding and the output layer shrink 3×, and the text is tokenized exactly as GPT-2
+ * to the GPT-2 tokens the corpus actually uses (Moby-Dick uses 15,628 of 50,257), in GPT-2 id
+ * order: the embedding and the output layer shrink 3.2×, and the text is tokenized exactly as GPT-2
  * does; a model trained this way just cannot emit tokens the book never contains.
  */
 export class Gpt2Tokenizer implements Tokenizer {
