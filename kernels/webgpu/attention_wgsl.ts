@@ -228,12 +228,19 @@ export function blockSkip(c: AttentionConfig, rFirst: string, rLast: string, kFi
 
 /**
  * Causal-like bands give the last query blocks the most keys. GPUs start workgroups in x-major
- * order, so for those the grid runs heads in groups of HEAD_GROUP: x = (query block, reversed) ×
- * head within the group, y = group. The heaviest blocks of a group's heads start first and light
- * ones fill the tail, while the workgroups in flight share the K/V of only HEAD_GROUP heads (all
- * heads' K/V at once overflowed the H100's L2 at N = 16384 and halved the speed).
+ * order, so for those the grid runs heads in groups: x = (query block, reversed) × head within
+ * the group, y = group. The heaviest blocks of a group's heads start first and light ones fill the
+ * tail, while the workgroups in flight share the K/V of only one group of heads. On the H100 all 12
+ * heads at once was best at N = 4096 (K/V 24 MiB) but, with 8 MiB per head at N = 16384,
+ * overflowed its 50 MB L2 and halved the speed; groups are sized to keep K/V under ~24 MiB.
  */
-const HEAD_GROUP = 4;
+const GROUP_KV_BYTES = 24 * 2 ** 20;
+
+function headGroup(c: AttentionConfig, rows: number): number {
+  const perHead = c.seqK * (c.headDim + c.headDimV) * 4;
+  const fitsX = Math.floor(65535 / Math.ceil(c.seqQ / rows));
+  return Math.max(1, Math.min(c.batch * c.headsQ, fitsX, Math.floor(GROUP_KV_BYTES / perHead)));
+}
 
 function heavyFirst(c: AttentionConfig): boolean {
   return c.windowRight >= 0 && c.windowLeft < 0;
@@ -242,7 +249,8 @@ function heavyFirst(c: AttentionConfig): boolean {
 /** Workgroup grid of a pass with one workgroup per (query head, block of `rows` query rows). */
 export function queryBlockGrid(c: AttentionConfig, rows: number, heads: number): [number, number, number] {
   const blocks = Math.ceil(c.seqQ / rows);
-  return heavyFirst(c) ? [blocks * HEAD_GROUP, Math.ceil(heads / HEAD_GROUP), 1] : [blocks, heads, 1];
+  const group = headGroup(c, rows);
+  return heavyFirst(c) ? [blocks * group, Math.ceil(heads / group), 1] : [blocks, heads, 1];
 }
 
 /**
@@ -253,8 +261,9 @@ export function queryBlockIds(c: AttentionConfig, rows: number): string {
   const perUnit = c.layout === 'BHSD' ? 'GROUP' : 'HQ';
   const blocks = Math.ceil(c.seqQ / rows);
   if (!heavyFirst(c)) return `let qb = wid.x;\n  let bh = u.unit_start * ${perUnit} + wid.y;`;
-  return `let qb = ${blocks - 1}u - wid.x / ${HEAD_GROUP}u;
-  let hInChunk = wid.y * ${HEAD_GROUP}u + wid.x % ${HEAD_GROUP}u;
+  const group = headGroup(c, rows);
+  return `let qb = ${blocks - 1}u - wid.x / ${group}u;
+  let hInChunk = wid.y * ${group}u + wid.x % ${group}u;
   if (hInChunk >= u.heads_in_chunk) { return; }
   let bh = u.unit_start * ${perUnit} + hInChunk;`;
 }
