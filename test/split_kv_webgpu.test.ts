@@ -5,6 +5,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-layers';
+import { webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
 import { flashAttention } from '../src/index';
 import { splitKvTuning } from '../src/split_kv';
 import { caseData } from './cases';
@@ -42,6 +43,18 @@ describe('webgpu decode shapes (split by the rule)', () => {
       expect(failures(checkCase(c, data, result, 2e-5))).toBe('');
     });
   }
+
+  test('K and V larger than the binding limit bind in slices (one dispatch per chunk)', async () => {
+    const c = { name: 'decode chunked', b: 2, hq: 4, hkv: 2, nq: 1, nk: 4096, d: 8, dv: 8, causal: true, grad: false };
+    const data = caseData(c);
+    // One (batch, KV head) slice of K is 128 KiB: at most two fit a 300 KB binding.
+    webgpuAttentionTuning.maxBindingBytes = 300_000;
+    try {
+      expect(failures(checkCase(c, data, await runCase(c, data), 2e-5))).toBe('');
+    } finally {
+      webgpuAttentionTuning.maxBindingBytes = undefined;
+    }
+  });
 
   test('split and one-pass outputs agree; every range but one empty gives no NaN', async () => {
     const q = tf.randomNormal([1, 2, 1, 8], 0, 1, 'float32', 1);
