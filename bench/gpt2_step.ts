@@ -6,6 +6,10 @@
 //     [--steps 3] [--profile] [--backend auto|webgpu|cpu] [--vocab N (default: the preset's, 50257)]
 // With $OUT set (the device tool), the lines are also appended to $OUT/gpt2_step.jsonl. On WebGPU a
 // measurement runs inside error scopes, so a buffer over the device's limits is reported, not missed.
+// Run big configurations one per process: tfjs' webgpu backend keeps freed buffers in a pool, so
+// after naive attention at 4 × 2048 the next model in the same process ran out of device memory.
+// tf.profile lists the fused FlashAttention kernels with 0 ms (tfjs' timer does not see their
+// dispatches): the identity ablation, not the profile, measures attention's share.
 import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
