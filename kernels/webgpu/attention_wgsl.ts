@@ -231,10 +231,11 @@ export function blockSkip(c: AttentionConfig, rFirst: string, rLast: string, kFi
  * order, so for those the grid runs heads in groups: x = (query block, reversed) × head within
  * the group, y = group. The heaviest blocks of a group's heads start first and light ones fill the
  * tail, while the workgroups in flight share the K/V of only one group of heads. On the H100 all 12
- * heads at once was best at N = 4096 (K/V 24 MiB) but, with 8 MiB per head at N = 16384,
- * overflowed its 50 MB L2 and halved the speed; groups are sized to keep K/V under ~24 MiB.
+ * heads at once was best at N = 4096, D = 64 (K/V 24 MiB) but, with 8 MiB per head at N = 16384,
+ * overflowed its 50 MB L2 and halved the speed, where groups of 4 heads (32 MiB) were fast; groups
+ * are sized to keep their K/V within 32 MiB.
  */
-const GROUP_KV_BYTES = 24 * 2 ** 20;
+const GROUP_KV_BYTES = 32 * 2 ** 20;
 
 function headGroup(c: AttentionConfig, rows: number): number {
   const perHead = c.seqK * (c.headDim + c.headDimV) * 4;
