@@ -1,5 +1,6 @@
 // The FlashAttention-2 forward program: one workgroup per (batch·head, block of query rows). The
-// Q block is staged once in workgroup memory, pre-scaled into base 2; K and V tiles of `cols` keys
+// Q block is staged once in workgroup memory, pre-scaled into base 2 (or, with rowsFromGlobal, each
+// thread reads its Q rows from global memory and scales the dot products); K and V tiles of `cols` keys
 // stream through workgroup memory; each thread keeps its rowsPerThread × colsPerThread scores, its
 // rows' running max and partial sum, and its slice of the output accumulator in registers (online
 // softmax with exp2). Key tiles outside the window / causal band or past keyLengths are never
@@ -46,7 +47,7 @@ export function forwardBindings(c: AttentionConfig, withAux: boolean): BindingSp
 }
 
 /**
- * The loop over key tiles [tFirst, tEnd) around \`body\` (which sees \`t\`). Block-sparse: the tiles of
+ * The loop over key tiles [tFirst, tEnd) around `body` (which sees `t`). Block-sparse: the tiles of
  * each run of TILE_LIST are tested in parallel and the live ones listed in order by thread 0, so a
  * dead tile costs no barrier and no serial mask read.
  */

@@ -61,6 +61,7 @@ const QSCALE = ${f32(queryScale(c))};
 var<workgroup> qs: array<vec4<f32>, ${Math.ceil(c.headDim / 4)}>;
 var<workgroup> scores: array<f32, ${SPLIT_TILE}>;
 var<workgroup> weights: array<f32, ${SPLIT_TILE}>;
+${c.dropoutRate > 0 ? `var<workgroup> probs: array<f32, ${SPLIT_TILE}>;` : ''}
 var<workgroup> flag: u32;
 ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
@@ -106,10 +107,11 @@ ${c.dropoutRate > 0 ? '  let dropRow = dropoutRow(b, h, i);\n' : ''}  var m = ne
     let alpha = exp2(m - mUse);
     m = mNew;
     let p = exp2(s - mUse);
-    weights[lidx] = ${c.dropoutRate > 0 ? 'select(0.0, p * KEEP_SCALE, dropoutKeep(dropRow, j))' : 'p'};
+${c.dropoutRate > 0 ? `    probs[lidx] = p;
+    weights[lidx] = select(0.0, p * KEEP_SCALE, dropoutKeep(dropRow, j));` : '    weights[lidx] = p;'}
     workgroupBarrier();
     var lt = 0.0;
-    for (var e = 0u; e < WG; e++) { lt += exp2(scores[e] - mUse); }
+    for (var e = 0u; e < WG; e++) { lt += ${c.dropoutRate > 0 ? 'probs' : 'weights'}[e]; }
     l = l * alpha + lt;
     acc *= alpha;
     let n = min(WG, hi - j0);
