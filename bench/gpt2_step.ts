@@ -15,7 +15,6 @@ import * as path from 'path';
 import { parseArgs } from 'util';
 import * as tf from '@tensorflow/tfjs-core';
 import { isBackendRequest, selectBackend } from '../examples/gpt2/backend';
-import { registerTileGradient } from '../examples/gpt2/tile_gradient';
 import { Trainer } from '../examples/gpt2/training';
 import { gpt2, gpt2Config } from '../src/index';
 import { initDawnWebGPU } from '../test/setup/webgpu_node';
@@ -144,8 +143,6 @@ async function main(): Promise<void> {
   const bad = variants.find(v => !isVariant(v));
   if (bad !== undefined) throw new Error(`unknown variant ${bad}: flash, naive or identity`);
   const vocab = values.vocab === undefined ? gpt2Config({ preset: values.preset }).vocabSize : Number(values.vocab);
-  // The example's training runs with this gradient too (see tile_gradient.ts for why).
-  registerTileGradient();
   const backend = await selectBackend(values.backend);
   console.error(`backend: ${backend.description}`);
   for (const context of values.contexts.split(',').map(Number)) {

@@ -13,6 +13,8 @@ export type { MultiHeadAttentionArgs, MultiHeadAttentionCallArgs } from './layer
 export { CausalSelfAttention } from './layers/causal_self_attention';
 export type { AttentionImplementation, CausalSelfAttentionArgs } from './layers/causal_self_attention';
 export { Gpt2Mlp, PositionEmbedding, TokenEmbedding } from './layers/gpt2_blocks';
+export { LayerNorm } from './layers/layer_norm';
+export type { LayerNormArgs } from './layers/layer_norm';
 export { GPT2_PRESETS, gpt2, gpt2Config } from './models/gpt2';
 export type { Gpt2Config, Gpt2Options } from './models/gpt2';
 export { Gpt2Decoder, generate, recomputeLogits } from './models/generate';

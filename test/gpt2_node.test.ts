@@ -1,6 +1,6 @@
-// The Node side of the GPT-2 example on tfjs' cpu backend: tokenizers, the Tile gradient it
-// registers, a short training run whose loss falls without leaking tensors, a checkpoint round
-// trip, and the `npm start` CLI end to end (train, save, load, same sample).
+// The Node side of the GPT-2 example on tfjs' cpu backend: tokenizers, a short training run whose
+// loss falls without leaking tensors, a checkpoint round trip, and the `npm start` CLI end to end
+// (train, save, load, same sample).
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -12,7 +12,6 @@ import { directoryHandler } from '../examples/gpt2/checkpoint';
 import { readMobyDick } from '../examples/gpt2/corpus_node';
 import { TokenDataset } from '../examples/gpt2/dataset';
 import { buildModel } from '../examples/gpt2/model';
-import { registerTileGradient } from '../examples/gpt2/tile_gradient';
 import { CharTokenizer, Gpt2Tokenizer, tokenizerFromSpec } from '../examples/gpt2/tokenizer';
 import { Trainer, validationLoss } from '../examples/gpt2/training';
 
@@ -23,7 +22,6 @@ let tmp: string;
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
-  registerTileGradient();
   text = readMobyDick();
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gpt2-node-'));
 });
@@ -52,23 +50,6 @@ test('tokenizers round-trip the text; compact GPT-2 BPE keeps GPT-2 tokenization
   expect(Math.max(...ids)).toBeLessThan(compact.vocabSize);
   expect(compact.decode(ids)).toBe(paragraph);
   expect(tokenizerFromSpec(compact.spec()).encode(paragraph)).toEqual(ids);
-});
-
-test('the registered Tile gradient sums each repetition of dy', () => {
-  const shape = [2, 3, 2];
-  const reps = [3, 1, 2];
-  const x = tf.randomNormal(shape);
-  const dy = tf.randomNormal(shape.map((s, i) => s * reps[i]));
-  const grad = tf.grad((t: tf.Tensor) => tf.tile(t, reps))(x, dy);
-  const dyValues = dy.arraySync() as number[][][];
-  const expected = [...Array(shape[0])].map(() => [...Array(shape[1])].map(() => Array(shape[2]).fill(0)));
-  dyValues.forEach((plane, a) => plane.forEach((row, b) => row.forEach((value, c) => {
-    expected[a % shape[0]][b % shape[1]][c % shape[2]] += value;
-  })));
-  expect(grad.shape).toEqual(shape);
-  const actual = grad.arraySync() as number[][][];
-  actual.flat(2).forEach((value, i) => expect(value).toBeCloseTo(expected.flat(2)[i], 5));
-  tf.dispose([x, dy, grad]);
 });
 
 test('a tiny GPT-2 learns characters on cpu, without leaking tensors, and survives a checkpoint', async () => {

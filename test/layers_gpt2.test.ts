@@ -4,7 +4,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor, Tensor3D } from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { CausalSelfAttention, FlashAttention, gpt2, gpt2Config } from '../src/index';
+import { CausalSelfAttention, FlashAttention, gpt2, gpt2Config, LayerNorm } from '../src/index';
 import type { Gpt2Options } from '../src/index';
 import { maxAbsDiff } from './layers_reference';
 
@@ -175,4 +175,53 @@ describe('gpt2', () => {
       loaded.dispose();
     });
   }
+});
+
+describe('LayerNorm', () => {
+  it('equals tfjs-layers\' LayerNormalization (outputs and gradients) with the same weight names', () => {
+    const ours = new LayerNorm({ epsilon: 1e-5, name: 'ln' });
+    const theirs = tfl.layers.layerNormalization({ epsilon: 1e-5, name: 'ln_tfjs' });
+    const x = tf.randomNormal([2, 5, 8], 1, 2, 'float32', 3) as Tensor3D;
+    tf.dispose([ours.apply(x) as Tensor, theirs.apply(x) as Tensor]);
+    expect(ours.weights.map(w => [w.originalName, w.shape])).toEqual([['ln/gamma', [8]], ['ln/beta', [8]]]);
+    const values = [tf.randomNormal([8], 1, 0.5, 'float32', 4), tf.randomNormal([8], 0, 0.5, 'float32', 5)];
+    ours.setWeights(values);
+    theirs.setWeights(values);
+    const dy = tf.randomNormal([2, 5, 8], 0, 1, 'float32', 6);
+    const gradsOf = (layer: tfl.layers.Layer) => {
+      const variables = layer.trainableWeights.map(w => w.read() as tf.Variable);
+      const f = (input: Tensor) => tf.sum(tf.mul(layer.apply(input) as Tensor, dy)) as tf.Scalar;
+      const { value, grads } = tf.variableGrads(() => f(x), variables);
+      value.dispose();
+      return [tf.grad(f)(x), ...variables.map(v => grads[v.name])];
+    };
+    const before = tf.memory().numTensors;
+    const out = ours.apply(x) as Tensor;
+    const expected = theirs.apply(x) as Tensor;
+    expect(maxAbsDiff(out, expected)).toBeLessThan(1e-5);
+    const oursGrads = gradsOf(ours);
+    const theirGrads = gradsOf(theirs);
+    oursGrads.forEach((g, i) => expect(relativeDiff(g, theirGrads[i])).toBeLessThan(1e-5));
+    tf.dispose([out, expected, ...oursGrads, ...theirGrads]);
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose([x, dy, ...values]);
+    ours.dispose();
+    theirs.dispose();
+  });
+
+  it('keeps a GPT-2 training step free of Tile (whose tfjs gradient runs a Slice and an Add per row)', async () => {
+    const model = gpt2(TINY);
+    const { ids, targets } = tokenBatch(4, 12, 17);
+    const variables = model.trainableWeights.map(w => w.read() as tf.Variable);
+    const profile = await tf.profile(() => {
+      const { value, grads } = tf.variableGrads(() => lossOf(model, ids, targets), variables);
+      tf.dispose([value, ...Object.values(grads)]);
+    });
+    const names = profile.kernels.map(k => k.name);
+    expect(names).not.toContain('Tile');
+    // 48 rows per LayerNorm: the per-row Tile gradient alone would add over 1,000 kernels.
+    expect(names.length).toBeLessThan(800);
+    tf.dispose([ids, targets]);
+    model.dispose();
+  });
 });

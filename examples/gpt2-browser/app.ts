@@ -10,11 +10,9 @@ import { prepareText } from '../gpt2/corpus';
 import { seededRandom, TokenDataset } from '../gpt2/dataset';
 import { Attention, buildModel, isAttention, PRESET_NAMES } from '../gpt2/model';
 import { isTokenizerKind, Tokenizer, TokenizerKind, tokenizerFor } from '../gpt2/tokenizer';
-import { registerTileGradient } from '../gpt2/tile_gradient';
 import { generate, Trainer } from '../gpt2/training';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 
-registerTileGradient();
 Chart.register(LineController, LineElement, PointElement, LinearScale, Tooltip, Legend);
 
 type BackendName = 'webgpu' | 'webgl';

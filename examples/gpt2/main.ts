@@ -6,7 +6,6 @@ import * as tfl from '@tensorflow/tfjs-layers';
 import { SingleBar } from 'cli-progress';
 import { BackendChoice, isBackendRequest, selectBackend } from './backend';
 import { directoryHandler } from './checkpoint';
-import { registerTileGradient } from './tile_gradient';
 import { CORPUS_SOURCE } from './corpus';
 import { readMobyDick } from './corpus_node';
 import { seededRandom, TokenDataset } from './dataset';
@@ -170,7 +169,6 @@ async function main(): Promise<void> {
     process.stdout.write(USAGE);
     return;
   }
-  registerTileGradient();
   const started = performance.now();
   const backend: BackendChoice = await selectBackend(flags.backend);
   console.log(`backend: ${backend.description}`);

@@ -6,6 +6,7 @@
 import * as tfl from '@tensorflow/tfjs-layers';
 import { AttentionImplementation, CausalSelfAttention } from '../layers/causal_self_attention';
 import { Gpt2Mlp, PositionEmbedding, TokenEmbedding } from '../layers/gpt2_blocks';
+import { LayerNorm } from '../layers/layer_norm';
 
 export interface Gpt2Options {
   /** Named size: 'tiny', 'mini' or 'small' (GPT-2 small); options given here override it. */
@@ -100,7 +101,7 @@ export function gpt2(options: Gpt2Options = {}): tfl.LayersModel {
   x = tfl.layers.dropout({ rate: c.embeddingDropout, name: `${c.name}_drop` }).apply(x) as tfl.SymbolicTensor;
   for (let i = 0; i < c.numLayers; i++) {
     const prefix = `${c.name}_h${i}`;
-    const layerNorm = (n: number) => tfl.layers.layerNormalization({ epsilon: c.layerNormEpsilon, name: `${prefix}_ln_${n}` });
+    const layerNorm = (n: number) => new LayerNorm({ epsilon: c.layerNormEpsilon, name: `${prefix}_ln_${n}` });
     let h = layerNorm(1).apply(x) as tfl.SymbolicTensor;
     h = new CausalSelfAttention({
       numHeads: c.numHeads, attentionDropout: c.attentionDropout, residualDropout: c.residualDropout,
@@ -115,7 +116,7 @@ export function gpt2(options: Gpt2Options = {}): tfl.LayersModel {
     }).apply(h) as tfl.SymbolicTensor;
     x = tfl.layers.add({ name: `${prefix}_add_2` }).apply([x, h]) as tfl.SymbolicTensor;
   }
-  x = tfl.layers.layerNormalization({ epsilon: c.layerNormEpsilon, name: `${c.name}_ln_f` }).apply(x) as tfl.SymbolicTensor;
+  x = new LayerNorm({ epsilon: c.layerNormEpsilon, name: `${c.name}_ln_f` }).apply(x) as tfl.SymbolicTensor;
   const head = c.tiedEmbeddings ? tokens : new TokenEmbedding({
     vocabSize: c.vocabSize, channels: c.channels, name: `${c.name}_lm_head`,
   });

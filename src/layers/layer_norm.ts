@@ -1,0 +1,78 @@
+// Layer normalization over the last axis, as GPT-2 uses it: (x − mean) / √(var + ε) · gamma + beta,
+// with the weights tfjs-layers' LayerNormalization has (`gamma` and `beta`, [C]).
+//
+// tfjs-layers' own LayerNormalization tiles its statistics, gamma and beta to the input's full
+// shape before calling batchNormalization, and tfjs 4.22's Tile gradient adds one slice of dy per
+// repetition: one Slice and one Add kernel per row of the input, thousands per training step
+// (each a GPU dispatch). Here every op broadcasts, and broadcasting ops' gradients reduce with one
+// sum per operand.
+import * as tf from '@tensorflow/tfjs-core';
+import type { Tensor } from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import type { LayerArgs } from '@tensorflow/tfjs-layers/dist/engine/topology';
+import { Initializer, KerasIdentifier, getInitializer, serializeObject } from './keras_objects';
+
+export interface LayerNormArgs extends LayerArgs {
+  /** Added to the variance; GPT-2 uses 1e-5. */
+  epsilon?: number;
+  gammaInitializer?: KerasIdentifier<Initializer> | null;
+  betaInitializer?: KerasIdentifier<Initializer> | null;
+}
+
+const NAME = 'LayerNorm';
+
+export class LayerNorm extends tfl.layers.Layer {
+  static className = NAME;
+  readonly epsilon: number;
+  private readonly gammaInitializer: Initializer;
+  private readonly betaInitializer: Initializer;
+  private weightsOf: { gamma: tfl.LayerVariable; beta: tfl.LayerVariable } | null = null;
+
+  constructor(args: LayerNormArgs = {}) {
+    const { epsilon, gammaInitializer, betaInitializer, ...base } = args;
+    super(base);
+    this.epsilon = epsilon ?? 1e-5;
+    if (!(typeof this.epsilon === 'number' && this.epsilon > 0)) {
+      throw new Error(`${NAME}: epsilon must be a positive number, got ${epsilon}`);
+    }
+    this.gammaInitializer = getInitializer(gammaInitializer, 'ones');
+    this.betaInitializer = getInitializer(betaInitializer, 'zeros');
+  }
+
+  override build(inputShape: tfl.Shape | tfl.Shape[]): void {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tfl.Shape;
+    const channels = shape[shape.length - 1];
+    if (typeof channels !== 'number') {
+      throw new Error(`${NAME}: the last axis of the input must be known, got [${shape.join(', ')}]`);
+    }
+    this.weightsOf = {
+      gamma: this.addWeight('gamma', [channels], 'float32', this.gammaInitializer),
+      beta: this.addWeight('beta', [channels], 'float32', this.betaInitializer),
+    };
+    this.built = true;
+  }
+
+  override computeOutputShape(inputShape: tfl.Shape | tfl.Shape[]): tfl.Shape {
+    return (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tfl.Shape;
+  }
+
+  override call(inputs: Tensor | Tensor[]): Tensor {
+    return tf.tidy(() => {
+      if (this.weightsOf === null) throw new Error(`${NAME}: called before being built`);
+      const x = Array.isArray(inputs) ? inputs[0] : inputs;
+      const { mean, variance } = tf.moments(x, -1, true);
+      const normalized = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.epsilon)));
+      return tf.add(tf.mul(normalized, this.weightsOf.gamma.read()), this.weightsOf.beta.read());
+    });
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return {
+      ...super.getConfig(), epsilon: this.epsilon,
+      gammaInitializer: serializeObject(this.gammaInitializer),
+      betaInitializer: serializeObject(this.betaInitializer),
+    };
+  }
+}
+
+tf.serialization.registerClass(LayerNorm);
