@@ -14,10 +14,10 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import * as tf from '@tensorflow/tfjs-core';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { isBackendRequest, selectBackend } from '../examples/gpt2/backend';
 import { Trainer } from '../examples/gpt2/training';
 import { gpt2, gpt2Config } from '../src/index';
-import { initDawnWebGPU } from '../test/setup/webgpu_node';
 import { ablateAttention } from './gpt2_ablation';
 
 type Variant = 'flash' | 'naive' | 'identity';
@@ -108,7 +108,7 @@ async function measure(variant: Variant, preset: string, vocab: number, context:
 /** Runs `measure` inside WebGPU validation and out-of-memory error scopes where the backend is webgpu. */
 async function guarded(run: () => Promise<Measurement>): Promise<Measurement> {
   if (tf.getBackend() !== 'webgpu') return run();
-  const { device } = await initDawnWebGPU();
+  const { device } = tf.backend() as WebGPUBackend;
   device.pushErrorScope('validation');
   device.pushErrorScope('out-of-memory');
   const result = await run();

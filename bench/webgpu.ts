@@ -22,7 +22,7 @@ import { webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
 import { flushTfjs } from '../kernels/webgpu/runtime';
 import { threadsOf, Tiles } from '../kernels/webgpu/tiles';
 import type { AttentionConfig } from '../src/config';
-import { initDawnWebGPU } from '../test/setup/webgpu_node';
+import { initDawn } from '../src/node';
 
 const H = 12;
 const quick = process.argv.includes('--quick');
@@ -225,10 +225,9 @@ async function final(): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const gpu = await initDawnWebGPU();
-  const device = backend().device;
+  const { description, device } = await initDawn({ swiftShaderFallback: true });
   const limit = device.limits.maxComputeWorkgroupStorageSize;
-  console.log(`adapter: ${gpu.description}; subgroups ${gpu.subgroups}; workgroup memory ${limit} B; ` +
+  console.log(`adapter: ${description}; subgroups ${device.features.has('subgroups')}; workgroup memory ${limit} B; ` +
     `max binding ${device.limits.maxStorageBufferBindingSize} B`);
   if (process.argv.includes('--final')) {
     await final();
@@ -268,7 +267,7 @@ async function main(): Promise<void> {
   console.log('\nsummary');
   for (const r of rows) console.log(format(r));
   const out = process.env.OUT;
-  if (out) fs.writeFileSync(path.join(out, 'webgpu_bench.json'), JSON.stringify({ adapter: gpu.description, rows }, null, 1));
+  if (out) fs.writeFileSync(path.join(out, 'webgpu_bench.json'), JSON.stringify({ adapter: description, rows }, null, 1));
 }
 
 main().catch(e => { console.error(e); process.exit(1); });

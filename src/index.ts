@@ -8,6 +8,8 @@ export type { FlashAttentionResult } from './flash_attention';
 export type { AttentionConfig, FlashAttentionOptions, Layout, Precision } from './config';
 export { FlashAttention, FlashAttentionGrad } from './kernel_names';
 export { dropoutKeep, dropoutThreshold } from './dropout';
+export { registerWebGPUBackend, RAISED_LIMITS, WEBGPU_FEATURES } from './webgpu_device';
+export type { RaisedLimit, WebGPUBackendOptions, WebGPUFeature, WebGPUSetup } from './webgpu_device';
 export { MultiHeadAttention } from './layers/multi_head_attention';
 export type { MultiHeadAttentionArgs, MultiHeadAttentionCallArgs } from './layers/multi_head_attention';
 export { CausalSelfAttention } from './layers/causal_self_attention';

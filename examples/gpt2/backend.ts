@@ -2,7 +2,7 @@
 // on SwiftShader (Vulkan on the CPU; what a machine without a GPU has), else tfjs' cpu backend.
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-import { initDawnWebGPU } from '../../test/setup/webgpu_node';
+import { initDawn } from '../../src/node';
 
 export type BackendRequest = 'auto' | 'webgpu' | 'cpu';
 
@@ -19,7 +19,8 @@ export function isBackendRequest(s: string): s is BackendRequest {
 export async function selectBackend(request: BackendRequest): Promise<BackendChoice> {
   if (request === 'cpu') return useCpu('cpu (requested)');
   try {
-    const gpu = await initDawnWebGPU();
+    // SwiftShader when Dawn finds no GPU: Debian's chromium package installs it.
+    const gpu = await initDawn({ swiftShaderFallback: true });
     const kind = gpu.software ? 'SwiftShader, software Vulkan on the CPU: no GPU found' : 'GPU';
     return { name: 'webgpu', description: `webgpu through Dawn on ${gpu.description} (${kind})` };
   } catch (error) {

@@ -11,7 +11,7 @@ import '@tensorflow/tfjs-core/dist/register_all_gradients';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-webgl';
 import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import { FlashAttention, FlashAttentionGrad } from '../../src/index';
+import { FlashAttention, FlashAttentionGrad, registerWebGPUBackend } from '../../src/index';
 import type { AttentionCase } from '../cases';
 import { CASES, caseData } from '../cases';
 import { runCase } from '../setup/run_case';
@@ -47,33 +47,6 @@ export function expose(name: string, fn: (...args: never[]) => unknown): void {
   Object.assign(window, { [name]: fn });
 }
 
-/**
- * tfjs' own webgpu factory never requests `subgroups`; this one does when the adapter has them, so
- * that the kernels' subgroup path runs in the page as it does in Node (test/setup/webgpu_node.ts).
- */
-function registerWebGPU(subgroups: boolean): void {
-  tf.removeBackend('webgpu');
-  tf.registerBackend('webgpu', async () => {
-    const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
-    if (!adapter) throw new Error('navigator.gpu.requestAdapter() returned null');
-    const optional = ['timestamp-query', 'bgra8unorm-storage', 'shader-f16', ...(subgroups ? ['subgroups'] : [])];
-    const offered = (name: string): name is GPUFeatureName => adapter.features.has(name);
-    const limits = adapter.limits;
-    const device = await adapter.requestDevice({
-      requiredFeatures: optional.filter(offered),
-      requiredLimits: {
-        maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
-        maxComputeWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
-        maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
-        maxBufferSize: limits.maxBufferSize,
-        maxComputeWorkgroupSizeX: limits.maxComputeWorkgroupSizeX,
-        maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
-      },
-    });
-    return new WebGPUBackend(device, adapter.info);
-  }, 3);
-}
-
 function describeBackend(): Pick<BackendInfo, 'adapter' | 'features'> {
   const backend = tf.backend();
   if (backend instanceof WebGPUBackend) {
@@ -100,7 +73,9 @@ function describeBackend(): Pick<BackendInfo, 'adapter' | 'features'> {
 /** Sets the flags, starts the backend and describes it. Call once per page, before anything else. */
 async function setup(options: SetupOptions): Promise<BackendInfo> {
   for (const [name, value] of Object.entries(options.flags ?? {})) tf.env().set(name, value);
-  if (options.backend === 'webgpu') registerWebGPU(options.subgroups ?? true);
+  // tfjs' own webgpu factory never requests `subgroups`; the package's does when the adapter has
+  // them, so that the kernels' subgroup path runs in the page as it does in Node.
+  if (options.backend === 'webgpu') await registerWebGPUBackend({ features: { subgroups: options.subgroups ?? true } });
   if (!(await tf.setBackend(options.backend))) throw new Error(`tfjs could not start the ${options.backend} backend`);
   await tf.ready();
   const flags: Flags = {};
