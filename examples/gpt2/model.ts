@@ -10,6 +10,10 @@ export interface ModelOptions {
   vocabSize: number;
   context: number;
   attention: Attention;
+  /** Overrides the preset's number of transformer blocks. */
+  layers?: number;
+  /** Output head tied to the token embedding (GPT-2; the default) or a separate matrix. */
+  tiedEmbeddings?: boolean;
 }
 
 /**
@@ -22,6 +26,8 @@ export function buildModel(options: ModelOptions): LayersModel {
     vocabSize: options.vocabSize,
     contextLength: options.context,
     attention: options.attention,
+    numLayers: options.layers,
+    tiedEmbeddings: options.tiedEmbeddings,
     dropout: 0,
   });
 }

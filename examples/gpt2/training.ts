@@ -22,13 +22,34 @@ export interface StepResult {
   tokens: number;
 }
 
+/** Adam whose learning rate can change between steps (tfjs keeps it in a protected field). */
+class ScheduledAdam extends tf.AdamOptimizer {
+  setLearningRate(learningRate: number): void {
+    this.learningRate = learningRate;
+  }
+}
+
+/**
+ * Linear warm-up over `warmupSteps`, then cosine decay to a tenth of the peak as `progress` goes
+ * from 0 to 1 (the share of the step or time budget spent).
+ */
+export function scheduledLearningRate(peak: number, step: number, warmupSteps: number, progress: number): number {
+  const warmup = Math.min(1, (step + 1) / Math.max(1, warmupSteps));
+  const decay = 0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * Math.min(1, Math.max(0, progress))));
+  return peak * warmup * decay;
+}
+
 export class Trainer {
-  readonly optimizer: tf.AdamOptimizer;
+  readonly optimizer: ScheduledAdam;
   private readonly variables: tf.Variable[];
 
   constructor(readonly model: LayersModel, readonly vocabSize: number, learningRate: number) {
-    this.optimizer = tf.train.adam(learningRate, 0.9, 0.95);
+    this.optimizer = new ScheduledAdam(learningRate, 0.9, 0.95);
     this.variables = model.trainableWeights.map(w => w.read() as tf.Variable);
+  }
+
+  setLearningRate(learningRate: number): void {
+    this.optimizer.setLearningRate(learningRate);
   }
 
   async step(batch: Batch): Promise<StepResult> {
