@@ -13,7 +13,8 @@ import { forwardProgram, forwardWorkgroupBytes } from './attention_forward';
 import { NEG_INF_BITS, queryBlockGrid } from './attention_wgsl';
 import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeometry } from './chunks';
 import {
-  Dispatch, gpuBuffer, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer, subgroupMinSize,
+  attentionInputBuffers, Dispatch, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer,
+  subgroupMinSize,
 } from './runtime';
 import { splitForwardWebGPU } from './flash_attention_split';
 import { chooseTiles, forBlockSize, FORWARD_TILES, subgroupReduceFits, Tiles } from './tiles';
@@ -89,11 +90,7 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   const splits = keySplits(c, FORWARD_TILES[0].rows);
   if (splits > 1) return splitForwardWebGPU(backend, c, t, splits);
   const device = backend.device;
-  const buffers: Record<string, GPUBuffer> = {
-    q: gpuBuffer(backend, t.q), k: gpuBuffer(backend, t.k), v: gpuBuffer(backend, t.v),
-  };
-  if (t.bias) buffers.bias = gpuBuffer(backend, t.bias);
-  for (const small of [t.mask, t.keyLengths, t.alibiSlopes, t.blockMask]) if (small) gpuBuffer(backend, small);
+  const buffers = attentionInputBuffers(backend, t);
   const out = makeOutput(backend, outputShape(c));
   const lse = makeOutput(backend, [c.batch, c.headsQ, c.seqQ]);
   buffers.out = out.buffer;

@@ -21,7 +21,7 @@ import { dkdvProgram, dkdvWorkgroupBytes } from './attention_backward_dkdv';
 import { dqProgram, dqWorkgroupBytes } from './attention_backward_dq';
 import { ROW_DOT_ROWS, rowDotProgram } from './row_dot';
 import { isAttentionConfig, pickTiles, planDispatches, webgpuAttentionTuning, webgpuBackendOf } from './flash_attention';
-import { gpuBuffer, makeOutput, runPrograms, scratchBuffer } from './runtime';
+import { attentionInputBuffers, gpuBuffer, makeOutput, runPrograms, scratchBuffer } from './runtime';
 import { BACKWARD_TILES, forBlockSize } from './tiles';
 
 /** Sums `x` over `axes` (keeping them) with tfjs' own Sum kernel of this backend. */
@@ -40,12 +40,10 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
   const device = backend.device;
   const t = unpackGradInputs(c, inputs);
   const buffers: Record<string, GPUBuffer> = {
-    q: gpuBuffer(backend, t.q), k: gpuBuffer(backend, t.k), v: gpuBuffer(backend, t.v),
+    ...attentionInputBuffers(backend, t),
     out: gpuBuffer(backend, t.output), lse: gpuBuffer(backend, t.lse),
     dout: gpuBuffer(backend, t.dOutput), dlse: gpuBuffer(backend, t.dLse),
   };
-  if (t.bias) buffers.bias = gpuBuffer(backend, t.bias);
-  for (const small of [t.mask, t.keyLengths, t.alibiSlopes, t.blockMask]) if (small) gpuBuffer(backend, small);
   const dq = makeOutput(backend, [...t.q.shape]);
   const dk = makeOutput(backend, [...t.k.shape]);
   const dv = makeOutput(backend, [...t.v.shape]);

@@ -14,18 +14,14 @@ import { splitForwardGrid, splitForwardProgram } from './attention_forward_split
 import { NEG_INF_BITS } from './attention_wgsl';
 import { planDispatches } from './flash_attention';
 import { mergeGrid, mergeProgram } from './merge_splits';
-import { gpuBuffer, makeOutput, runPrograms, scratchBuffer } from './runtime';
+import { attentionInputBuffers, makeOutput, runPrograms, scratchBuffer } from './runtime';
 
 export function splitForwardWebGPU(backend: WebGPUBackend, c: AttentionConfig, t: AttentionInputs<TensorInfo>,
   splits: number): TensorInfo[] {
   const device = backend.device;
   const rows = c.batch * c.headsQ * c.seqQ;
   const dv4 = Math.ceil(c.headDimV / 4);
-  const buffers: Record<string, GPUBuffer> = {
-    q: gpuBuffer(backend, t.q), k: gpuBuffer(backend, t.k), v: gpuBuffer(backend, t.v),
-  };
-  if (t.bias) buffers.bias = gpuBuffer(backend, t.bias);
-  for (const small of [t.mask, t.keyLengths, t.alibiSlopes, t.blockMask]) if (small) gpuBuffer(backend, small);
+  const buffers = attentionInputBuffers(backend, t);
   const out = makeOutput(backend, outputShape(c));
   const lse = makeOutput(backend, [c.batch, c.headsQ, c.seqQ]);
   const withAux = auxNeeded(c, false);

@@ -10,6 +10,7 @@
 // `makeTensorInfo`, and tfjs' queued work is submitted before ours so queue order is kept.
 import type { DataType, TensorInfo } from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import type { AttentionInputs } from '../../src/inputs';
 
 /** One storage binding of a program: its WGSL name, element type and whether it is written. */
 export interface BindingSpec {
@@ -144,6 +145,19 @@ export function gpuBuffer(backend: WebGPUBackend, t: TensorInfo): GPUBuffer {
   const resource = backend.tensorMap.get(t.dataId).resource;
   if (!(resource instanceof GPUBuffer)) throw new Error('flashAttention webgpu: tensor is not in a GPU buffer');
   return resource;
+}
+
+/**
+ * GPU buffers of the inputs the shaders bind directly (q, k, v and bias). The small optional inputs
+ * are uploaded too, because the kernels copy them into their packed `aux` buffer.
+ */
+export function attentionInputBuffers(backend: WebGPUBackend, t: AttentionInputs<TensorInfo>): Record<string, GPUBuffer> {
+  const buffers: Record<string, GPUBuffer> = {
+    q: gpuBuffer(backend, t.q), k: gpuBuffer(backend, t.k), v: gpuBuffer(backend, t.v),
+  };
+  if (t.bias) buffers.bias = gpuBuffer(backend, t.bias);
+  for (const small of [t.mask, t.keyLengths, t.alibiSlopes, t.blockMask]) if (small) gpuBuffer(backend, small);
+  return buffers;
 }
 
 /** A new tfjs tensor with a GPU buffer for a kernel to write. */
