@@ -59,9 +59,9 @@ export interface WebGPUSetup {
 }
 
 // Dawn (Node) crashes when the GPU, adapter or device objects are garbage collected while the
-// device is in use, and tfjs' backend holds only the device. Browsers don't need this; it costs
-// them one device per call, and a page calls this once.
-const KEEP_ALIVE: unknown[] = [];
+// device is in use, and tfjs' backend holds only the device: the current setup is held here until
+// a later call replaces its backend and destroys its device.
+let current: WebGPUSetup | undefined;
 
 const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe/i;
 
@@ -93,7 +93,7 @@ export function requestedLimits(adapterLimits: GPUSupportedLimits,
  * `bgra8unorm-storage`, which tfjs asks for) and limits raised to the adapter's, registers tfjs'
  * `WebGPUBackend` on it as 'webgpu' (removing the backend registered under that name, tfjs' own
  * factory included, and any tensors on it: call this before making tensors) and makes it the
- * current backend. Each call makes a new device.
+ * current backend. Each call makes a new device and destroys the one the previous call made.
  */
 export async function registerWebGPUBackend(options: WebGPUBackendOptions = {}): Promise<WebGPUSetup> {
   // Loaded here, not imported at the top: the package is an optional peer dependency, and its
@@ -112,15 +112,18 @@ export async function registerWebGPUBackend(options: WebGPUBackendOptions = {}):
     requiredFeatures: requestedFeatures(adapter.features, options.features),
     requiredLimits: requestedLimits(adapter.limits, options.limits),
   });
-  KEEP_ALIVE.push(gpu, adapter, device);
-
+  const previous = current;
   if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
+  // Only after tfjs' backend on it is gone: the previous device would otherwise live as long as the page.
+  previous?.device.destroy();
   // Priority 3, as tfjs' own factory: above webgl (2) and cpu (1) when tfjs picks a backend itself.
   tf.registerBackend('webgpu', () => new WebGPUBackend(device, adapter.info), 3);
+  const info = adapter.info;
+  const text = [info.vendor, info.architecture, info.device, info.description].filter(s => s).join(' / ');
+  const setup = { gpu, adapter, device, description: text, software: SOFTWARE_ADAPTER.test(text) };
+  current = setup;
   if ((options.setBackend ?? true) && !(await tf.setBackend('webgpu'))) {
     throw new Error('registerWebGPUBackend: tfjs could not start its webgpu backend on the new device');
   }
-  const info = adapter.info;
-  const text = [info.vendor, info.architecture, info.device, info.description].filter(s => s).join(' / ');
-  return { gpu, adapter, device, description: text, software: SOFTWARE_ADAPTER.test(text) };
+  return setup;
 }

@@ -87,6 +87,8 @@ describe('registerWebGPUBackend through initDawn', () => {
     const previous = setup.device;
     setup = await initDawn({ features: { subgroups: false }, limits: { maxComputeWorkgroupStorageSize: 16384 } });
     expect(setup.device).not.toBe(previous);
+    // The replaced device is destroyed, not kept alive for the life of the process.
+    expect((await previous.lost).reason).toBe('destroyed');
     expect(setup.device.features.has('subgroups')).toBe(false);
     expect(setup.device.features.has('chromium-experimental-subgroup-matrix')).toBe(false);
     expect(setup.device.features.has('timestamp-query')).toBe(setup.adapter.features.has('timestamp-query'));

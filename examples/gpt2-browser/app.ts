@@ -12,6 +12,7 @@ import { Attention, buildModel, isAttention, PRESET_NAMES } from '../gpt2/model'
 import { isTokenizerKind, Tokenizer, TokenizerKind, tokenizerFor } from '../gpt2/tokenizer';
 import { generate, Trainer } from '../gpt2/training';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
+import { registerWebGPUBackend, WebGPUSetup } from '../../src/webgpu_device';
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, Tooltip, Legend);
 
@@ -103,6 +104,7 @@ const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b'
 
 let session: Session | undefined;
 let running = false;
+let webgpu: WebGPUSetup | undefined;
 
 function readSettings(): Settings {
   const { backend, attention, tokenizer } = { backend: ui.backend.value, attention: ui.attention.value, tokenizer: ui.tokenizer.value };
@@ -168,6 +170,11 @@ async function openSession(settings: Settings): Promise<Session> {
     return newSession(settings, previous.tokenizer, previous.dataset, model, state.step);
   }
   closeSession();
+  if (settings.backend === 'webgpu' && !webgpu) {
+    // tfjs' own factory requests neither `subgroups` nor `shader-f16`, so the kernels would miss
+    // their fast paths; this device has every feature the adapter offers.
+    webgpu = await registerWebGPUBackend({ setBackend: false });
+  }
   if (tf.getBackend() !== settings.backend && !(await tf.setBackend(settings.backend))) {
     throw new Error(`tfjs could not start its ${settings.backend} backend`);
   }
