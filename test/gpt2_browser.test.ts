@@ -67,7 +67,7 @@ async function trainOn(backend: 'webgl' | 'webgpu'): Promise<void> {
       (steps: number) => {
         const s = (window as unknown as { gpt2Example: PageState }).gpt2Example;
         return s.status === 'error' || s.step >= steps;
-      }, STEPS, { timeout: 90_000, polling: 500 });
+      }, STEPS, { timeout: 240_000, polling: 500 });
     await page.click('#start');
     await page.waitForFunction(() => ['paused', 'error'].includes((window as unknown as { gpt2Example: PageState }).gpt2Example.status),
       undefined, { timeout: 60_000 });
@@ -94,5 +94,7 @@ async function trainOn(backend: 'webgl' | 'webgpu'): Promise<void> {
   }
 }
 
-test('trains the tiny GPT-2 in Chromium on WebGL2', () => trainOn('webgl'), 150_000);
-test('trains the tiny GPT-2 in Chromium on WebGPU (SwiftShader)', () => trainOn('webgpu'), 150_000);
+// SwiftShader compiles every tfjs WebGPU shader on the CPU: the WebGPU run took 80–110 s on a loaded
+// 2-core box, so the limits leave room for a slow CI machine.
+test('trains the tiny GPT-2 in Chromium on WebGL2', () => trainOn('webgl'), 360_000);
+test('trains the tiny GPT-2 in Chromium on WebGPU (SwiftShader)', () => trainOn('webgpu'), 360_000);
