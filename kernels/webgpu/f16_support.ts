@@ -1,0 +1,159 @@
+// What `precision: 'float16'` runs on a given WebGPU device, and the WGSL pieces the f16 programs
+// share (forward here, backward in its own files).
+//
+// Three ways to run a float16 program, best first:
+//   'subgroup-matrix'  Q, K, V (and dO) staged as f16 in workgroup memory; the tile products are
+//                      16×16×16 subgroup-matrix multiply-accumulates, f16 × f16 → f32 (the matrix
+//                      units); needs `shader-f16`, `subgroups` and `chromium-experimental-subgroup-matrix`
+//                      with an f16 → f32 16×16×16 configuration and a fixed subgroup size of 32.
+//   'registers'        the same tiles and staging, with the products computed by each thread from
+//                      workgroup memory (f16 storage, f32 arithmetic); needs `shader-f16`.
+//   none               the float32 kernels run, and the op says so once.
+// A fourth, 'registers' with f32 elements, exists for tests: it runs the f16 programs' whole tile
+// logic (staging, masks, softmax, workgroup layouts) on adapters without `shader-f16` (SwiftShader
+// in CI), where it must match the float64 reference to float32 accuracy.
+import { warnOnce } from '../../src/warn';
+
+export type MatmulKind = 'subgroup-matrix' | 'registers';
+export type ElementType = 'f16' | 'f32';
+
+/** How an f16 program computes its tile products and what its staged tiles hold. */
+export interface F16Plan {
+  matmul: MatmulKind;
+  element: ElementType;
+}
+
+/** One entry of GPUAdapterInfo.subgroupMatrixConfigs (not yet in the TypeScript WebGPU types). */
+export interface SubgroupMatrixConfig {
+  componentType: string;
+  resultComponentType: string;
+  M: number;
+  N: number;
+  K: number;
+}
+
+export interface F16Capabilities {
+  shaderF16: boolean;
+  subgroups: boolean;
+  subgroupMinSize: number;
+  subgroupMaxSize: number;
+  /** The f16 → f32 16×16×16 configuration when the device has subgroup matrices and lists it. */
+  matrix?: SubgroupMatrixConfig;
+}
+
+/** The feature name of subgroup matrices (not in TypeScript's GPUFeatureName). */
+export const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';
+
+/** Rows, columns and depth of every subgroup-matrix product the f16 programs issue. */
+export const MATRIX_SIZE = 16;
+/** Invocations per subgroup the f16 programs are written for (the size of NVIDIA's, AMD's wave32, Apple's). */
+export const SUBGROUP_SIZE = 32;
+
+function adapterInfo(device: GPUDevice): Record<string, unknown> {
+  const info: unknown = (device as { adapterInfo?: unknown }).adapterInfo;
+  return typeof info === 'object' && info !== null ? (info as Record<string, unknown>) : {};
+}
+
+function isMatrixConfig(x: unknown): x is SubgroupMatrixConfig {
+  const o = x as Partial<SubgroupMatrixConfig> | null;
+  return typeof o === 'object' && o !== null && typeof o.M === 'number' && typeof o.N === 'number' &&
+    typeof o.K === 'number' && typeof o.componentType === 'string' && typeof o.resultComponentType === 'string';
+}
+
+/** The adapter's subgroup-matrix configurations (empty where the device does not expose them). */
+export function subgroupMatrixConfigs(device: GPUDevice): SubgroupMatrixConfig[] {
+  const list = adapterInfo(device).subgroupMatrixConfigs;
+  if (!list || typeof (list as Iterable<unknown>)[Symbol.iterator] !== 'function') return [];
+  // Dawn's objects expose their fields as getters: copy them into plain objects.
+  return Array.from(list as Iterable<unknown>).filter(isMatrixConfig).map(m => ({
+    componentType: m.componentType, resultComponentType: m.resultComponentType, M: m.M, N: m.N, K: m.K,
+  }));
+}
+
+export function f16Capabilities(device: GPUDevice): F16Capabilities {
+  const info = adapterInfo(device);
+  const subgroups = device.features.has('subgroups');
+  const size = (x: unknown) => (typeof x === 'number' ? x : 0);
+  const caps: F16Capabilities = {
+    shaderF16: device.features.has('shader-f16'),
+    subgroups,
+    subgroupMinSize: subgroups ? size(info.subgroupMinSize) : 0,
+    subgroupMaxSize: subgroups ? size(info.subgroupMaxSize) : 0,
+  };
+  if (caps.shaderF16 && subgroups && device.features.has(SUBGROUP_MATRIX_FEATURE)) {
+    caps.matrix = subgroupMatrixConfigs(device).find(m => m.componentType === 'f16' &&
+      m.resultComponentType === 'f32' && m.M === MATRIX_SIZE && m.N === MATRIX_SIZE && m.K === MATRIX_SIZE);
+  }
+  return caps;
+}
+
+/** Whether the f16 programs' subgroup-matrix path can run: a 16×16×16 f16 config and subgroups of exactly 32. */
+export function matrixPathFits(caps: F16Capabilities): boolean {
+  return caps.matrix !== undefined && caps.subgroupMinSize === SUBGROUP_SIZE && caps.subgroupMaxSize === SUBGROUP_SIZE;
+}
+
+/** Overrides for tests and benches; undefined fields mean "what the device supports". */
+export const f16Tuning: { plan?: F16Plan } = {};
+
+/**
+ * The plan `precision: 'float16'` runs with on this device, or undefined when the device has
+ * neither `shader-f16` nor subgroup matrices (the float32 kernels run; warned once per `pass`).
+ */
+export function f16Plan(device: GPUDevice, pass: string): F16Plan | undefined {
+  if (f16Tuning.plan) return f16Tuning.plan;
+  const caps = f16Capabilities(device);
+  if (matrixPathFits(caps)) return { matmul: 'subgroup-matrix', element: 'f16' };
+  if (caps.shaderF16) return { matmul: 'registers', element: 'f16' };
+  warnOnce(`webgpu-float16-${pass}`, `precision 'float16': this WebGPU device has no 'shader-f16' ` +
+    `(nor subgroup matrices), so the ${pass} runs in float32. In Node, initDawn({ unsafeFeatures: true }) ` +
+    'enables them where the GPU has them; in Chrome, the WebGPU developer features flag.');
+  return undefined;
+}
+
+/** WGSL `enable` extensions a program of this plan needs (`subgroups` added where the program uses them). */
+export function planExtensions(plan: F16Plan, useSubgroups: boolean): string[] {
+  const ext: string[] = [];
+  if (plan.element === 'f16') ext.push('f16');
+  if (useSubgroups || plan.matmul === 'subgroup-matrix') ext.push('subgroups');
+  if (plan.matmul === 'subgroup-matrix') ext.push('chromium_experimental_subgroup_matrix');
+  return ext;
+}
+
+/**
+ * Attribute for the entry point of a subgroup-matrix program. Tint checks subgroup-matrix calls with
+ * its workgroup-uniformity analysis; our calls sit in workgroup-uniform control flow but take
+ * offsets that differ per subgroup (each subgroup owns its 16 rows), which is subgroup-uniform
+ * because every 32 consecutive invocations form one subgroup on the devices matrixPathFits accepts.
+ */
+export function matrixDiagnostic(plan: F16Plan): string {
+  return plan.matmul === 'subgroup-matrix' ? '@diagnostic(off, chromium_experimental.subgroup_matrix_uniformity)\n' : '';
+}
+
+export const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
+
+/** WGSL types of 16×16 matrix operands and accumulator. */
+export function leftType(e: ElementType): string { return `subgroup_matrix_left<${e}, 16, 16>`; }
+export function rightType(e: ElementType): string { return `subgroup_matrix_right<${e}, 16, 16>`; }
+export const RESULT_TYPE = 'subgroup_matrix_result<f32, 16, 16>';
+
+/**
+ * A WGSL loop in which the workgroup's WG invocations copy rows [first, first + rows) of a tensor
+ * into workgroup array `dst` (element type `element`, row stride `stride` elements, `cols4` vec4
+ * columns, padded with zeros past `dim4` vec4 columns and past row `limit`), times `scale`.
+ * `load(row, col4)` is a WGSL expression of a vec4<f32>.
+ */
+export function stageTile(o: { dst: string; element: ElementType; rows: number; cols4: number; dim4: string;
+  stride: number; first: string; limit: string; load: (row: string, col4: string) => string; scale?: string;
+  at?: number }): string {
+  const colCheck = `c4 < ${o.dim4}`;
+  const scaled = o.scale ? ` * ${o.scale}` : '';
+  const lanes = [0, 1, 2, 3].map(e => `${o.dst}[base + ${e}u] = ${o.element}(x[${e}]);`).join(' ');
+  return `for (var e = lidx; e < ${o.rows * o.cols4}u; e += WG) {
+      let r = e / ${o.cols4}u;
+      let c4 = e % ${o.cols4}u;
+      var x = vec4<f32>(0.0);
+      if ((${o.first} + r < ${o.limit}) & (${colCheck})) { x = ${o.load(`${o.first} + r`, 'c4')}${scaled}; }
+      let base = ${o.at ?? 0}u + r * ${o.stride}u + c4 * 4u;
+      ${lanes}
+    }`;
+}
