@@ -7,9 +7,9 @@ import { AttentionConfig, outputShape } from '../../src/config';
 import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
 import { keySplits } from '../../src/split_kv';
-import { warnOnce } from '../../src/warn';
 import { auxLayout, auxNeeded, encodeAuxCopies } from './aux';
 import { forwardProgram, forwardWorkgroupBytes } from './attention_forward';
+import { forwardF16 } from './attention_forward_f16';
 import { NEG_INF_BITS, queryBlockGrid } from './attention_wgsl';
 import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeometry } from './chunks';
 import {
@@ -17,7 +17,7 @@ import {
   subgroupMinSize,
 } from './runtime';
 import { splitForwardWebGPU } from './flash_attention_split';
-import { chooseTiles, forBlockSize, FORWARD_TILES, subgroupReduceFits, Tiles } from './tiles';
+import { chooseTiles, FORWARD_TILES, forwardTileCandidates, subgroupReduceFits, Tiles } from './tiles';
 
 export function isAttentionConfig(attrs: NamedAttrMap | undefined): attrs is NamedAttrMap & AttentionConfig {
   return typeof attrs === 'object' && attrs !== null && typeof attrs.headsQ === 'number' &&
@@ -82,9 +82,6 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   if (!isAttentionConfig(attrs)) throw new Error('FlashAttention (webgpu): attributes are not an AttentionConfig');
   const c: AttentionConfig = attrs;
   const backend = webgpuBackendOf(anyBackend);
-  if (c.precision === 'float16') {
-    warnOnce('webgpu-float16', "precision 'float16' has no webgpu kernel yet: computing in float32.");
-  }
   const t = unpackAttentionInputs(c, inputs);
   // Decode shapes (few query rows, many keys) spread the keys over workgroups (src/split_kv.ts).
   const splits = keySplits(c, FORWARD_TILES[0].rows);
@@ -103,12 +100,14 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   const auxBuffer = withAux ? scratchBuffer(device, aux.size * 4) : undefined;
   try {
     if (auxBuffer) buffers.aux = auxBuffer;
-    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
-      forBlockSize(FORWARD_TILES, c.blockSize),
-      webgpuAttentionTuning.forwardTiles);
-    const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups);
+    const { spec, rows } = (c.precision === 'float16' ? forwardF16(device, c, aux, withAux) : undefined) ?? (() => {
+      const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
+        forwardTileCandidates(c),
+        webgpuAttentionTuning.forwardTiles);
+      return { spec: forwardProgram(c, aux, withAux, tiles, useSubgroups), rows: tiles.rows };
+    })();
     const dispatches = planDispatches(backend, c, buffers,
-      (units, g) => queryBlockGrid(c, tiles.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
+      (units, g) => queryBlockGrid(c, rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
     runPrograms(backend, [{ spec, dispatches }], encoder => {
       if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
     });
