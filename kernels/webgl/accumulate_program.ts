@@ -31,10 +31,13 @@ void main() {
   ${first ? 'vec4 result = vec4(0.0);' : `
   vec4 rescale = mix(exp(stats.yyww - lse), vec4(0.0), equal(stats.yyww, vec4(-FA_INF)));
   vec4 result = faBlockPrevious(rc.x, i, col) * rescale;`}
+  int pRow = faBlockRowWeights(rc.x, i);
+  int vBase = faBaseV(b, g, 0);
+  int vCol = col / 2;
   ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 p = faBlockWeights(rc.x, i, j - faKeyStart);
-    vec4 v = faRowsV(b, g, j, col);
-    if (j + 1 >= ${c.seqK}) v.zw = vec2(0.0);
+    vec4 p = faTexWeights(pRow, (j - faKeyStart) >> 1);
+    vec4 v = faRowsAtV(vBase + (j >> 1) * FA_STEP_V, g, vCol);
+    ${c.seqK % 2 ? `if (j + 1 >= ${c.seqK}) v.zw = vec2(0.0);` : ''}
     result += p.xxzz * v.xyxy + p.yyww * v.zwzw;`)}
   setOutput(result);
 }`;

@@ -17,14 +17,10 @@ ${internalAccessor('Scores', [rows, c.seqQ, blockKeys], textures)}
 ${first ? '' : internalAccessor('Previous', [rows, c.seqQ, 2], textures)}
 ${optional.code}
 ${scoreSnippet(c)}
-void faOnline(inout float m, inout float l, float sa, float sb) {
-  float mNew = max(m, max(sa, sb));
-  if (mNew == -FA_INF) return;
-  l = l * exp(m - mNew) + exp(sa - mNew) + exp(sb - mNew);
-  m = mNew;
-}
-// log(exp(a) + exp(b)) where a is a previous lse and (m, l) a running max and sum; ±Infinity stay.
+// log(exp(a) + exp(b)) where a is a previous lse and (m, l) a block's max and sum of exp(s − m);
+// ±Infinity stay.
 float faMerge(float a, float m, float l) {
+  if (isnan(a)) return a;
   float top = max(a, m);
   if (top == -FA_INF || top == FA_INF) return top;
   return top + log(exp(a - top) + l * exp(m - top));
@@ -33,13 +29,25 @@ void main() {
   ivec3 rc = getOutputCoords();
   ${decodeRow(c, 'rc.x')}
   int i = rc.y;
-  float m0 = -FA_INF, l0 = 0.0, m1 = -FA_INF, l1 = 0.0;
+  int row = faBlockRowScores(rc.x, i);
+  // max() may drop a NaN argument (GLSL leaves it undefined): NaN scores are tracked on the side.
+  vec4 top = vec4(-FA_INF);
+  vec4 nan = vec4(0.0);
   ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 s = faLoad(faBlockScores(rc.x, i, j - faKeyStart));
-    faOnline(m0, l0, s.x, s.y);
-    faOnline(m1, l1, s.z, s.w);`)}
+    vec4 s = faLoad(faTexScores(row, (j - faKeyStart) >> 1));
+    top = max(top, s);
+    nan = max(nan, vec4(isnan(s)));`)}
+  vec2 m = max(top.xz, top.yw);
+  // A row without visible keys keeps max −Infinity and sum 0 (exp(−Infinity − 0) = 0, not NaN).
+  vec4 shift = mix(m.xxyy, vec4(0.0), equal(m.xxyy, vec4(-FA_INF)));
+  vec4 sum = vec4(0.0);
+  ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
+    sum += exp(faLoad(faTexScores(row, (j - faKeyStart) >> 1)) - shift);`)}
+  vec2 l = sum.xz + sum.yw;
   vec2 previous = ${first ? 'vec2(-FA_INF)' : 'faLoad(faBlockPrevious(rc.x, i, 0)).xz'};
-  setOutput(faStore(vec4(faMerge(previous.x, m0, l0), previous.x, faMerge(previous.y, m1, l1), previous.y)));
+  vec2 lse = vec2(faMerge(previous.x, m.x, l.x), faMerge(previous.y, m.y, l.y));
+  lse = mix(lse, vec2(NAN), greaterThan(max(nan.xz, nan.yw), vec2(0.0)));
+  setOutput(faStore(vec4(lse.x, previous.x, lse.y, previous.y)));
 }`;
   return new AttentionProgram(['Scores', ...(first ? [] : ['Previous']), ...optional.variables],
     [rows, c.seqQ, 2], true, [...attentionUniforms(c), { name: 'faKeyStart', type: 'int', value: keyStart }], userCode);

@@ -30,10 +30,14 @@ void main() {
     return;
   }
   vec4 sum = vec4(0.0);
+  int wCol = (j - faKeyStart) / 2;
+  int xCol = col / 2;
   ${rowPairLoop(c, `
-    vec4 w = faBlock${weights}(b * ${c.headsQ} + h, i, j - faKeyStart);
-    vec4 x = faRows${rowsOf}(b, h, i, col);
-    if (i + 1 >= ${c.seqQ}) x.zw = vec2(0.0);
+    int wRow = faBlockRow${weights}(b * ${c.headsQ} + h, 0);
+    int xBase = faBase${rowsOf}(b, h, 0);`, `
+    vec4 w = faTex${weights}(wRow + (i >> 1), wCol);
+    vec4 x = faRowsAt${rowsOf}(xBase + (i >> 1) * FA_STEP_${rowsOf}, h, xCol);
+    ${c.seqQ % 2 ? `if (i + 1 >= ${c.seqQ}) x.zw = vec2(0.0);` : ''}
     sum += w.xxyy * x.xyxy + w.zzww * x.zwzw;`)}
   setOutput(${target === 'dk' ? 'faScale * sum' : 'sum'});
 }`;

@@ -23,10 +23,13 @@ void main() {
   int i = rc.y;
   int col = rc.z;
   vec4 sum = vec4(0.0);
+  int dsRow = faBlockRowDs(rc.x, i);
+  int kBase = faBaseK(b, g, 0);
+  int kCol = col / 2;
   ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 ds = faBlockDs(rc.x, i, j - faKeyStart);
-    vec4 kt = faRowsK(b, g, j, col);
-    if (j + 1 >= ${c.seqK}) kt.zw = vec2(0.0);
+    vec4 ds = faTexDs(dsRow, (j - faKeyStart) >> 1);
+    vec4 kt = faRowsAtK(kBase + (j >> 1) * FA_STEP_K, g, kCol);
+    ${c.seqK % 2 ? `if (j + 1 >= ${c.seqK}) kt.zw = vec2(0.0);` : ''}
     sum += ds.xxzz * kt.xyxy + ds.yyww * kt.zwzw;`)}
   setOutput(${first ? '' : 'faBlockPrevious(rc.x, i, col) + '}faScale * sum);
 }`;

@@ -32,9 +32,11 @@ import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
 import type { AttentionConfig } from '../../src/config';
 import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
+import { webglSplitPlan } from '../../src/split_kv';
 import { accumulateProgram } from './accumulate_program';
 import { attentionConfig } from './attrs';
 import { blockStatsProgram } from './block_stats_program';
+import { splitForwardWebGL } from './flash_attention_split';
 import { optionalShapes } from './glsl';
 import type { TexShapes } from './glsl';
 import { lseProgram, toBSHDProgram } from './layout_programs';
@@ -50,8 +52,11 @@ import { weightsProgram } from './weights_program';
  */
 let blockKeysTarget = 1024;
 
-/** Elements a per-block texture ([B·Hq, Nq, blockKeys]) may hold: 128 MiB in float32. */
-const BLOCK_ELEMENTS = 2 ** 25;
+/**
+ * Elements a per-block texture ([B·Hq, Nq, blockKeys]) may hold: 256 MiB in float32, which keeps
+ * 1024-key blocks up to N = 4096 at 12 heads (two such textures live at a time).
+ */
+const BLOCK_ELEMENTS = 2 ** 26;
 
 /** Tuning knob for benchmarks: the most keys per block (even, ≥ 2) the webgl kernels use. */
 export function setWebGLBlockKeys(keys: number): void {
@@ -64,7 +69,8 @@ const evenFloor = (n: number) => n - (n % 2);
 /**
  * The key block size (even): at most the target, at most BLOCK_ELEMENTS per block texture, at most
  * half the keys (so there are always two or more blocks: no texture is ever Nq × Nk), and small
- * enough that a [B·Hq, Nq, blockKeys] packed texture fits MAX_TEXTURE_SIZE² texels.
+ * enough that a [B·Hq, Nq, blockKeys] packed texture fits MAX_TEXTURE_SIZE² texels; then evened
+ * out over the blocks that many keys need.
  */
 export function blockKeys(c: AttentionConfig, maxTextureSize: number): number {
   const rows = c.batch * c.headsQ * c.seqQ;
@@ -74,7 +80,11 @@ export function blockKeys(c: AttentionConfig, maxTextureSize: number): number {
   // always fit.
   const rowTexels = c.batch * c.headsQ * Math.ceil(c.seqQ / 2);
   const fit = 2 * Math.floor((maxTextureSize - 1) ** 2 / rowTexels);
-  return Math.max(2, Math.min(blockKeysTarget, budget, half, fit));
+  const most = Math.max(2, Math.min(blockKeysTarget, budget, half, fit));
+  // Equal blocks rather than full ones and a small remainder: the same draw count, less work in the
+  // last block, and one texture shape for all blocks.
+  const blocks = Math.ceil(c.seqK / most);
+  return 2 * Math.ceil(c.seqK / (2 * blocks));
 }
 
 /** Whether some query row may see a key in [start, end) (window bounds only). */
@@ -131,6 +141,9 @@ const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   const c = attentionConfig(attrs);
   const x = unpackAttentionInputs(c, inputs);
   const optional = optionalInputs(c, x);
+  // Decode shapes (few query rows, many keys) take the split-KV path (src/split_kv.ts).
+  const plan = webglSplitPlan(c, env().getNumber('WEBGL_MAX_TEXTURE_SIZE'));
+  if (plan.splits > 1) return splitForwardWebGL(backend, c, x, optional, plan);
   const keys = blockKeys(c, env().getNumber('WEBGL_MAX_TEXTURE_SIZE'));
   const packed = packedInputs(backend, { Q: x.q, K: x.k, V: x.v });
   const { Q, K, V } = packed.info;

@@ -1,12 +1,13 @@
 // The `webgl` FlashAttentionGrad kernel, recomputation-based like FlashAttention's backward: from
 // q, k, v, the output, lse and the upstream gradients it computes the row term D = rowsum(dO ∘ O) −
 // dLse, then per key block of `blockKeys` keys (the forward's tiling across textures):
-//   ds:    dS = P ∘ (dP·Z − D) for the block            [B·Hq, Nq, blockKeys]
 //   probs: P̃ = P·Z for the block                        [B·Hq, Nq, blockKeys]
+//   ds:    dS = P ∘ (dP·Z − D) for the block            [B·Hq, Nq, blockKeys]
 //   dq:    dQ ← dQ + scale · dS · K_block                [B·Hq, Nq, D]
 //   dk:    dK_block = scale · Σ_group dSᵀ · Q            [B·Hkv, Nk, D]
 //   dv:    dV_block = Σ_group P̃ᵀ · dO                    [B·Hkv, Nk, Dv]
-// Every score is recomputed twice (for dS and P̃) and each product is a 2×2-blocked matrix product;
+// P̃ comes first and dS reads P from it when they are equal (no dropout, no softcap), so the scores
+// are recomputed once per block (twice otherwise); each product is a 2×2-blocked matrix product;
 // memory is linear in N. (A first version gave each fragment of dQ, dK and dV its own loop over all
 // keys or rows recomputing the scores, which repeats the score work once per pair of output columns:
 // 10–20× slower than naive tfjs attention on SwiftShader; see bench/RESULTS.md.) dBias, when a bias
@@ -19,7 +20,7 @@ import { attentionConfig } from './attrs';
 import { dbiasProgram } from './dbias_program';
 import { dkdvProgram } from './dkdv_program';
 import { dqProgram } from './dq_program';
-import { dsProgram } from './ds_program';
+import { dsProgram, dsReusesProbs } from './ds_program';
 import { blockKeys, blockVisible, checkWebGL2, optionalInputs, packedInputs, toUserLayout } from './flash_attention';
 import { probsProgram } from './probs_program';
 import { isWebGLBackend, run, texShapeOf, view } from './program';
@@ -42,10 +43,11 @@ const flashAttentionGradWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   for (let start = 0; start < c.seqK; start += keys) {
     // Block 0 always runs: it also writes the zeros of keys and rows that nothing reaches.
     if (start > 0 && !blockVisible(c, start, start + keys)) continue;
-    const ds = run(backend, dsProgram(c, textures, start, keys), [Q, K, V, DO, lse, rowTerm, ...optional]);
     const probs = run(backend, probsProgram(c, textures, start, keys), [Q, K, lse, ...optional]);
-    textures.Ds = texShapeOf(backend, ds);
     textures.Probs = texShapeOf(backend, probs);
+    const ds = run(backend, dsProgram(c, textures, start, keys),
+      dsReusesProbs(c) ? [probs, V, DO, rowTerm, ...optional] : [Q, K, V, DO, lse, rowTerm, ...optional]);
+    textures.Ds = texShapeOf(backend, ds);
     const chain = (previous: TensorInfo | undefined, make: (first: boolean) => TensorInfo): TensorInfo => {
       if (previous) textures.Previous = texShapeOf(backend, previous);
       const next = make(!previous);

@@ -45,28 +45,43 @@ function headDims(c: AttentionConfig, variable: string): [number, number, number
 const half = (n: number) => Math.ceil(n / 2);
 
 /**
- * `vec4 faRows<X>(int b, int h, int n, int d)`: the 2×2 block (positions n, n+1) × (columns d, d+1)
- * of q, k, v, O or dO in the config's layout (n and d even). One fetch in BHSD; two in BSHD, whose
- * texels pair heads instead of positions.
+ * Addressing of q, k, v, O or dO in the config's layout, split so that loops compute the part that
+ * does not change once (SwiftShader's Subzero JIT hoists little itself):
+ *   faBase<X>(b, h, n)       texel row of positions (n, n+1) of head h (n even)
+ *   FA_STEP_<X>              texel rows from position pair (n, n+1) to (n+2, n+3)
+ *   faRowsAt<X>(base, h, t)  the 2×2 block (positions n, n+1) × (columns 2t, 2t+1) at that row
+ *   faRows<X>(b, h, n, d)    the same block for column d (even), all in one call
+ * One fetch per block in BHSD; two in BSHD, whose texels pair heads instead of positions.
  */
 export function rowsAccessor(c: AttentionConfig, variable: string, textures: TexShapes): string {
   const [heads, seq, dim] = headDims(c, variable);
   const fetch = texelAccessor(variable, half(dim), textures[variable]);
-  const body = c.layout === 'BHSD'
-    ? `return faTex${variable}((b * ${heads} + h) * ${half(seq)} + n / 2, d / 2);`
-    : `int row = (b * ${seq} + n) * ${half(heads)} + h / 2;
-       vec4 t0 = faTex${variable}(row, d / 2);
-       vec4 t1 = faTex${variable}(row + ${half(heads)}, d / 2);
-       return (h % 2 == 0) ? vec4(t0.xy, t1.xy) : vec4(t0.zw, t1.zw);`;
+  const x = variable;
+  const addressing = c.layout === 'BHSD'
+    ? `const int FA_STEP_${x} = 1;
+int faBase${x}(int b, int h, int n) { return (b * ${heads} + h) * ${half(seq)} + n / 2; }
+vec4 faRowsAt${x}(int base, int h, int t) { return faTex${x}(base, t); }`
+    : `const int FA_STEP_${x} = ${2 * half(heads)};
+int faBase${x}(int b, int h, int n) { return (b * ${seq} + n) * ${half(heads)} + h / 2; }
+vec4 faRowsAt${x}(int base, int h, int t) {
+  vec4 t0 = faTex${x}(base, t);
+  vec4 t1 = faTex${x}(base + ${half(heads)}, t);
+  return (h % 2 == 0) ? vec4(t0.xy, t1.xy) : vec4(t0.zw, t1.zw);
+}`;
   return `${fetch}
-vec4 faRows${variable}(int b, int h, int n, int d) { ${body} }`;
+${addressing}
+vec4 faRows${x}(int b, int h, int n, int d) { return faRowsAt${x}(faBase${x}(b, h, n), h, d / 2); }`;
 }
 
-/** `vec4 faBlock<X>(int x, int n, int col)`: the texel holding (n, col) of an internal [X, N, C] tensor. */
+/**
+ * `vec4 faBlock<X>(int x, int n, int col)`: the texel holding (n, col) of an internal [X, N, C]
+ * tensor; `faBlockRow<X>(x, n)` its texel row, for loops that read `faTex<X>(row, col / 2)`.
+ */
 export function internalAccessor(variable: string, shape: number[], textures: TexShapes): string {
   const [, seq, cols] = shape;
   return `${texelAccessor(variable, half(cols), textures[variable])}
-vec4 faBlock${variable}(int x, int n, int col) { return faTex${variable}(x * ${half(seq)} + n / 2, col / 2); }`;
+int faBlockRow${variable}(int x, int n) { return x * ${half(seq)} + n / 2; }
+vec4 faBlock${variable}(int x, int n, int col) { return faTex${variable}(faBlockRow${variable}(x, n), col / 2); }`;
 }
 
 /** Picks element (r, c) out of the packed texel holding it. */
@@ -255,28 +270,30 @@ export function keyPairLoop(c: AttentionConfig, from: string, to: string, body: 
   int faLo = max(faRange.x, ${from});
   int faHi = min(faRange.y, ${to});`;
   if (c.blockSize === 0) {
-    return `${bounds}
-  for (int j = faLo - faLo % 2; j < faHi; j += 2) { ${body} }`;
+    return `{ ${bounds}
+  for (int j = faLo - faLo % 2; j < faHi; j += 2) { ${body} } }`;
   }
   const bs = c.blockSize;
-  return `${bounds}
+  return `{ ${bounds}
   int faDone = faLo - faLo % 2;
   for (int faBlock = faLo / ${bs}; faBlock * ${bs} < faHi; faBlock++) {
     int faStart = max(faBlock * ${bs}, faDone);
     if (!faBlockLive(b, h, i, i + 1, faBlock * ${bs}, faBlock * ${bs} + ${bs - 1})) continue;
     int faEnd = min(faHi, (faBlock + 1) * ${bs});
     for (int j = faStart - faStart % 2; j < faEnd; j += 2) { ${body} faDone = j + 2; }
-  }`;
+  } }`;
 }
 
 /**
  * Loops `int h` over the query heads that share KV head g and `int i` over the even starts of the
  * query row pairs (i, i+1) that may see key pair (j, j+1), skipping dead row blocks of a block mask.
+ * `headSetup` runs once per head, before its rows.
  */
-export function rowPairLoop(c: AttentionConfig, body: string): string {
+export function rowPairLoop(c: AttentionConfig, headSetup: string, body: string): string {
   const group = c.headsQ / c.headsKV;
   const bounds = `ivec2 faRows = faRowRange(j, j + 1);`;
-  const heads = (inner: string) => `for (int h = g * ${group}; h < (g + 1) * ${group}; h++) { ${inner} }`;
+  const heads = (inner: string) => `for (int h = g * ${group}; h < (g + 1) * ${group}; h++) { ${headSetup}
+    ${inner} }`;
   if (c.blockSize === 0) {
     return `${bounds}
   ${heads(`for (int i = faRows.x - faRows.x % 2; i < faRows.y; i += 2) { ${body} }`)}`;
@@ -307,10 +324,14 @@ export function decodeRow(c: AttentionConfig, bh: string): string {
 export function blockDot(acc: string, a: string, ah: string, an: string, x: string, xh: string, xn: string,
   dim: number): string {
   const full = Math.floor(dim / 2);
-  const step = (d: string, mask: string) => `{
-      vec4 at = faRows${a}(b, ${ah}, ${an}, ${d})${mask};
-      vec4 xt = faRows${x}(b, ${xh}, ${xn}, ${d})${mask};
+  const step = (t: string, mask: string) => `{
+      vec4 at = faRowsAt${a}(faA, ${ah}, ${t})${mask};
+      vec4 xt = faRowsAt${x}(faX, ${xh}, ${t})${mask};
       ${acc} += at.xxzz * xt.xzxz + at.yyww * xt.ywyw; }`;
-  return `for (int p = 0; p < ${full}; p++) ${step('2 * p', '')}
-    ${dim % 2 ? step(`${2 * full}`, ' * vec4(1.0, 0.0, 1.0, 0.0)') : ''}`;
+  return `{
+    int faA = faBase${a}(b, ${ah}, ${an});
+    int faX = faBase${x}(b, ${xh}, ${xn});
+    for (int p = 0; p < ${full}; p++) ${step('p', '')}
+    ${dim % 2 ? step(`${full}`, ' * vec4(1.0, 0.0, 1.0, 0.0)') : ''}
+  }`;
 }

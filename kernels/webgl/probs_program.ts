@@ -2,7 +2,7 @@
 // needs, recomputed from the saved lse, for keys [keyStart, keyStart + blockKeys): a packed
 // [B·Hq, Nq, blockKeys] tensor (values in [0, 1/(1 − rate)]).
 import type { AttentionConfig } from '../../src/config';
-import { blockFragment } from './ds_program';
+import { blockFragment, lseAndDot } from './ds_program';
 import { attentionUniforms, elementAccessor, optionalAccessors, rowsAccessor, scoreSnippet } from './glsl';
 import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
@@ -17,6 +17,7 @@ ${elementAccessor('Lse', [1, c.batch, c.headsQ, c.seqQ])}
 ${scoreSnippet(c)}
 void main() {
   ${blockFragment(c)}
+  ${lseAndDot(c)}
   setOutput(faProbs(faScore4(faCapped4(qk), b, h, i, j), L) * faDropScale4(b, h, i, j));
 }`;
   return new AttentionProgram(['Q', 'K', 'Lse', ...optional.variables], [c.batch * c.headsQ, c.seqQ, blockKeys], true,

@@ -5,17 +5,12 @@
 // and one k texel, as in tfjs' packed matMul); fragments whose four pairs all lie outside the window,
 // the key lengths or a dead block-mask block write −Infinity without reading q or k.
 import type { AttentionConfig } from '../../src/config';
-import { attentionUniforms, decodeRow, optionalAccessors, rowsAccessor, scoreSnippet } from './glsl';
+import { attentionUniforms, blockDot, decodeRow, optionalAccessors, rowsAccessor, scoreSnippet } from './glsl';
 import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
 export function scoresProgram(c: AttentionConfig, textures: TexShapes, keyStart: number, blockKeys: number): AttentionProgram {
   const optional = optionalAccessors(c);
-  const full = Math.floor(c.headDim / 2);
-  const step = (d: string, mask: string) => `{
-    vec4 qt = faRowsQ(b, h, i, ${d})${mask};
-    vec4 kt = faRowsK(b, g, j, ${d})${mask};
-    dots += qt.xxzz * kt.xzxz + qt.yyww * kt.ywyw; }`;
   const userCode = `
 ${rowsAccessor(c, 'Q', textures)}
 ${rowsAccessor(c, 'K', textures)}
@@ -32,8 +27,7 @@ void main() {
     return;
   }
   vec4 dots = vec4(0.0);
-  for (int p = 0; p < ${full}; p++) ${step('2 * p', '')}
-  ${c.headDim % 2 ? step(`${2 * full}`, ' * vec4(1.0, 0.0, 1.0, 0.0)') : ''}
+  ${blockDot('dots', 'Q', 'h', 'i', 'K', 'g', 'j', c.headDim)}
   setOutput(faStore(faScore4(faCapped4(dots), b, h, i, j)));
 }`;
   return new AttentionProgram(['Q', 'K', ...optional.variables], [c.batch * c.headsQ, c.seqQ, blockKeys], true,
