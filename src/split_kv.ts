@@ -74,3 +74,45 @@ export function mergeRow(lse: ArrayLike<number>, partial: ArrayLike<number>, spl
   for (let d = 0; d < dim; d++) out[outAt + d] = acc[d] / sum;
   return max + Math.log(sum);
 }
+
+// WebGL has no workgroups: the one-pass webgl forward walks the keys in blocks of up to 1024 keys,
+// four draws per block (kernels/webgl/flash_attention.ts), and inside a block one fragment per
+// query row pair loops over the block's keys for the row statistics. With few query rows those
+// loops are long and the fragments few. The webgl split path (kernels/webgl/flash_attention_split.ts)
+// runs a fixed number of draws whatever Nk: per-range statistics, weights, per-range partial outputs
+// (one fragment per (range, row pair, column pair)), and the merge; each range's loops are
+// WEBGL_SPLIT_RULE.KEYS_PER_SPLIT keys long. It holds a [B·Hq, Nq, Nk] weight texture, linear in Nk
+// because Nq ≤ MAX_QUERY_ROWS, and bounded by MAX_WEIGHT_ELEMENTS.
+export const WEBGL_SPLIT_RULE = {
+  MAX_QUERY_ROWS: 16,
+  KEYS_PER_SPLIT: 256,
+  /** Below this many keys the one-pass kernel is used. */
+  MIN_KEYS: 256,
+  /** Elements of the weight texture ([B·Hq, Nq, Nk]): 128 MiB in float32, as the one-pass block budget. */
+  MAX_WEIGHT_ELEMENTS: 2 ** 25,
+};
+
+/**
+ * The webgl split plan: `splits` key ranges of `keys` keys each (the last may be shorter); splits = 1
+ * means the one-pass kernel. Ranges hold an even number of keys (a packed texel pairs two keys), so
+ * the count follows from that size. `maxTextureSize` bounds the weight texture, which tfjs
+ * squarifies into at most (max − 1)² texels; `splitKvTuning.force` is honored where it fits.
+ */
+export function webglSplitPlan(c: AttentionConfig, maxTextureSize: number): { splits: number; keys: number } {
+  const { MAX_QUERY_ROWS, KEYS_PER_SPLIT, MIN_KEYS, MAX_WEIGHT_ELEMENTS } = WEBGL_SPLIT_RULE;
+  const rows = c.batch * c.headsQ;
+  const texels = rows * Math.ceil(c.seqQ / 2) * Math.ceil(c.seqK / 2);
+  const fits = rows * c.seqQ * c.seqK <= MAX_WEIGHT_ELEMENTS && texels <= (maxTextureSize - 1) ** 2;
+  const onePass = { splits: 1, keys: c.seqK };
+  if (!fits) return onePass;
+  let wanted: number;
+  if (splitKvTuning.force !== undefined) {
+    wanted = Math.max(1, Math.min(splitKvTuning.force, c.seqK));
+  } else {
+    if (c.seqQ > MAX_QUERY_ROWS || c.seqK < MIN_KEYS) return onePass;
+    wanted = Math.ceil(c.seqK / KEYS_PER_SPLIT);
+  }
+  if (wanted === 1) return onePass;
+  const keys = 2 * Math.ceil(c.seqK / wanted / 2);
+  return { splits: Math.ceil(c.seqK / keys), keys };
+}

@@ -1,0 +1,86 @@
+// The webgl kernel's split-KV path (kernels/webgl/flash_attention_split.ts) in headless Chromium
+// (SwiftShader): the shared case list forced through it (forward, lse and gradients against the
+// float64 reference; the backward is the one-pass one, fed the split forward's output and lse),
+// decode shapes (Nq ∈ {1, 4}, Nk up to 65536) that the rule splits by itself, against the reference
+// and against the one-pass kernel, and no leaked tensors.
+import * as path from 'path';
+import type { BackendInfo, EncodedCaseResult } from './browser/harness';
+import { BenchPage, decodeFloats, openPage } from './browser/page';
+import type { AttentionCase } from './cases';
+import { caseData } from './cases';
+import { checkCase, failures } from './setup/check_case';
+import type { CaseResult } from './setup/run_case';
+import { CASES, DECODE_CASES } from './setup/split_kv_cases';
+
+const ENTRY = path.join(__dirname, 'split_kv_webgl_page.ts');
+/** SPEC §3's WebGL float32 forward tolerance. */
+const TOLERANCE = 1e-3;
+
+let page: BenchPage;
+
+function decode(r: EncodedCaseResult): CaseResult {
+  const optional = (x?: string) => (x === undefined ? undefined : decodeFloats(x));
+  return {
+    backend: r.backend, output: decodeFloats(r.output), lse: decodeFloats(r.lse), dq: optional(r.dq),
+    dk: optional(r.dk), dv: optional(r.dv), dbias: optional(r.dbias), tensorsBefore: r.tensorsBefore,
+    tensorsAfter: r.tensorsAfter,
+  };
+}
+
+async function check(c: AttentionCase): Promise<string> {
+  const result = decode(await page.runInPage<EncodedCaseResult>('faRunCase', [c]));
+  expect(result.backend).toBe('webgl');
+  return failures(checkCase(c, caseData(c), result, TOLERANCE));
+}
+
+beforeAll(async () => {
+  page = await openPage({ entry: ENTRY });
+  const info = await page.runInPage<BackendInfo>('faSetup', [{ backend: 'webgl' }]);
+  expect(info.backend).toBe('webgl');
+}, 120000);
+
+afterAll(async () => {
+  await page?.close();
+});
+
+afterEach(async () => {
+  await page.runInPage('faSplitForce', [null]);
+});
+
+describe('webgl, keys forced into 3 ranges', () => {
+  for (const c of CASES) {
+    test(`case ${c.name}`, async () => {
+      await page.runInPage('faSplitForce', [3]);
+      const plan = await page.runInPage<{ splits: number }>('faSplitPlan', [c]);
+      // Ranges hold an even number of keys: 2 keys or fewer make one range (the one-pass kernel).
+      if (c.nk > 2) expect(plan.splits).toBeGreaterThan(1); else expect(plan.splits).toBe(1);
+      expect(await check(c)).toBe('');
+    });
+  }
+});
+
+describe('webgl, keys forced into ranges of 2 keys (most ranges empty under masks)', () => {
+  for (const c of CASES.filter(x => x.causal || x.windowSize || x.keyLengths || x.mask || x.blockSparse || x.dropout)) {
+    test(`case ${c.name} (forward)`, async () => {
+      await page.runInPage('faSplitForce', [64]);
+      expect(await check({ ...c, grad: false })).toBe('');
+    });
+  }
+});
+
+describe('webgl decode shapes (split by the rule)', () => {
+  for (const c of DECODE_CASES) {
+    test(c.name, async () => {
+      const plan = await page.runInPage<{ splits: number; programs: number }>('faSplitPlan', [c]);
+      expect(plan.splits).toBeGreaterThan(1);
+      // stats, weights, accumulate, merge, merge lse (+ the BSHD layout), whatever Nk.
+      expect(plan.programs).toBeLessThanOrEqual(c.layout === 'BSHD' ? 6 : 5);
+      expect(await check(c)).toBe('');
+      const r = await page.runInPage<{ output: number; lse: number; vmax: number; lseMax: number; nan: boolean }>(
+        'faSplitVsOnePass', [c]);
+      expect(r.nan).toBe(false);
+      expect(r.output).toBeLessThanOrEqual(TOLERANCE * r.vmax);
+      expect(r.lse).toBeLessThanOrEqual(TOLERANCE * r.lseMax);
+    }, 120000);
+  }
+});
