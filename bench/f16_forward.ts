@@ -1,0 +1,283 @@
+// The `precision: 'float16'` forward on the webgpu backend through Dawn (bench + GPU check):
+//   1. correctness: every case of test/cases.ts, forward in float16 mode, on every f16 plan the
+//      device has (subgroup matrices, f16 registers, and the f32-element plan CI tests), against the
+//      float64 reference;
+//   2. numerics: max and RMS error against float64 at N = 1024 … 16384 (sampled rows), random normal
+//      inputs and inputs with 1 % of entries ×10, float16 vs float32 mode;
+//   3. a tile sweep at N = 4096 (D = 64, 128), then TFLOP/s of float16 vs float32 mode, causal and
+//      not, N = 1024 … 65536, B = 1, H = 12.
+//
+//   /work/shared/gpu/pack.sh bench/f16_forward.ts   then on the GPU machine:
+//   bash .gpu/run.sh f16_forward.mjs [--quick] [--no-robustness] [--max-n N] [--skip-check]
+// Results: tables on stdout, JSON in $OUT/f16_forward<-norobust>.json when OUT is set.
+//
+// Timing as bench/webgpu.ts: after a warm-up run (compilation), `iters` runs are queued back to back
+// and timed with the host clock around queue.onSubmittedWorkDone(); inputs are random normal.
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs-core';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { flashAttention } from '../src/index';
+import type { FlashAttentionOptions } from '../src/config';
+import { flushTfjs } from '../kernels/webgpu/runtime';
+import { F16Plan, f16Capabilities, f16Tuning, matrixPathFits, subgroupMatrixConfigs } from '../kernels/webgpu/f16_support';
+import { F16_FORWARD_TILES, f16ForwardTuning, F16Tiles, forwardF16WorkgroupBytes } from '../kernels/webgpu/attention_forward_f16';
+import { initDawn } from '../src/node';
+import { CASES, caseData } from '../test/cases';
+import { caseTensors } from '../test/case_tensors';
+import { maxAbs } from '../test/compare';
+import { referenceForward } from '../test/reference';
+import type { AttentionConfig } from '../src/config';
+
+const H = 12;
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const noRobustness = args.includes('--no-robustness');
+const maxN = Number(args[args.indexOf('--max-n') + 1]) || 65536;
+const log: string[] = [];
+const say = (line: string) => { log.push(line); console.log(line); };
+
+function backend(): WebGPUBackend {
+  return tf.backend() as WebGPUBackend;
+}
+
+async function settle(): Promise<void> {
+  flushTfjs(backend());
+  await backend().device.queue.onSubmittedWorkDone();
+}
+
+async function timeMs(run: () => void, budgetMs: number): Promise<number> {
+  run();
+  await settle();
+  let t0 = performance.now();
+  run();
+  await settle();
+  const once = performance.now() - t0;
+  if (once > 1000) return once;
+  const iters = Math.max(2, Math.min(50, Math.ceil(budgetMs / Math.max(once, 0.01))));
+  t0 = performance.now();
+  for (let i = 0; i < iters; i++) run();
+  await settle();
+  return (performance.now() - t0) / iters;
+}
+
+const withPlan = async <T>(plan: F16Plan | undefined, tiles: F16Tiles | undefined, body: () => Promise<T>): Promise<T> => {
+  f16Tuning.plan = plan;
+  f16ForwardTuning.tiles = tiles;
+  try {
+    return await body();
+  } finally {
+    f16Tuning.plan = undefined;
+    f16ForwardTuning.tiles = undefined;
+  }
+};
+
+/** 1. The case list in float16 mode: worst output error / max|v| and lse error per plan. */
+async function checkCases(plans: F16Plan[]): Promise<Record<string, unknown>> {
+  const report: Record<string, unknown> = {};
+  for (const plan of plans) {
+    const tol = plan.element === 'f32' ? 2e-5 : 4e-3;
+    let worst = 0, worstName = '', worstLse = 0;
+    const failed: string[] = [];
+    await withPlan(plan, undefined, async () => {
+      for (const c of CASES) {
+        const data = caseData(c);
+        const t = caseTensors(c, data);
+        const { output, lse } = flashAttention(t.q, t.k, t.v, { ...t.options, precision: 'float16', returnLse: true });
+        const [got, gotLse] = [await output.data(), await lse.data()];
+        tf.dispose([output, lse, ...t.all]);
+        const ref = referenceForward(c, data);
+        const vmax = maxAbs(data.v.values);
+        let err = 0, lseErr = 0;
+        for (let n = 0; n < got.length; n++) {
+          const e = Number.isNaN(ref.output[n]) ? (Number.isNaN(got[n]) ? 0 : Infinity) : Math.abs(got[n] - ref.output[n]);
+          err = Math.max(err, e);
+        }
+        const lseScale = Math.max(1, maxAbs(ref.lse));
+        for (let n = 0; n < gotLse.length; n++) {
+          const r = ref.lse[n], x = gotLse[n];
+          const same = (Number.isNaN(r) && Number.isNaN(x)) || r === x;
+          lseErr = Math.max(lseErr, same ? 0 : Math.abs(x - r) / lseScale);
+        }
+        const rel = err / vmax;
+        if (!(rel <= tol) || !(lseErr <= tol)) failed.push(`${c.name}: out ${rel.toExponential(2)} lse ${lseErr.toExponential(2)}`);
+        if (rel > worst || Number.isNaN(rel)) { worst = rel; worstName = c.name; }
+        worstLse = Math.max(worstLse, lseErr);
+      }
+    });
+    const name = `${plan.matmul}/${plan.element}`;
+    say(`cases ${name}: ${CASES.length} cases, worst output err ${worst.toExponential(2)}·max|v| (${worstName}), ` +
+      `worst lse err ${worstLse.toExponential(2)}; tolerance ${tol}: ${failed.length ? `FAILED ${failed.join('; ')}` : 'all pass'}`);
+    report[name] = { worst, worstName, worstLse, failed };
+  }
+  return report;
+}
+
+/** mulberry32 + Box-Muller. */
+function normals(n: number, seed: number, outliers: boolean): Float32Array {
+  let a = seed >>> 0;
+  const rand = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const x = Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand());
+    out[i] = outliers && rand() < 0.01 ? 10 * x : x;
+  }
+  return out;
+}
+
+/** 2. Max and RMS error vs float64 on sampled rows (B = 1, 4 heads). */
+async function numerics(): Promise<unknown[]> {
+  const heads = 4, rowsPerHead = 48, results: unknown[] = [];
+  const sizes = quick ? [1024] : [1024, 4096, 16384];
+  for (const d of [64, 128]) {
+    for (const n of sizes) {
+      for (const outliers of [false, true]) {
+        const [qa, ka, va] = [11, 12, 13].map(s => normals(heads * n * d, s + n + d, outliers));
+        const [q, k, v] = [qa, ka, va].map(x => tf.tensor4d(x, [1, heads, n, d]));
+        const scale = 1 / Math.sqrt(d);
+        const vmax = maxAbs(va);
+        const line: Record<string, unknown> = { d, n, outliers };
+        for (const precision of ['float16', 'float32'] as const) {
+          const out = flashAttention(q, k, v, { precision });
+          const got = await out.data();
+          out.dispose();
+          let maxErr = 0, sq = 0, count = 0;
+          for (let h = 0; h < heads; h++) {
+            for (let s = 0; s < rowsPerHead; s++) {
+              const i = Math.floor(((s + 0.5) / rowsPerHead) * n);
+              const qo = (h * n + i) * d;
+              const sc = new Float64Array(n);
+              let mx = -Infinity;
+              for (let j = 0; j < n; j++) {
+                let dot = 0;
+                const ko = (h * n + j) * d;
+                for (let e = 0; e < d; e++) dot += qa[qo + e] * ka[ko + e];
+                sc[j] = dot * scale;
+                mx = Math.max(mx, sc[j]);
+              }
+              let sum = 0;
+              for (let j = 0; j < n; j++) { sc[j] = Math.exp(sc[j] - mx); sum += sc[j]; }
+              for (let e = 0; e < d; e++) {
+                let o = 0;
+                for (let j = 0; j < n; j++) o += sc[j] * va[(h * n + j) * d + e];
+                const err = Math.abs(got[qo + e] - o / sum);
+                maxErr = Math.max(maxErr, Number.isNaN(err) ? Infinity : err);
+                sq += err * err;
+                count++;
+              }
+            }
+          }
+          line[precision] = { maxErrOverMaxV: maxErr / vmax, rmsErr: Math.sqrt(sq / count), maxV: vmax };
+        }
+        tf.dispose([q, k, v]);
+        results.push(line);
+        const f = (p: string) => {
+          const r = line[p] as { maxErrOverMaxV: number; rmsErr: number };
+          return `${p} max ${r.maxErrOverMaxV.toExponential(2)}·max|v| rms ${r.rmsErr.toExponential(2)}`;
+        };
+        say(`numerics D=${d} N=${n} ${outliers ? 'outliers×10' : 'normal     '} max|v| ${vmax.toFixed(2)}: ${f('float16')} | ${f('float32')}`);
+      }
+    }
+  }
+  return results;
+}
+
+interface Row { precision: string; n: number; d: number; causal: boolean; note: string; ms?: number; tflops?: number; error?: string }
+const rows: Row[] = [];
+
+async function measure(row: Row, options: FlashAttentionOptions, budgetMs: number): Promise<Row> {
+  const { n, d } = row;
+  const [q, k, v] = [1, 2, 3].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
+  const device = backend().device;
+  device.pushErrorScope('validation');
+  try {
+    row.ms = await timeMs(() => tf.tidy(() => { flashAttention(q, k, v, { ...options, causal: row.causal, precision: row.precision as 'float16' }); }), budgetMs);
+    row.tflops = (4 * H * n * n * d * (row.causal ? 0.5 : 1)) / (row.ms * 1e9);
+  } catch (e) {
+    row.error = (e as Error).message.slice(0, 300);
+  }
+  tf.dispose([q, k, v]);
+  await settle();
+  const invalid = await device.popErrorScope();
+  if (invalid) row.error = `WebGPU validation error: ${invalid.message.split('\n').slice(0, 6).join(' | ')}`;
+  rows.push(row);
+  say(format(row));
+  return row;
+}
+
+function format(r: Row): string {
+  return [r.precision.padEnd(8), `N=${r.n}`.padEnd(8), `D=${r.d}`.padEnd(6), (r.causal ? 'causal' : 'full').padEnd(7),
+    r.error ? `FAILED ${r.error}` : `${r.ms?.toFixed(3).padStart(9)} ms ${r.tflops?.toFixed(2).padStart(6)} TFLOP/s`, r.note].join(' ');
+}
+
+function benchConfig(n: number, d: number): AttentionConfig {
+  return {
+    batch: 1, headsQ: H, headsKV: H, seqQ: n, seqK: n, headDim: d, headDimV: d, layout: 'BHSD', scale: 1 / Math.sqrt(d),
+    windowLeft: -1, windowRight: -1, softcap: 0, dropoutRate: 0, dropoutSeed: 0, biasShape: [], maskShape: [],
+    alibiShape: [], hasKeyLengths: false, blockMaskShape: [], blockSize: 0, precision: 'float16',
+  };
+}
+
+/** 3a. Tiles at N = 4096 for the device's plan; returns the fastest. */
+async function sweep(d: number, plan: F16Plan, limit: number): Promise<F16Tiles | undefined> {
+  const n = Math.min(4096, maxN);
+  const candidates: F16Tiles[] = [...F16_FORWARD_TILES, { groups: 2, keys: 64 }, { groups: 8, keys: 32 },
+    { groups: 4, keys: 16 }, { groups: 8, keys: 16 }, { groups: 2, keys: 16 }]
+    .filter(t => forwardF16WorkgroupBytes(benchConfig(n, d), plan, t, true) <= limit);
+  let best: { t: F16Tiles; ms: number } | undefined;
+  for (const t of candidates) {
+    const r = await withPlan(undefined, t, () => measure({ precision: 'float16', n, d, causal: false,
+      note: `tiles ${JSON.stringify(t)}` }, {}, 200));
+    if (r.ms !== undefined && (!best || r.ms < best.ms)) best = { t, ms: r.ms };
+  }
+  say(`D=${d}: fastest tiles ${JSON.stringify(best)}`);
+  return best?.t;
+}
+
+async function main(): Promise<void> {
+  const setup = await initDawn({ unsafeFeatures: true, disableRobustness: noRobustness, swiftShaderFallback: true });
+  const device = setup.device;
+  const caps = f16Capabilities(device);
+  const limit = device.limits.maxComputeWorkgroupStorageSize;
+  say(`adapter: ${setup.description}; robustness ${noRobustness ? 'OFF' : 'on'}; workgroup memory ${limit} B; ` +
+    `capabilities ${JSON.stringify(caps)}; matrix path ${matrixPathFits(caps)}`);
+  say(`subgroupMatrixConfigs: ${JSON.stringify(subgroupMatrixConfigs(device))}`);
+  const report: Record<string, unknown> = { adapter: setup.description, robustness: !noRobustness, caps };
+  const plans: F16Plan[] = [];
+  if (matrixPathFits(caps)) plans.push({ matmul: 'subgroup-matrix', element: 'f16' });
+  if (caps.shaderF16) plans.push({ matmul: 'registers', element: 'f16' });
+  plans.push({ matmul: 'registers', element: 'f32' });
+  if (!args.includes('--skip-check')) {
+    report.cases = await checkCases(plans);
+    if (!noRobustness) report.numerics = await numerics();
+  }
+  const plan = plans[0];
+  const best: Record<number, F16Tiles | undefined> = {};
+  for (const d of [64, 128]) best[d] = await sweep(d, plan, limit);
+  const sizes = (quick ? [Math.min(4096, maxN)] : [1024, 2048, 4096, 8192, 16384, 32768, 65536]).filter(n => n <= maxN);
+  for (const d of [64, 128]) {
+    for (const n of sizes) {
+      for (const causal of [false, true]) {
+        const budget = n >= 32768 ? 1 : 250;
+        await withPlan(undefined, best[d], () => measure({ precision: 'float16', n, d, causal, note: `tiles ${JSON.stringify(best[d])}` }, {}, budget));
+        await measure({ precision: 'float32', n, d, causal, note: 'float32 kernel' }, {}, budget);
+      }
+    }
+  }
+  report.rows = rows;
+  say('\nsummary');
+  for (const r of rows) say(format(r));
+  const out = process.env.OUT;
+  if (out) {
+    fs.writeFileSync(path.join(out, `f16_forward${noRobustness ? '-norobust' : ''}.json`), JSON.stringify(report, null, 1));
+    fs.writeFileSync(path.join(out, `f16_forward${noRobustness ? '-norobust' : ''}.log`), log.join('\n') + '\n');
+  }
+}
+
+main().then(() => process.exit(0), e => { console.error(e); process.exit(1); });

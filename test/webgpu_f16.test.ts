@@ -1,0 +1,157 @@
+// The `precision: 'float16'` forward on webgpu through Dawn.
+//
+// - Everywhere (SwiftShader in CI, which has neither `shader-f16` nor subgroup matrices): the f16
+//   program is generated with its 'registers' plan and f32 elements, so its whole tile logic
+//   (staging, score modifiers, online softmax, workgroup layouts, skipped tiles, output) runs on the
+//   shared case list against the float64 reference with SPEC's float32 tolerance.
+// - Without `shader-f16`, `precision: 'float16'` runs the float32 kernel and warns once.
+// - On adapters with `shader-f16` (and subgroup matrices): the real f16 plans on the case list, with
+//   the float16 tolerance (see F16_TOLERANCE); skipped elsewhere with the reason printed.
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { flashAttention } from '../src/index';
+import { AttentionCase, CASES, caseData } from './cases';
+import { caseTensors } from './case_tensors';
+import { compareForward, compareLse, maxAbs } from './compare';
+import { referenceForward } from './reference';
+import { DawnWebGPU, initDawnWebGPU } from './setup/webgpu_node';
+import { F16Plan, f16Capabilities, f16Tuning, matrixPathFits } from '../kernels/webgpu/f16_support';
+import { f16ForwardTuning, F16Tiles } from '../kernels/webgpu/attention_forward_f16';
+
+/**
+ * Forward error bound of the real f16 plans, relative to max|v|: Q and K rounded to f16 (relative
+ * error 2^-11 each) perturb the scores by about 1e-3 of their size, P and V rounded to f16 add about
+ * 5e-4. The H100 measured at most 1.0e-3·max|v| on random normal inputs up to N = 16384
+ * (bench/RESULTS.md, float16 section); 4e-3 leaves room for the small cases' larger scores
+ * (scale, softcap, bias) and is still 10× below a wrong tile.
+ */
+const F16_TOLERANCE = 4e-3;
+
+const byName = (name: string): AttentionCase => {
+  const c = CASES.find(x => x.name === name);
+  if (!c) throw new Error(`no case '${name}'`);
+  return c;
+};
+
+/** Runs the forward of each case in float16 mode and returns the failures (empty when all pass). */
+async function forwardFailures(cases: AttentionCase[], tolerance: number): Promise<string> {
+  const problems: string[] = [];
+  for (const c of cases) {
+    const data = caseData(c);
+    const before = tf.memory().numTensors;
+    const t = caseTensors(c, data);
+    const { output, lse } = flashAttention(t.q, t.k, t.v, { ...t.options, precision: 'float16', returnLse: true });
+    const ref = referenceForward(c, data);
+    const shape = c.layout === 'BSHD' ? [c.b, c.nq, c.hq, c.dv] : [c.b, c.hq, c.nq, c.dv];
+    const results = [
+      compareForward(`${c.name} output`, await output.data(), ref.output, shape, maxAbs(data.v.values), tolerance),
+      compareLse(`${c.name} lse`, await lse.data(), ref.lse, [c.b, c.hq, c.nq], tolerance),
+    ];
+    tf.dispose([output, lse, ...t.all]);
+    for (const r of results) if (!r.ok) problems.push(r.message);
+    if (tf.memory().numTensors !== before) problems.push(`${c.name}: ${tf.memory().numTensors - before} tensor(s) leaked`);
+  }
+  return problems.join('\n');
+}
+
+function withPlan(plan: F16Plan | undefined, tiles: F16Tiles | undefined, body: () => Promise<void>):
+    () => Promise<void> {
+  return async () => {
+    f16Tuning.plan = plan;
+    f16ForwardTuning.tiles = tiles;
+    try {
+      await body();
+    } finally {
+      f16Tuning.plan = undefined;
+      f16ForwardTuning.tiles = undefined;
+    }
+  };
+}
+
+const F32_REGISTERS: F16Plan = { matmul: 'registers', element: 'f32' };
+
+/** Without subgroups only the row reductions differ: a subset covers them. */
+const NO_SUBGROUP_CASES = ['plain', 'D=7 Dv=5', 'GQA 4:2', 'BSHD', 'causal Nq>Nk (empty rows)', 'mask int32 fully masked rows',
+  'keyLengths zero', 'dropout', 'block sparse', 'everything'].map(byName);
+
+describe.each([[true, CASES], [false, NO_SUBGROUP_CASES]])('float16 forward tile logic in f32, subgroups requested: %s',
+  (subgroups, cases) => {
+  beforeAll(async () => { await initDawnWebGPU({ subgroups }); }, 120000);
+
+  test(`${cases.length} cases of the shared list match float64 to 2e-5·max|v| (one subgroup of 16 rows, 16-key tiles)`,
+    withPlan(F32_REGISTERS, { groups: 1, keys: 16 }, async () => {
+      expect(await forwardFailures(cases, 2e-5)).toBe('');
+    }));
+
+  test('several subgroups per workgroup, 32-key tiles, O in two column chunks (Dv = 80 > 32 keys)',
+    withPlan(F32_REGISTERS, { groups: 2, keys: 32 }, async () => {
+      const cases = ['plain', 'D=80', 'N=129 D=64', 'D=7 Dv=5', 'BSHD', 'causal Nq>Nk (empty rows)',
+        'block sparse broadcast causal', 'everything', 'NaN in v'].map(byName);
+      expect(await forwardFailures(cases, 2e-5)).toBe('');
+    }));
+});
+
+describe('float16 forward: skipped tiles and the fallback', () => {
+  let gpu: DawnWebGPU;
+  beforeAll(async () => { gpu = await initDawnWebGPU({ subgroups: true }); }, 120000);
+
+  test('key tiles outside the causal band and dead block-sparse tiles are never read',
+    withPlan(F32_REGISTERS, { groups: 1, keys: 16 }, async () => {
+      // A NaN value row in a visited tile poisons every row (0 · NaN = NaN), so finite, unchanged
+      // outputs of the first 16 rows prove that tile 1 (keys 16..31) was skipped.
+      const n = 32, d = 4;
+      const q = tf.randomNormal([1, 1, n, d], 0, 1, 'float32', 1);
+      const k = tf.randomNormal([1, 1, n, d], 0, 1, 'float32', 2);
+      const v = tf.randomNormal([1, 1, n, d], 0, 1, 'float32', 3);
+      const rows = tf.reshape(tf.range(0, n), [1, 1, n, 1]);
+      const poisoned = tf.where(tf.greaterEqual(rows, 16), tf.fill(v.shape, NaN), v);
+      const blockMask = tf.tensor4d([1, 0, 1, 1], [1, 1, 2, 2], 'int32');
+      for (const options of [{ causal: true }, { blockSparse: { blockMask, blockSize: 16 } }]) {
+        const clean = await flashAttention(q, k, v, { ...options, precision: 'float16' }).data();
+        const dirty = await flashAttention(q, k, poisoned, { ...options, precision: 'float16' }).data();
+        expect(Array.from(dirty.slice(0, 16 * d))).toEqual(Array.from(clean.slice(0, 16 * d)));
+        expect(dirty.slice(0, 16 * d).every(Number.isFinite)).toBe(true);
+      }
+      tf.dispose([q, k, v, rows, poisoned, blockMask]);
+    }));
+
+  test('without shader-f16, float16 runs the float32 kernel and says so once', async () => {
+    const caps = f16Capabilities(gpu.device);
+    if (caps.shaderF16) {
+      console.log('skipped: this adapter has shader-f16, so float16 has a kernel here');
+      return;
+    }
+    const warn = jest.spyOn(console, 'warn').mockImplementation(() => undefined);
+    try {
+      const cases = ['plain', 'everything'].map(byName);
+      expect(await forwardFailures(cases, 2e-5)).toBe('');
+      const ours = warn.mock.calls.filter(args => String(args[0]).includes("precision 'float16'"));
+      expect(ours.length).toBe(1);
+    } finally {
+      warn.mockRestore();
+    }
+  });
+});
+
+describe('float16 forward on the adapter\'s f16 hardware', () => {
+  let gpu: DawnWebGPU;
+  beforeAll(async () => {
+    gpu = await initDawnWebGPU({ subgroups: true, dawnFlags: ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia'] });
+  }, 120000);
+
+  test('the shared case list with f16 staging: subgroup matrices, then f16 registers', async () => {
+    const caps = f16Capabilities(gpu.device);
+    if (!caps.shaderF16) {
+      console.log(`skipped: adapter '${gpu.description}' has no shader-f16 (nor subgroup matrices)`);
+      return;
+    }
+    const plans: F16Plan[] = [{ matmul: 'registers', element: 'f16' }];
+    if (matrixPathFits(caps)) plans.unshift({ matmul: 'subgroup-matrix', element: 'f16' });
+    else console.log(`subgroup-matrix plan skipped: ${JSON.stringify(caps)}`);
+    for (const plan of plans) {
+      await withPlan(plan, undefined, async () => {
+        expect(await forwardFailures(CASES, F16_TOLERANCE)).toBe('');
+      })();
+    }
+  });
+});
