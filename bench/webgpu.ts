@@ -4,6 +4,7 @@
 // configurations at N = 4096 and keeps the fastest for the rest.
 //
 //   /work/shared/gpu/pack.sh bench/webgpu.ts   then on the GPU machine:   bash .gpu/run.sh webgpu.mjs
+//   (--final: the headline table with default tiles; --sweep: the wide forward tile sweep; --quick)
 // Results: a table on stdout and JSON in $OUT/webgpu_bench.json (when OUT is set).
 //
 // Timing: after a warm-up (compilation), one run is timed to size the batch, then `iters` runs are
@@ -167,6 +168,50 @@ async function tune(d: number, limit: number, threads: number): Promise<void> {
   console.log(`D=${d}: forward tiles ${JSON.stringify(best)}, backward tiles ${JSON.stringify(bestB)}`);
 }
 
+/**
+ * Wide forward tile sweep (`--sweep`, causal with `--sweep-causal`): query rows × (key cols, rows
+ * and cols per thread) × P read as vec4 or not, at N = 4096 for D = 64 and 128; the five fastest of
+ * each D are timed again with a longer budget (to see the noise), full and causal, and at N = 8192.
+ */
+async function sweep(limit: number, threads: number, causal: boolean): Promise<void> {
+  for (const d of [64, 128]) {
+    const c = benchConfig(4096, d);
+    const shapes: Array<[number, number, number]> = [[16, 4, 2], [32, 4, 4], [32, 4, 2], [32, 8, 4], [16, 8, 2], [32, 2, 4]];
+    const candidates: Tiles[] = [];
+    for (const rows of [64, 96, 128, 192, 256]) {
+      for (const [cols, tm, tn] of shapes) {
+        for (const probsVec4 of [false, true]) {
+          const t: Tiles = { ...T(rows, cols, tm, tn), rowsFromGlobal: true, probsVec4 };
+          if (rows % tm === 0 && forwardWorkgroupBytes(c, t, true) <= limit && threadsOf(t).WG <= threads) candidates.push(t);
+        }
+      }
+    }
+    const timed: Array<{ t: Tiles; ms: number }> = [];
+    for (const t of candidates) {
+      webgpuAttentionTuning.forwardTiles = t;
+      const r = await measure({ impl: 'flash', pass: 'fwd', n: 4096, d, causal, note: `sweep ${JSON.stringify(t)}` },
+        flash({ causal }), 150, false);
+      if (r.ms !== undefined) timed.push({ t, ms: r.ms });
+    }
+    timed.sort((a, b) => a.ms - b.ms);
+    if (timed.length) {
+      webgpuAttentionTuning.forwardTiles = timed[0].t;
+      await crossCheck(1024, d, false);
+      await crossCheck(1024, d, true);
+    }
+    for (const { t } of timed.slice(0, 5)) {
+      webgpuAttentionTuning.forwardTiles = t;
+      const note = `top ${JSON.stringify(t)}`;
+      await measure({ impl: 'flash', pass: 'fwd', n: 4096, d, causal: false, note }, flash({}), 600, false);
+      await measure({ impl: 'flash', pass: 'fwd', n: 4096, d, causal: true, note }, flash({ causal: true }), 400, false);
+      await measure({ impl: 'flash', pass: 'fwd', n: 8192, d, causal: false, note }, flash({}), 400, false);
+    }
+    webgpuAttentionTuning.forwardTiles = undefined;
+    await measure({ impl: 'flash', pass: 'fwd', n: 4096, d, causal: false, note: 'default tiles' }, flash({}), 600, false);
+    console.log(`D=${d} ${causal ? 'causal ' : ''}sweep ranking (N=4096 fwd ms):\n` + timed.map(x => `  ${x.ms.toFixed(3)} ${JSON.stringify(x.t)}`).join('\n'));
+  }
+}
+
 /** Max |flash − naive| relative to max |naive| for output and gradients (sanity on this GPU). */
 async function crossCheck(n: number, d: number, causal: boolean): Promise<void> {
   const [q, k, v, dy] = [5, 6, 7, 8].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
@@ -206,6 +251,8 @@ async function blockSparse(d: number, live: number): Promise<void> {
 
 /** The headline measurements with the kernel's default tile choice (no tuning), and naive for scale. */
 async function final(): Promise<void> {
+  await crossCheck(1024, 64, false);
+  await crossCheck(1024, 64, true);
   for (const d of [64, 128]) {
     for (const pass of ['fwd', 'fwd+bwd'] as const) {
       for (const causal of [false, true]) await measure({ impl: 'flash', pass, n: 4096, d, causal }, flash({ causal }), 300);
@@ -231,6 +278,14 @@ async function main(): Promise<void> {
     `max binding ${device.limits.maxStorageBufferBindingSize} B`);
   if (process.argv.includes('--final')) {
     await final();
+    return;
+  }
+  const causalSweep = process.argv.includes('--sweep-causal');
+  if (process.argv.includes('--sweep') || causalSweep) {
+    await crossCheck(1024, 64, false);
+    await sweep(limit, device.limits.maxComputeInvocationsPerWorkgroup, causalSweep);
+    const out = process.env.OUT;
+    if (out) fs.writeFileSync(path.join(out, 'webgpu_sweep.json'), JSON.stringify({ adapter: description, rows }, null, 1));
     return;
   }
   const dims = quick ? [64] : [64, 128];

@@ -94,6 +94,16 @@ describe('webgpu kernels with subgroups', () => {
       await expectCasesPass(['D=7 Dv=5', 'everything'].map(byName));
     }));
 
+  test('probabilities read four keys at a time (forward probsVec4)',
+    withTiles({ rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2, rowsFromGlobal: true, probsVec4: true }, async () => {
+      await expectCasesPass(['plain', 'D=7 Dv=5', 'dropout', 'everything'].map(byName));
+    }));
+
+  test('query blocks that are not a power of two (the 192-row, 8×2 shape, scaled down)',
+    withTiles({ rows: 24, cols: 16, rowsPerThread: 8, colsPerThread: 2, rowsFromGlobal: true }, async () => {
+      await expectCasesPass(['GQA 4:2', 'causal Nq>Nk (empty rows)'].map(byName));
+    }));
+
   test('problems larger than the binding limit are split over dispatches', async () => {
     const c: AttentionCase = {
       name: 'split', b: 3, hq: 4, hkv: 2, nq: 20, nk: 24, d: 8, dv: 4, grad: true,

@@ -20,8 +20,13 @@ export function forwardWorkgroupBytes(c: AttentionConfig, t: Tiles, useSubgroups
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
   const { TC } = threadsOf(t);
   const qRows = t.rowsFromGlobal ? 0 : t.rows;
-  return 16 * ((qRows + t.cols) * (dk4 + 1) + t.cols * (dv4 + 1)) + 4 * t.rows * (t.cols + 1) +
+  return 16 * ((qRows + t.cols) * (dk4 + 1) + t.cols * (dv4 + 1)) + 4 * t.rows * probsStride(t) +
     (useSubgroups ? 0 : 4 * t.rows * TC) + (c.blockSize > 0 ? 4 * TILE_LIST : 0) + 16;
+}
+
+/** Floats per row of the probability tile: one pad float, or a pad vec4 when read as vec4s. */
+function probsStride(t: Tiles): number {
+  return t.probsVec4 ? t.cols + 4 : t.cols + 1;
 }
 
 /** Key tiles whose block-sparse liveness is decided together, listed in workgroup memory. */
@@ -83,6 +88,7 @@ function tileLoop(c: AttentionConfig, body: string): string {
 
 export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: boolean, t: Tiles,
   useSubgroups: boolean): ProgramSpec {
+  if (t.probsVec4 && t.cols % 4 !== 0) throw new Error('flashAttention (webgpu): probsVec4 tiles need cols % 4 == 0');
   const bindings = forwardBindings(c, withAux);
   const uniforms = [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)];
   const { TR, TC, WG } = threadsOf(t);
@@ -98,6 +104,16 @@ export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: bool
     : vec4Q(c) ? `q[qrow_${r} + d]` : `load_q(b, h, min(i_${r}, SEQQ - 1u), d)`;
   const qs = layoutStrides(c, c.headsQ, c.seqQ, c.headDim);
   const O = (r: number, x: number) => `o_${r}_${x}`;
+  const vCol = (x: number) => (colOk(x) === 'true' ? `tc + ${x * TC}u` : `min(tc + ${x * TC}u, DV4 - 1u)`);
+  const probsTimesV = () => (t.probsVec4 ? `    for (var k4 = 0u; k4 < BK / 4u; k4++) {
+${rowsR.map(r => `      let p${r} = ps[(${rowOf(r)}) * (PS / 4u) + k4];`).join('\n')}
+${range(4).map(e => `${oxX.map(x => `      let v${e}_${x} = vs[(k4 * 4u + ${e}u) * VS + ${vCol(x)}];`).join('\n')}
+${rowsR.map(r => oxX.map(x => `      ${O(r, x)} += p${r}[${e}] * v${e}_${x};`).join('\n')).join('\n')}`).join('\n')}
+    }` : `    for (var kk = 0u; kk < BK; kk++) {
+${rowsR.map(r => `      let p${r} = ps[(${rowOf(r)}) * PS + kk];`).join('\n')}
+${oxX.map(x => `      let v${x} = vs[kk * VS + ${vCol(x)}];`).join('\n')}
+${rowsR.map(r => oxX.map(x => `      ${O(r, x)} += p${r} * v${x};`).join('\n')).join('\n')}
+    }`);
 
   const body = () => `
 ${constants(c)}
@@ -108,13 +124,14 @@ const TC = ${TC}u;
 const WG = ${WG}u;
 const QS = DK4 + 1u;
 const VS = DV4 + 1u;
-const PS = BK + 1u;
+const PS = ${probsStride(t)}u;
 const QSCALE = ${f32(queryScale(c))};
 ${t.rowsFromGlobal ? '' : `var<workgroup> qs: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDim / 4) + 1)}>;`}
 ${c.blockSize > 0 ? `var<workgroup> tileFlags: array<u32, ${TILE_LIST}>;` : ''}
 var<workgroup> ks: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDim / 4) + 1)}>;
 var<workgroup> vs: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDimV / 4) + 1)}>;
-var<workgroup> ps: array<f32, ${t.rows * (t.cols + 1)}>;
+${t.probsVec4 ? `var<workgroup> ps: array<vec4<f32>, ${t.rows * probsStride(t) / 4}>;`
+    : `var<workgroup> ps: array<f32, ${t.rows * probsStride(t)}>;`}
 ${useSubgroups ? '' : `var<workgroup> red: array<f32, ${t.rows * TC}>;`}
 var<workgroup> flag: u32;
 ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
@@ -182,16 +199,13 @@ ${colsC.map(k => `      let p${k} = exp2(${S(r, k)} - mUse);`).join('\n')}
 ${colsC.map(k => {
     const j = `j0 + tc + ${k * TC}u`;
     const value = c.dropoutRate > 0 ? `select(0.0, p${k} * KEEP_SCALE, dropoutKeep(drop_${r}, ${j}))` : `p${k}`;
-    return `      ps[(${rowOf(r)}) * PS + tc + ${k * TC}u] = ${value};`;
+    const at = `(${rowOf(r)}) * PS + tc + ${k * TC}u`;
+    return t.probsVec4 ? `      ps[(${at}) / 4u][(${at}) % 4u] = ${value};` : `      ps[${at}] = ${value};`;
   }).join('\n')}
 ${oxX.map(x => `      ${O(r, x)} *= alpha;`).join('\n')}
     }`).join('\n')}
     workgroupBarrier();
-    for (var kk = 0u; kk < BK; kk++) {
-${rowsR.map(r => `      let p${r} = ps[(${rowOf(r)}) * PS + kk];`).join('\n')}
-${oxX.map(x => `      let v${x} = vs[kk * VS + ${colOk(x) === 'true' ? `tc + ${x * TC}u` : `min(tc + ${x * TC}u, DV4 - 1u)`}];`).join('\n')}
-${rowsR.map(r => oxX.map(x => `      ${O(r, x)} += p${r} * v${x};`).join('\n')).join('\n')}
-    }
+${probsTimesV()}
 `)}
   ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `l_${r}`), rowOf)}
 ${rowsR.map(r => `  if (i_${r} < SEQQ) {

@@ -4,6 +4,7 @@
 // scores, at rows tr + r·TR and columns tc + c·TC (strided, to spread workgroup-memory banks). The
 // TC threads that share rows are consecutive invocations, so in the subgroup path their row maxima
 // and sums combine with subgroupShuffleXor.
+import type { AttentionConfig } from '../../src/config';
 
 export interface Tiles {
   rows: number;
@@ -16,6 +17,11 @@ export interface Tiles {
    * memory, which frees workgroup memory for larger tiles.
    */
   rowsFromGlobal?: boolean;
+  /**
+   * Forward only: keep the probability tile with rows padded to whole vec4s (+16 bytes) and read it
+   * four keys at a time in the P·V loop, a quarter of the workgroup-memory loads of P.
+   */
+  probsVec4?: boolean;
 }
 
 export function threadsOf(t: Tiles): { TR: number; TC: number; WG: number } {
@@ -32,12 +38,36 @@ const FALLBACK_TILES: readonly Tiles[] = [
   { rows: 4, cols: 4, rowsPerThread: 1, colsPerThread: 1, rowsFromGlobal: true },
 ];
 
-/** Per pass, fastest first where they fit: measured on the H100 (bench/RESULTS.md, webgpu section). */
+const G = (rows: number, cols: number, rowsPerThread: number, colsPerThread: number): Tiles =>
+  ({ rows, cols, rowsPerThread, colsPerThread, rowsFromGlobal: true });
+
+/**
+ * Forward tiles, fastest first where they fit: measured on the H100 at N = 4096, B = 1, H = 12
+ * (bench/RESULTS.md, webgpu section). Full attention at D ≤ 64: 192 query rows with 8×2 scores per
+ * thread (192 threads); 4096 / 192 → 22 blocks × 12 heads = 264 workgroups, two per SM of the
+ * H100's 132 in one wave, where 128-row blocks left a second, part-empty wave. Wider heads need
+ * the smaller register tile (4×2). FORWARD_TILES[0] is also the query block of the split-KV rule.
+ */
 export const FORWARD_TILES: readonly Tiles[] = [
-  { rows: 128, cols: 16, rowsPerThread: 4, colsPerThread: 2, rowsFromGlobal: true },
-  { rows: 64, cols: 16, rowsPerThread: 4, colsPerThread: 2, rowsFromGlobal: true },
+  G(192, 16, 8, 2),
+  G(128, 16, 4, 2),
+  G(64, 16, 4, 2),
   ...FALLBACK_TILES,
 ];
+const FORWARD_TILES_WIDE: readonly Tiles[] = [G(192, 16, 4, 2), G(128, 16, 4, 2), G(64, 16, 4, 2), ...FALLBACK_TILES];
+/**
+ * Causal-like bands (bounded right, unbounded left): blocks carry unequal work, and 32-key tiles with 4×4 per thread beat the full
+ * attention choice there (whose larger per-row work balanced worse).
+ */
+const FORWARD_TILES_BANDED: readonly Tiles[] = [G(192, 32, 4, 4), G(128, 16, 4, 2), G(64, 16, 4, 2), ...FALLBACK_TILES];
+
+/** The forward candidates for this problem (block-sparse reordering included). */
+export function forwardTileCandidates(c: AttentionConfig): Tiles[] {
+  const banded = c.windowRight >= 0 && c.windowLeft < 0;
+  const list = banded ? FORWARD_TILES_BANDED : c.headDim > 64 || c.headDimV > 64 ? FORWARD_TILES_WIDE : FORWARD_TILES;
+  return forBlockSize(list, c.blockSize);
+}
+
 export const BACKWARD_TILES: readonly Tiles[] = [
   { rows: 64, cols: 16, rowsPerThread: 4, colsPerThread: 2, rowsFromGlobal: true },
   ...FALLBACK_TILES,
