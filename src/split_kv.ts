@@ -86,8 +86,14 @@ export function mergeRow(lse: ArrayLike<number>, partial: ArrayLike<number>, spl
 export const WEBGL_SPLIT_RULE = {
   MAX_QUERY_ROWS: 16,
   KEYS_PER_SPLIT: 256,
-  /** Below this many keys the one-pass kernel is used. */
-  MIN_KEYS: 256,
+  /**
+   * Below this many keys the one-pass kernel is used. On SwiftShader (headless Chromium, B=1, 12
+   * heads, D=64; work, not parallelism, sets the time there) both paths were within noise of each
+   * other from 256 to 1024 keys (split 0.9–1.1× the one-pass time at Nq = 1, 4, 16) and the split
+   * was as fast or faster from 2048 keys (Nq = 1: 15–22 vs 34 ms at 2048); unmeasured on a real GPU,
+   * where the split's parallel ranges and fixed draw count only add to its advantage.
+   */
+  MIN_KEYS: 2048,
   /** Elements of the weight texture ([B·Hq, Nq, Nk]): 128 MiB in float32, as the one-pass block budget. */
   MAX_WEIGHT_ELEMENTS: 2 ** 25,
 };

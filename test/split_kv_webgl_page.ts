@@ -45,12 +45,13 @@ async function planOf(c: AttentionCase): Promise<{ splits: number; keys: number;
 }
 
 /**
- * Output and lse of a case through the split path (the rule's choice) and through the one-pass
- * kernel (forced), in the page: the largest differences, the scales to judge them by, and whether
+ * Output and lse of a case through the split path (the rule's choice, or the forced count in
+ * effect) and through the one-pass kernel (forced), in the page: the largest differences, the scales to judge them by, and whether
  * either has a NaN.
  */
 async function splitVsOnePass(c: AttentionCase): Promise<{ output: number; lse: number; vmax: number; lseMax: number; nan: boolean }> {
   const t = caseTensors(c, caseData(c));
+  const current = splitKvTuning.force ?? null;
   const once = async (force: number | null) => {
     setForce(force);
     try {
@@ -59,11 +60,11 @@ async function splitVsOnePass(c: AttentionCase): Promise<{ output: number; lse: 
       tf.dispose([output, lse]);
       return values;
     } finally {
-      setForce(null);
+      setForce(current);
     }
   };
   try {
-    const [split, one] = [await once(null), await once(1)];
+    const [split, one] = [await once(current), await once(1)];
     const diff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
       let m = 0;
       for (let n = 0; n < a.length; n++) if (Number.isFinite(b[n])) m = Math.max(m, Math.abs(a[n] - b[n]));

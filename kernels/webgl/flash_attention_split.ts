@@ -1,12 +1,15 @@
 // The split-KV path of the webgl `FlashAttention` kernel (flash-decoding; src/split_kv.ts decides
 // when, by shape): with few query rows against many keys, the one-pass kernel's per-block passes
 // loop over each block's keys in a handful of fragments, block after block. Here the keys are cut
-// into ranges that run side by side in one draw per pass, and a fixed five draws serve any Nk:
+// into ranges that run side by side in one draw per pass, and a fixed six draws serve any Nk:
+//   scores:     s for every (row, key), the one-pass scores program over all keys  [B·Hq, Nq, Nk]
 //   stats:      lse of every (row, range)                         [B·Hq, Nq, splits]
 //   weights:    P̃ = exp(s − lse_range)·Z for every key            [B·Hq, Nq, Nk]
 //   accumulate: O_s = Σ_range P̃·v for every (range, row, column)  [B·Hq·splits, Nq, Dv]
 //   merge:      O = Σ_s exp(lse_s − lse)·O_s, and lse = logsumexp_s lse_s
-// Memory is linear in Nk: the weight texture has Nq ≤ WEBGL_SPLIT_RULE.MAX_QUERY_ROWS rows per
+// Every score is computed once (a first version recomputed them in the weights pass instead of
+// storing them: 1.4× the one-pass kernel's time at Nq = 1 on SwiftShader, where work, not
+// parallelism, sets the time). Memory is linear in Nk: the score and weight textures have Nq ≤ WEBGL_SPLIT_RULE.MAX_QUERY_ROWS rows per
 // head and is bounded by MAX_WEIGHT_ELEMENTS (the rule falls back to the one-pass kernel beyond).
 // Every option of SPEC §2 goes through the shared score snippet (glsl.ts), so results equal the
 // one-pass kernel's to rounding; dropout uses the same keep hash, bit for bit.
@@ -18,6 +21,7 @@ import { packedInputs, toUserLayout } from './flash_attention';
 import { mergeSplitsLseProgram } from './merge_splits_lse_program';
 import { mergeSplitsProgram } from './merge_splits_program';
 import { run, texShapeOf } from './program';
+import { scoresProgram } from './scores_program';
 import { splitAccumulateProgram } from './split_accumulate_program';
 import { splitStatsProgram } from './split_stats_program';
 import { splitWeightsProgram } from './split_weights_program';
@@ -35,8 +39,9 @@ export function splitForwardWebGL(backend: MathBackendWebGL, c: AttentionConfig,
     return t;
   };
   try {
-    const stats = step(run(backend, splitStatsProgram(c, textures, splits, keys), [Q, K, ...optional]), 'Lse');
-    const weights = step(run(backend, splitWeightsProgram(c, textures, splits, keys), [Q, K, stats, ...optional]), 'Weights');
+    const scores = step(run(backend, scoresProgram(c, textures, 0, c.seqK), [Q, K, ...optional]), 'Scores');
+    const stats = step(run(backend, splitStatsProgram(c, textures, splits, keys), [scores, ...optional]), 'Lse');
+    const weights = step(run(backend, splitWeightsProgram(c, textures, splits, keys), [scores, stats, ...optional]), 'Weights');
     const partial = step(run(backend, splitAccumulateProgram(c, textures, splits, keys), [weights, V, ...optional]), 'Partial');
     const out = run(backend, mergeSplitsProgram(c, textures, splits), [stats, partial]);
     const lse = run(backend, mergeSplitsLseProgram(c, textures, splits), [stats]);

@@ -1,6 +1,6 @@
 // GLSL shared by the webgl split-KV programs (flash_attention_split.ts): reading one key range's
-// lse out of the packed [B·Hq, Nq, splits] statistics texture, and the running (max, sum) of a
-// range turned into its lse with the special values of SPEC §2 kept.
+// lse out of the packed [B·Hq, Nq, splits] statistics texture, and the stored-value conventions
+// for the merge programs.
 import type { AttentionConfig } from '../../src/config';
 import type { TexShapes } from './glsl';
 import { attentionUniforms, internalAccessor, scoreSnippet } from './glsl';
@@ -17,25 +17,6 @@ vec2 faRangeLse(int bh, int i, int s) {
   return (s % 2 == 0) ? t.xz : t.yw;
 }`;
 }
-
-/**
- * Online (max, sum) over a range's scores, and its lse. A NaN score makes the range's lse NaN
- * explicitly (GLSL's max() may drop a NaN operand); a +Infinity score gives lse +Infinity.
- */
-export const RANGE_STATS = `
-struct FaStats { float m; float l; bool nan; };
-void faOnline(inout FaStats x, float sa, float sb) {
-  x.nan = x.nan || isnan(sa) || isnan(sb);
-  float mNew = max(x.m, max(sa, sb));
-  if (mNew == -FA_INF || mNew == FA_INF) { x.m = mNew; return; }
-  x.l = x.l * exp(x.m - mNew) + exp(sa - mNew) + exp(sb - mNew);
-  x.m = mNew;
-}
-float faStatsLse(FaStats x) {
-  if (x.nan) return NAN;
-  if (x.m == -FA_INF || x.m == FA_INF) return x.m;
-  return x.m + log(x.l);
-}`;
 
 /**
  * FA_INF and the stored-value conventions (faLoad/faStore: −Infinity kept as a sentinel on
