@@ -19,6 +19,7 @@ import { auxLayout, encodeAuxCopies } from './aux';
 import { biasGradMode, dbiasExpandedShape, queryBlockGrid } from './attention_wgsl';
 import { dkdvProgram, dkdvWorkgroupBytes } from './attention_backward_dkdv';
 import { dqProgram, dqWorkgroupBytes } from './attention_backward_dq';
+import { f16BackwardPasses } from './attention_backward_f16';
 import { ROW_DOT_ROWS, rowDotProgram } from './row_dot';
 import { isAttentionConfig, pickTiles, planDispatches, webgpuAttentionTuning, webgpuBackendOf } from './flash_attention';
 import { attentionInputBuffers, gpuBuffer, makeOutput, runPrograms, scratchBuffer } from './runtime';
@@ -65,18 +66,22 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
     const rowDotDispatches = planDispatches(backend, c, pick(['out', 'dout', 'lse', 'dlse', 'aux']),
       (units, g) => [Math.ceil(c.seqQ / ROW_DOT_ROWS), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
 
+    // precision 'float16': the matrix-tile programs where the device has shader-f16 (see attention_backward_f16.ts).
+    const f16 = c.precision === 'float16' ? f16BackwardPasses(device, c, aux) : undefined;
     const kv = pickTiles(device, tl => dkdvWorkgroupBytes(c, tl), forBlockSize(BACKWARD_TILES, c.blockSize),
       webgpuAttentionTuning.dkdvTiles);
-    const dkdv = dkdvProgram(c, aux, kv.tiles);
+    const kvRows = f16?.dkdvRows ?? kv.tiles.rows;
+    const dkdv = f16?.dkdv ?? dkdvProgram(c, aux, kv.tiles);
     const dkdvDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dk', 'dv', 'bias', 'aux']),
-      (units, g) => [Math.ceil(c.seqK / kv.tiles.rows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit);
+      (units, g) => [Math.ceil(c.seqK / kvRows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit);
 
     const qt = pickTiles(device, (tl, sg) => dqWorkgroupBytes(c, tl, sg), forBlockSize(BACKWARD_TILES, c.blockSize),
       webgpuAttentionTuning.dqTiles);
-    const dqSpec = dqProgram(c, aux, qt.tiles, qt.useSubgroups);
+    const qRows = f16?.dqRows ?? qt.tiles.rows;
+    const dqSpec = f16?.dq ?? dqProgram(c, aux, qt.tiles, qt.useSubgroups);
     const dqDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dq', 'bias', 'aux',
       ...(biasGradMode(c) === 'columns' ? [] : ['dbias'])]),
-      (units, g) => queryBlockGrid(c, qt.tiles.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
+      (units, g) => queryBlockGrid(c, qRows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
 
     const programs = [
       { spec: rowDot, dispatches: rowDotDispatches },
@@ -85,9 +90,9 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
     ];
     if (biasGradMode(c) === 'columns') {
       programs.push({
-        spec: dkdvProgram(c, aux, kv.tiles, 'biasColumns'),
+        spec: f16?.biasColumns ?? dkdvProgram(c, aux, kv.tiles, 'biasColumns'),
         dispatches: planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'bias', 'aux', 'dbias']),
-          (units, g) => [Math.ceil(c.seqK / kv.tiles.rows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit),
+          (units, g) => [Math.ceil(c.seqK / kvRows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit),
       });
     }
     runPrograms(backend, programs, encoder => {

@@ -1,0 +1,207 @@
+// The `precision: 'float16'` dK/dV pass, parallel over key blocks (no atomics), in the shape of the
+// float32 pass (attention_backward_dkdv.ts) with its products on 16×16 matrix tiles
+// (attention_backward_f16_matrix.ts). A workgroup owns `rows` keys of one KV head, 16 keys per
+// strip of 32 invocations, and walks the query tiles of `cols` rows that can see them, for every
+// query head of its GQA group:
+//   Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ   (K and V tiles held as left operands for the whole walk)
+//   P, dS elementwise in f32 on the f32 tiles in workgroup memory (every option: scoreFunctions)
+//   dV += (P∘Z/(1−r))ᵀ·dO and dK += dSᵀ·Q   (P and dS rounded to the element type as operands)
+// Q, K, V and dO are staged as f16; the accumulators stay f32 in registers until the one store.
+import { AttentionConfig, layoutStrides } from '../../src/config';
+import type { AuxLayout } from './aux';
+import {
+  blockSkip, COMMON_UNIFORMS, constants, queryRange, queryScale, scoreFunctions, storageBinding, tensorAccess,
+  vec4Q, vec4V,
+} from './attention_wgsl';
+import { shaderConfig } from './attention_forward';
+import { elementIndex, F16Mode, f16Extensions, matrixOps, stageRowsF16, STRIP_THREADS, TILE, tilesOf } from './attention_backward_f16_matrix';
+import { BindingSpec, f32, ProgramSpec, range } from './runtime';
+
+/** `rows`: keys per workgroup (16 per strip); `cols`: query rows per tile. Both multiples of 16. */
+export interface F16Tiles {
+  rows: number;
+  cols: number;
+}
+
+/** Row strides (elements) of the staged operands and f32 tiles: padded against bank conflicts, 16-byte aligned. */
+export function f16Strides(c: AttentionConfig, t: F16Tiles): { QS: number; VS: number; SS: number; PS: number } {
+  return { QS: tilesOf(c.headDim) * TILE + 8, VS: tilesOf(c.headDimV) * TILE + 8, SS: t.cols + 4, PS: t.cols + 8 };
+}
+
+export type DkdvF16Mode = 'dkdv' | 'biasColumns';
+
+export function dkdvF16WorkgroupBytes(c: AttentionConfig, t: F16Tiles, mode: F16Mode): number {
+  const { QS, VS, SS, PS } = f16Strides(c, t);
+  const e = mode.element === 'f16' ? 2 : 4;
+  return e * (t.cols * (QS + VS) + 2 * t.rows * PS) + 4 * 2 * t.rows * SS + 4 * 3 * t.cols + 16;
+}
+
+function bindings(c: AttentionConfig, program: DkdvF16Mode): BindingSpec[] {
+  const b: BindingSpec[] = [
+    storageBinding('q', vec4Q(c), false),
+    storageBinding('k', vec4Q(c), false),
+    storageBinding('v', vec4V(c), false),
+    storageBinding('dout', vec4V(c), false),
+  ];
+  if (program === 'dkdv') b.push(storageBinding('dk', false, true), storageBinding('dv', false, true));
+  if (c.biasShape.length) b.push(storageBinding('bias', false, false));
+  b.push({ name: 'aux', type: 'u32', write: false });
+  if (program === 'biasColumns') b.push(storageBinding('dbias', false, true));
+  return b;
+}
+
+/**
+ * 'biasColumns' (a bias broadcast over query rows) sums dS over the query rows of each key into
+ * `dbias` [B, Hq, 1, Nk] instead of accumulating dK and dV, as the float32 pass does.
+ */
+export function dkdvF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mode: F16Mode,
+  program: DkdvF16Mode = 'dkdv'): ProgramSpec {
+  const binds = bindings(c, program);
+  const columns = program === 'biasColumns';
+  const ops = matrixOps(mode);
+  const E = mode.element;
+  const { QS, VS, SS, PS } = f16Strides(c, t);
+  const D16 = tilesOf(c.headDim), DV16 = tilesOf(c.headDimV), Q16 = t.cols / TILE;
+  const strips = t.rows / TILE, WG = strips * STRIP_THREADS, rounds = Math.ceil(t.rows / t.cols);
+  const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
+  const stage = (dst: string, stride: string, name: string, first: string, limit: string, head: string,
+    cols4: number, tiles: number, scale?: string) => stageRowsF16({
+    dst, stride, cols4, paddedCols4: tiles * 4, rows: 'BQ', first, limit, load: `load_${name}`, head, scale, element: E,
+  });
+
+  // K and V rows of each strip become left tiles, staged through qs/dos `cols` rows at a time.
+  const ownRows = range(rounds).map(r => `  workgroupBarrier();
+  ${stage('qs', 'QS', 'k', `j0 + ${r * t.cols}u`, 'SEQK', 'hk', dk4, D16)}
+  ${stage('dos', 'VS', 'v', `j0 + ${r * t.cols}u`, 'SEQK', 'hk', dv4, DV16)}
+  workgroupBarrier();
+  if (sg * 16u / BQ == ${r}u) {
+    let at = sg * 16u - ${r * t.cols}u;
+${range(D16).map(x => `    ${ops.loadLeft(`kf[${x}]`, 'qs', `at * QS + ${x * TILE}u`, 'QS')}`).join('\n')}
+${range(DV16).map(x => `    ${ops.loadLeft(`vf[${x}]`, 'dos', `at * VS + ${x * TILE}u`, 'VS')}`).join('\n')}
+  }`).join('\n');
+
+  const strip = (dst: string, lefts: string, src: string, stride: string, tiles: number) => range(Q16).map(q => `      ${ops.zero('acc[0]')}
+${range(tiles).map(x => `      ${ops.multiplyAdd('acc[0]', `${lefts}[${x}]`, src, `${q * TILE}u * ${stride} + ${x * TILE}u`, stride, true)}`).join('\n')}
+      ${ops.store('acc[0]', dst, `sg * 16u * SS + ${q * TILE}u`, 'SS')}`).join('\n');
+
+  const accumulate = (acc: string, operand: string, src: string, stride: string, tiles: number) => range(Q16).map(q =>
+    `      ${ops.loadLeft('lt[0]', operand, `sg * 16u * PS + ${q * TILE}u`, 'PS')}
+${range(tiles).map(x => `      ${ops.multiplyAdd(`${acc}[${x}]`, 'lt[0]', src, `${q * TILE}u * ${stride} + ${x * TILE}u`, stride, false)}`).join('\n')}`).join('\n');
+
+  const keep = c.dropoutRate > 0 ? 'dropoutKeep(drows[col], j)' : '';
+  const elementwise = `      for (var e = lidx; e < BK * BQ; e += WG) {
+        let r = e / BQ;
+        let col = e % BQ;
+        let j = j0 + r;
+        let i = i0 + col;
+        let s = st[r * SS + col];
+        let p = select(exp2(score2(s, b, h, min(i, SEQQ - 1u), min(j, SEQK - 1u), kl) - lses[col]), 0.0, i >= SEQQ);
+        let dpz = ${c.dropoutRate > 0 ? `select(0.0, dpt[r * SS + col] * KEEP_SCALE, ${keep})` : 'dpt[r * SS + col]'};
+        let ds = p * (dpz - dterms[col]);
+${columns ? '        st[r * SS + col] = ds;' : `        pt[r * PS + col] = ${E}(${c.dropoutRate > 0 ? `select(0.0, p * KEEP_SCALE, ${keep})` : 'p'});
+        dst[r * PS + col] = ${E}(ds * softcapDerivative(s));`}
+      }`;
+
+  const kStrides = layoutStrides(c, c.headsKV, c.seqK, c.headDim);
+  const vStrides = layoutStrides(c, c.headsKV, c.seqK, c.headDimV);
+  const storeTiles = (acc: string, out: string, strides: typeof kStrides, tiles: number, dim: number, factor: string) =>
+    range(tiles).map(x => `  workgroupBarrier();
+  ${ops.store(`${acc}[${x}]`, 'st', 'sg * 16u * SS', 'SS')}
+  workgroupBarrier();
+  for (var e = lidx % 32u; e < 256u; e += 32u) {
+    let j = j0 + sg * 16u + e / 16u;
+    let d = ${x * TILE}u + e % 16u;
+    if ((j < SEQK) & (d < ${dim}u)) {
+      let h = hk;
+      let i = j;
+      ${out}[${elementIndex(strides, out)}] = st[(sg * 16u + e / 16u) * SS + e % 16u]${factor};
+    }
+  }`).join('\n');
+
+  const body = () => `
+${constants(c)}
+const BK = ${t.rows}u;
+const BQ = ${t.cols}u;
+const WG = ${WG}u;
+const QS = ${QS}u;
+const VS = ${VS}u;
+const SS = ${SS}u;
+const PS = ${PS}u;
+const QSCALE = ${f32(queryScale(c))};
+var<workgroup> qs: array<${E}, ${t.cols * QS}>;
+var<workgroup> dos: array<${E}, ${t.cols * VS}>;
+var<workgroup> st: array<f32, ${t.rows * SS}>;
+var<workgroup> dpt: array<f32, ${t.rows * SS}>;
+var<workgroup> pt: array<${E}, ${t.rows * PS}>;
+var<workgroup> dst: array<${E}, ${t.rows * PS}>;
+var<workgroup> lses: array<f32, ${t.cols}>;
+var<workgroup> dterms: array<f32, ${t.cols}>;
+var<workgroup> drows: array<u32, ${t.cols}>;
+var<workgroup> flag: u32;
+${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
+${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
+${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
+${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
+${scoreFunctions(c, aux, 0)}
+
+@compute @workgroup_size(${WG})
+${mode.path === 'subgroupMatrix' ? '@diagnostic(off, chromium_experimental.subgroup_matrix_uniformity)\n' : ''}fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
+  let sg = lidx / 32u;
+  ${ops.prelude}
+  let bhk = u.unit_start * ${c.layout === 'BHSD' ? '1u' : 'HKV'} + wid.y;
+  let b = bhk / HKV;
+  let hk = bhk % HKV;
+  let j0 = wid.x * BK;
+  ${c.hasKeyLengths
+    ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
+    : 'let kl = SEQK;'}
+  let jFirst = j0;
+  let jLast = min(min(j0 + BK, SEQK), max(kl, 1u)) - 1u;
+  ${queryRange(c)}
+  let tFirst = iLo / BQ;
+  let tEnd = select(tFirst, (iHi + BQ - 1u) / BQ, (iHi > iLo) & (j0 < kl));
+  ${ops.declareLefts('kf', D16)}
+  ${ops.declareLefts('vf', DV16)}
+  ${ops.declareLefts('lt', 1)}
+  ${ops.declareResults('acc', 1)}
+  ${ops.declareResults('dka', D16)}
+  ${ops.declareResults('dva', DV16)}
+${ownRows}
+  for (var g = 0u; g < GROUP; g++) {
+    let h = hk * GROUP + g;
+    let bh = b * HQ + h;
+${columns ? '    var dbcol = 0.0;' : ''}
+    for (var t = tFirst; t < tEnd; t++) {
+      let i0 = t * BQ;
+      ${blockSkip(c, 'i0', 'min(i0 + BQ, SEQQ) - 1u', 'jFirst', 'jLast')}
+      workgroupBarrier();
+      ${stage('qs', 'QS', 'q', 'i0', 'SEQQ', 'h', dk4, D16, 'QSCALE')}
+      ${stage('dos', 'VS', 'dout', 'i0', 'SEQQ', 'h', dv4, DV16)}
+      for (var e = lidx; e < BQ; e += WG) {
+        let row = bh * SEQQ + min(i0 + e, SEQQ - 1u);
+        let l = bitcast<f32>(aux[${aux.lse}u + row]);
+        lses[e] = select(l, 0.0, l == negInf());
+        dterms[e] = bitcast<f32>(aux[${aux.rowTerm}u + row]);
+        ${c.dropoutRate > 0 ? 'drows[e] = dropoutRow(b, h, i0 + e);' : ''}
+      }
+      workgroupBarrier();
+${strip('st', 'kf', 'qs', 'QS', D16)}
+${strip('dpt', 'vf', 'dos', 'VS', DV16)}
+      workgroupBarrier();
+${elementwise}
+      workgroupBarrier();
+${columns ? '      if (lidx < BK) { for (var col = 0u; col < BQ; col++) { dbcol += st[lidx * SS + col]; } }' : `${accumulate('dva', 'pt', 'dos', 'VS', DV16)}
+${accumulate('dka', 'dst', 'qs', 'QS', D16)}`}
+    }
+${columns ? '    if ((lidx < BK) & (j0 + lidx < SEQK)) { dbias[bh * SEQK + j0 + lidx - u.off_dbias] = dbcol; }' : ''}
+  }
+${columns ? '' : `${storeTiles('dka', 'dk', kStrides, D16, c.headDim, ` * ${f32(c.scale / queryScale(c))}`)}
+${storeTiles('dva', 'dv', vStrides, DV16, c.headDimV, '')}`}
+}
+`;
+  return {
+    key: JSON.stringify({ program: 'attention_backward_dkdv_f16', config: shaderConfig(c), tiles: t, mode, pass: program }),
+    bindings: binds, uniforms: [...COMMON_UNIFORMS, ...binds.map(b => `off_${b.name}`)], body,
+    extensions: f16Extensions(mode),
+  };
+}

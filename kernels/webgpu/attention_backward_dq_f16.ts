@@ -1,0 +1,185 @@
+// The `precision: 'float16'` dQ pass, parallel over query blocks (no atomics), in the shape of the
+// float32 pass (attention_backward_dq.ts) with its products on 16×16 matrix tiles
+// (attention_backward_f16_matrix.ts). A workgroup owns `rows` query rows of one head, 16 rows per
+// strip of 32 invocations, and walks the key tiles of `cols` keys they can see:
+//   S = Q·Kᵀ and dP = dO·Vᵀ   (Q and dO tiles held as left operands for the whole walk)
+//   dS = P ∘ (dP·Z/(1−r) − D) elementwise in f32 (every option: scoreFunctions), with the bias
+//   gradient written (per element, or summed over keys) as the float32 pass does
+//   dQ += dS·K   (dS rounded to the element type as an operand), f32 in registers until the store.
+import { AttentionConfig, layoutStrides } from '../../src/config';
+import type { AuxLayout } from './aux';
+import {
+  biasGradMode, blockSkip, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions,
+  storageBinding, tensorAccess, vec4Q, vec4V,
+} from './attention_wgsl';
+import { shaderConfig } from './attention_forward';
+import { elementIndex, F16Mode, f16Extensions, matrixOps, stageRowsF16, STRIP_THREADS, TILE, tilesOf } from './attention_backward_f16_matrix';
+import type { F16Tiles } from './attention_backward_dkdv_f16';
+import { BindingSpec, f32, ProgramSpec, range } from './runtime';
+
+/** Row strides (elements): K and V tiles of `cols` keys, f32 score tiles and the f16 dS tile. */
+function strides(c: AttentionConfig, t: F16Tiles): { KS: number; VS: number; SS: number; PS: number } {
+  return { KS: tilesOf(c.headDim) * TILE + 8, VS: tilesOf(c.headDimV) * TILE + 8, SS: t.cols + 4, PS: t.cols + 8 };
+}
+
+export function dqF16WorkgroupBytes(c: AttentionConfig, t: F16Tiles, mode: F16Mode): number {
+  const { KS, VS, SS, PS } = strides(c, t);
+  const e = mode.element === 'f16' ? 2 : 4;
+  return e * (t.cols * (KS + VS) + t.rows * PS) + 4 * 2 * t.rows * SS + 4 * 3 * t.rows + 16;
+}
+
+function bindings(c: AttentionConfig): BindingSpec[] {
+  const b: BindingSpec[] = [
+    storageBinding('q', vec4Q(c), false),
+    storageBinding('k', vec4Q(c), false),
+    storageBinding('v', vec4V(c), false),
+    storageBinding('dout', vec4V(c), false),
+    storageBinding('dq', false, true),
+  ];
+  if (c.biasShape.length) b.push(storageBinding('bias', false, false));
+  if (biasGradMode(c) === 'rows' || biasGradMode(c) === 'full') b.push(storageBinding('dbias', false, true));
+  b.push({ name: 'aux', type: 'u32', write: false });
+  return b;
+}
+
+export function dqF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mode: F16Mode): ProgramSpec {
+  const binds = bindings(c);
+  const ops = matrixOps(mode);
+  const E = mode.element;
+  const { KS, VS, SS, PS } = strides(c, t);
+  const D16 = tilesOf(c.headDim), DV16 = tilesOf(c.headDimV), K16 = t.cols / TILE;
+  const strips = t.rows / TILE, WG = strips * STRIP_THREADS, rounds = Math.ceil(t.rows / t.cols);
+  const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
+  const rowSums = biasGradMode(c) === 'rows', fullBias = biasGradMode(c) === 'full';
+  const stage = (dst: string, stride: string, name: string, first: string, limit: string, head: string,
+    cols4: number, tiles: number, scale?: string) => stageRowsF16({
+    dst, stride, cols4, paddedCols4: tiles * 4, rows: 'BK', first, limit, load: `load_${name}`, head, scale, element: E,
+  });
+
+  // Q and dO rows of each strip become left tiles, staged through ks/vs `cols` rows at a time.
+  const ownRows = range(rounds).map(r => `  workgroupBarrier();
+  ${stage('ks', 'KS', 'q', `i0 + ${r * t.cols}u`, 'SEQQ', 'h', dk4, D16, 'QSCALE')}
+  ${stage('vs', 'VS', 'dout', `i0 + ${r * t.cols}u`, 'SEQQ', 'h', dv4, DV16)}
+  workgroupBarrier();
+  if (sg * 16u / BK == ${r}u) {
+    let at = sg * 16u - ${r * t.cols}u;
+${range(D16).map(x => `    ${ops.loadLeft(`qf[${x}]`, 'ks', `at * KS + ${x * TILE}u`, 'KS')}`).join('\n')}
+${range(DV16).map(x => `    ${ops.loadLeft(`dof[${x}]`, 'vs', `at * VS + ${x * TILE}u`, 'VS')}`).join('\n')}
+  }`).join('\n');
+
+  const strip = (dst: string, lefts: string, src: string, stride: string, tiles: number) => range(K16).map(k => `    ${ops.zero('acc[0]')}
+${range(tiles).map(x => `    ${ops.multiplyAdd('acc[0]', `${lefts}[${x}]`, src, `${k * TILE}u * ${stride} + ${x * TILE}u`, stride, true)}`).join('\n')}
+    ${ops.store('acc[0]', dst, `sg * 16u * SS + ${k * TILE}u`, 'SS')}`).join('\n');
+
+  const accumulate = range(K16).map(k => `    ${ops.loadLeft('lt[0]', 'dsh', `sg * 16u * PS + ${k * TILE}u`, 'PS')}
+${range(D16).map(x => `    ${ops.multiplyAdd(`dqa[${x}]`, 'lt[0]', 'ks', `${k * TILE}u * KS + ${x * TILE}u`, 'KS', false)}`).join('\n')}`).join('\n');
+
+  const dpz = c.dropoutRate > 0
+    ? 'select(0.0, dpt[r * SS + col] * KEEP_SCALE, dropoutKeep(drows[r], j))' : 'dpt[r * SS + col]';
+  const elementwise = `    for (var e = lidx; e < BQ * BK; e += WG) {
+      let r = e / BK;
+      let col = e % BK;
+      let i = i0 + r;
+      let j = j0 + col;
+      let s = st[r * SS + col];
+      let p = select(exp2(score2(s, b, h, min(i, SEQQ - 1u), min(j, SEQK - 1u), kl) - lses[r]), 0.0,
+        (i >= SEQQ) | (j >= SEQK));
+      let ds = p * (${dpz} - dterms[r]);
+${fullBias ? '      if ((i < SEQQ) & (j < SEQK)) { dbias[(bh * SEQQ + i) * SEQK + j - u.off_dbias] = ds; }' : ''}
+${rowSums ? '      st[r * SS + col] = ds;' : ''}
+      dsh[r * PS + col] = ${E}(ds * softcapDerivative(s));
+    }`;
+
+  const qStrides = layoutStrides(c, c.headsQ, c.seqQ, c.headDim);
+  const stores = range(D16).map(x => `  workgroupBarrier();
+  ${ops.store(`dqa[${x}]`, 'st', 'sg * 16u * SS', 'SS')}
+  workgroupBarrier();
+  for (var e = lidx % 32u; e < 256u; e += 32u) {
+    let i = i0 + sg * 16u + e / 16u;
+    let d = ${x * TILE}u + e % 16u;
+    if ((i < SEQQ) & (d < D)) {
+      dq[${elementIndex(qStrides, 'dq')}] = st[(sg * 16u + e / 16u) * SS + e % 16u] * ${f32(c.scale)};
+    }
+  }`).join('\n');
+
+  const body = () => `
+${constants(c)}
+const BQ = ${t.rows}u;
+const BK = ${t.cols}u;
+const WG = ${WG}u;
+const KS = ${KS}u;
+const VS = ${VS}u;
+const SS = ${SS}u;
+const PS = ${PS}u;
+const QSCALE = ${f32(queryScale(c))};
+var<workgroup> ks: array<${E}, ${t.cols * KS}>;
+var<workgroup> vs: array<${E}, ${t.cols * VS}>;
+var<workgroup> st: array<f32, ${t.rows * SS}>;
+var<workgroup> dpt: array<f32, ${t.rows * SS}>;
+var<workgroup> dsh: array<${E}, ${t.rows * PS}>;
+var<workgroup> lses: array<f32, ${t.rows}>;
+var<workgroup> dterms: array<f32, ${t.rows}>;
+var<workgroup> drows: array<u32, ${t.rows}>;
+var<workgroup> flag: u32;
+${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
+${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
+${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
+${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
+${scoreFunctions(c, aux, 0)}
+
+@compute @workgroup_size(${WG})
+${mode.path === 'subgroupMatrix' ? '@diagnostic(off, chromium_experimental.subgroup_matrix_uniformity)\n' : ''}fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
+  let sg = lidx / 32u;
+  ${ops.prelude}
+  ${queryBlockIds(c, t.rows)}
+  let b = bh / HQ;
+  let h = bh % HQ;
+  let hk = h / GROUP;
+  let i0 = qb * BQ;
+  ${c.hasKeyLengths
+    ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
+    : 'let kl = SEQK;'}
+  let iFirst = i0;
+  let iLast = min(i0 + BQ, SEQQ) - 1u;
+  ${keyRange(c)}
+  let tFirst = jLo / BK;
+  let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);
+  for (var e = lidx; e < BQ; e += WG) {
+    let row = bh * SEQQ + min(i0 + e, SEQQ - 1u);
+    let l = bitcast<f32>(aux[${aux.lse}u + row]);
+    lses[e] = select(l, 0.0, l == negInf());
+    dterms[e] = bitcast<f32>(aux[${aux.rowTerm}u + row]);
+    ${c.dropoutRate > 0 ? 'drows[e] = dropoutRow(b, h, i0 + e);' : ''}
+  }
+  ${ops.declareLefts('qf', D16)}
+  ${ops.declareLefts('dof', DV16)}
+  ${ops.declareLefts('lt', 1)}
+  ${ops.declareResults('acc', 1)}
+  ${ops.declareResults('dqa', D16)}
+${rowSums ? '  var dbsum = 0.0;' : ''}
+${ownRows}
+  for (var t = tFirst; t < tEnd; t++) {
+    let j0 = t * BK;
+    ${blockSkip(c, 'iFirst', 'iLast', 'j0', 'min(j0 + BK, SEQK) - 1u')}
+    workgroupBarrier();
+    ${stage('ks', 'KS', 'k', 'j0', 'SEQK', 'hk', dk4, D16)}
+    ${stage('vs', 'VS', 'v', 'j0', 'SEQK', 'hk', dv4, DV16)}
+    workgroupBarrier();
+${strip('st', 'qf', 'ks', 'KS', D16)}
+${strip('dpt', 'dof', 'vs', 'VS', DV16)}
+    workgroupBarrier();
+${elementwise}
+    workgroupBarrier();
+${rowSums ? '    if (lidx < BQ) { for (var col = 0u; col < BK; col++) { dbsum += st[lidx * SS + col]; } }' : ''}
+${accumulate}
+  }
+${rowSums ? '  if ((lidx < BQ) & (i0 + lidx < SEQQ)) { dbias[bh * SEQQ + i0 + lidx - u.off_dbias] = dbsum; }' : ''}
+${stores}
+}
+`;
+  return {
+    key: JSON.stringify({ program: 'attention_backward_dq_f16', config: shaderConfig(c), tiles: t, mode }),
+    bindings: binds, uniforms: [...COMMON_UNIFORMS, ...binds.map(b => `off_${b.name}`)], body,
+    extensions: f16Extensions(mode),
+  };
+}

@@ -1,0 +1,92 @@
+// Which `precision: 'float16'` backward the device can run, and its two programs:
+//   - `shader-f16` and subgroup matrices with a 16×16×16 f16 → f32 configuration, subgroups of 32:
+//     the matrix-unit programs;
+//   - `shader-f16` only: the same programs with their 16×16 tiles computed by the invocations;
+//   - neither: none (the float32 kernels run; the forward kernel says so once).
+// The scalar tiles in f32 can be forced (`float32Tiles`) so that CI, on an adapter with neither,
+// tests the programs' tile logic against the float64 reference.
+import type { AttentionConfig } from '../../src/config';
+import type { AuxLayout } from './aux';
+import { dkdvF16Program, dkdvF16WorkgroupBytes, F16Tiles } from './attention_backward_dkdv_f16';
+import { dqF16Program, dqF16WorkgroupBytes } from './attention_backward_dq_f16';
+import type { F16Mode } from './attention_backward_f16_matrix';
+import { biasGradMode } from './attention_wgsl';
+import type { ProgramSpec } from './runtime';
+
+export const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';
+
+/** Knobs for tests and benches; the defaults are what the kernel uses. */
+export const webgpuF16BackwardTuning: {
+  dkdvTiles?: F16Tiles;
+  dqTiles?: F16Tiles;
+  /** Use the scalar tiles even where subgroup matrices exist. */
+  noSubgroupMatrix: boolean;
+  /** Without shader-f16, run the scalar tiles in f32 instead of the float32 kernels (tests). */
+  float32Tiles: boolean;
+} = { noSubgroupMatrix: false, float32Tiles: false };
+
+/** Fastest first where they fit (rows: the workgroup's own rows; cols: the tile it walks). */
+const TILE_CANDIDATES: readonly F16Tiles[] = [
+  { rows: 64, cols: 32 }, { rows: 32, cols: 32 }, { rows: 32, cols: 16 }, { rows: 16, cols: 16 },
+];
+
+interface AdapterInfoFields {
+  subgroupMinSize?: number;
+  subgroupMaxSize?: number;
+  subgroupMatrixConfigs?: ReadonlyArray<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }>;
+}
+
+function adapterInfo(device: GPUDevice): AdapterInfoFields {
+  const info: unknown = (device as { adapterInfo?: unknown }).adapterInfo;
+  return typeof info === 'object' && info !== null ? info as AdapterInfoFields : {};
+}
+
+/** Whether the device runs the matrix-unit programs: 16×16×16 f16 → f32 tiles, one subgroup of 32 per strip. */
+export function hasF16SubgroupMatrix(device: GPUDevice): boolean {
+  const features: ReadonlySet<string> = device.features;
+  if (!features.has('shader-f16') || !features.has(SUBGROUP_MATRIX_FEATURE) || !features.has('subgroups')) return false;
+  const info = adapterInfo(device);
+  if (info.subgroupMinSize !== 32 || info.subgroupMaxSize !== 32) return false;
+  return (info.subgroupMatrixConfigs ?? []).some(m => m.componentType === 'f16' && m.resultComponentType === 'f32' &&
+    m.M === 16 && m.N === 16 && m.K === 16);
+}
+
+export function f16BackwardMode(device: GPUDevice): F16Mode | undefined {
+  if (!webgpuF16BackwardTuning.noSubgroupMatrix && hasF16SubgroupMatrix(device)) {
+    return { path: 'subgroupMatrix', element: 'f16' };
+  }
+  if (device.features.has('shader-f16')) return { path: 'scalar', element: 'f16' };
+  return webgpuF16BackwardTuning.float32Tiles ? { path: 'scalar', element: 'f32' } : undefined;
+}
+
+function pick(device: GPUDevice, bytes: (t: F16Tiles) => number, preferred?: F16Tiles): F16Tiles {
+  const limit = device.limits.maxComputeWorkgroupStorageSize;
+  const threads = device.limits.maxComputeInvocationsPerWorkgroup;
+  const tiles = [...(preferred ? [preferred] : []), ...TILE_CANDIDATES]
+    .find(t => bytes(t) <= limit && (t.rows / 16) * 32 <= threads);
+  if (!tiles) throw new Error(`flashAttention (webgpu): no float16 tile size fits ${limit} bytes of workgroup memory`);
+  return tiles;
+}
+
+export interface BackwardF16Passes {
+  dkdv: ProgramSpec;
+  /** Keys per dK/dV workgroup and query rows per dQ workgroup (the dispatch grids). */
+  dkdvRows: number;
+  dq: ProgramSpec;
+  dqRows: number;
+  /** The column-sum pass of a bias broadcast over query rows (biasGradMode 'columns'). */
+  biasColumns?: ProgramSpec;
+}
+
+/** The float16 backward programs for this device, or undefined where it has no float16 path. */
+export function f16BackwardPasses(device: GPUDevice, c: AttentionConfig, aux: AuxLayout): BackwardF16Passes | undefined {
+  const mode = f16BackwardMode(device);
+  if (!mode) return undefined;
+  const kv = pick(device, t => dkdvF16WorkgroupBytes(c, t, mode), webgpuF16BackwardTuning.dkdvTiles);
+  const q = pick(device, t => dqF16WorkgroupBytes(c, t, mode), webgpuF16BackwardTuning.dqTiles);
+  return {
+    dkdv: dkdvF16Program(c, aux, kv, mode), dkdvRows: kv.rows,
+    dq: dqF16Program(c, aux, q, mode), dqRows: q.rows,
+    biasColumns: biasGradMode(c) === 'columns' ? dkdvF16Program(c, aux, kv, mode, 'biasColumns') : undefined,
+  };
+}

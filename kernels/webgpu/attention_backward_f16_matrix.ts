@@ -1,0 +1,116 @@
+// The 16×16 matrix tiles of the `precision: 'float16'` backward passes, as WGSL generators with two
+// implementations behind one interface, so the two programs are written once:
+//   'subgroupMatrix'  the matrix units: `chromium-experimental-subgroup-matrix` 16×16×16 f16 × f16 →
+//                     f32 multiply-accumulate, one 16-row strip per subgroup of 32 invocations;
+//   'scalar'          the same tiles computed by the 32 invocations of the strip themselves: each holds
+//                     one row of a left tile (16 values) and 8 accumulators of a result tile in
+//                     registers and reads the right tile from workgroup memory. With element type f16
+//                     it is the path for adapters with `shader-f16` but no subgroup matrices; with f32
+//                     it is the same tile logic on adapters with neither (SwiftShader), which is how
+//                     CI tests it against the float64 reference.
+// Operands are staged in workgroup arrays of the element type (f16, or f32 for the scalar test
+// path); results are f32. Every call must be made by all 32 invocations of a strip (subgroup-uniform
+// control flow); the scalar path needs no subgroup operations at all.
+export type MatrixPath = 'subgroupMatrix' | 'scalar';
+
+export interface F16Mode {
+  path: MatrixPath;
+  /** Element type of staged operands: 'f16', or 'f32' only with the scalar path (tests without shader-f16). */
+  element: 'f16' | 'f32';
+}
+
+/** Tile edge of every matrix operation, and invocations per 16-row strip. */
+export const TILE = 16;
+export const STRIP_THREADS = 32;
+
+/** A multiple of 16 at least `n` (head sizes are padded with zeros to whole tiles). */
+export function tilesOf(n: number): number {
+  return Math.ceil(n / TILE);
+}
+
+export function f16Extensions(mode: F16Mode): string[] {
+  const ext: string[] = mode.element === 'f16' ? ['f16'] : [];
+  if (mode.path === 'subgroupMatrix') ext.push('subgroups', 'chromium_experimental_subgroup_matrix');
+  return ext;
+}
+
+/**
+ * The WGSL of one matrix path. Names given to the generators are WGSL identifiers; offsets and
+ * strides are WGSL u32 expressions counting elements. `left` tiles are read row-major; `right`
+ * tiles row-major or, with `colMajor`, transposed (element [k, n] at offset + n·stride + k).
+ */
+export interface MatrixOps {
+  /** Function-scope declarations of `count` result (f32) or left tiles, zero-filled. */
+  declareResults(name: string, count: number): string;
+  declareLefts(name: string, count: number): string;
+  zero(result: string): string;
+  loadLeft(left: string, array: string, offset: string, stride: string): string;
+  /** result += left · right, the right tile read from `array`. */
+  multiplyAdd(result: string, left: string, array: string, offset: string, stride: string, colMajor: boolean): string;
+  /** Writes a result tile into an f32 workgroup array, row-major. */
+  store(result: string, array: string, offset: string, stride: string): string;
+  /** WGSL statements run once at the top of main (the invocation's place in its strip). */
+  prelude: string;
+}
+
+export function matrixOps(mode: F16Mode): MatrixOps {
+  const E = mode.element;
+  if (mode.path === 'subgroupMatrix') {
+    const left = `subgroup_matrix_left<${E}, 16, 16>`;
+    const right = `subgroup_matrix_right<${E}, 16, 16>`;
+    const result = 'subgroup_matrix_result<f32, 16, 16>';
+    return {
+      declareResults: (n, c) => `var ${n}: array<${result}, ${c}>;`,
+      declareLefts: (n, c) => `var ${n}: array<${left}, ${c}>;`,
+      zero: r => `${r} = ${result}();`,
+      loadLeft: (l, a, o, s) => `${l} = subgroupMatrixLoad<${left}>(&${a}, ${o}, false, ${s});`,
+      multiplyAdd: (r, l, a, o, s, cm) =>
+        `${r} = subgroupMatrixMultiplyAccumulate(${l}, subgroupMatrixLoad<${right}>(&${a}, ${o}, ${cm}, ${s}), ${r});`,
+      store: (r, a, o, s) => `subgroupMatrixStore(&${a}, ${o}, ${r}, false, ${s});`,
+      prelude: '',
+    };
+  }
+  // Invocation `lane` of a strip owns row lane/2 of every tile: all 16 columns of a left tile and
+  // columns (lane % 2)·8 … +7 of a result tile.
+  return {
+    declareResults: (n, c) => `var ${n}: array<array<f32, 8>, ${c}>;`,
+    declareLefts: (n, c) => `var ${n}: array<array<${E}, 16>, ${c}>;`,
+    zero: r => `${r} = array<f32, 8>();`,
+    loadLeft: (l, a, o, s) => `for (var mk = 0u; mk < 16u; mk++) { ${l}[mk] = ${a}[(${o}) + mrow * (${s}) + mk]; }`,
+    multiplyAdd: (r, l, a, o, s, cm) => `for (var mn = 0u; mn < 8u; mn++) {
+        var sum = 0.0;
+        for (var mk = 0u; mk < 16u; mk++) {
+          sum += f32(${l}[mk]) * f32(${a}[(${o}) + ${cm ? `(mcol + mn) * (${s}) + mk` : `mk * (${s}) + mcol + mn`}]);
+        }
+        ${r}[mn] += sum;
+      }`,
+    store: (r, a, o, s) => `for (var mn = 0u; mn < 8u; mn++) { ${a}[(${o}) + mrow * (${s}) + mcol + mn] = ${r}[mn]; }`,
+    prelude: 'let mrow = (lidx % 32u) / 2u;\n  let mcol = (lidx % 2u) * 8u;',
+  };
+}
+
+/**
+ * A loop in which the workgroup's WG invocations copy `rows` rows of a tensor into workgroup array
+ * `dst` of the element type (row stride `stride`, `cols16` tiles wide, zero past the head size and
+ * past `limit`), times `scale`. `load` is a tensorAccess loader (vec4 columns, zero past the head size).
+ */
+export function stageRowsF16(o: { dst: string; stride: string; cols4: number; paddedCols4: number; rows: string;
+  first: string; limit: string; load: string; head: string; scale?: string; element: F16Mode['element'] }): string {
+  const E = o.element;
+  return `for (var e = lidx; e < ${o.rows} * ${o.paddedCols4}u; e += WG) {
+      let r = e / ${o.paddedCols4}u;
+      let c = e % ${o.paddedCols4}u;
+      var x = vec4<f32>(0.0);
+      if ((${o.first} + r < ${o.limit}) & (c < ${o.cols4}u)) { x = ${o.load}(b, ${o.head}, ${o.first} + r, c)${o.scale ? ` * ${o.scale}` : ''}; }
+      let at = r * ${o.stride} + c * 4u;
+      ${o.dst}[at] = ${E}(x.x);
+      ${o.dst}[at + 1u] = ${E}(x.y);
+      ${o.dst}[at + 2u] = ${E}(x.z);
+      ${o.dst}[at + 3u] = ${E}(x.w);
+    }`;
+}
+
+/** Element offset of (b, h, i, d) in a q/k/v-shaped tensor of the config's layout, as WGSL. */
+export function elementIndex(s: { batch: number; head: number; seq: number }, name: string): string {
+  return `b * ${s.batch}u + h * ${s.head}u + i * ${s.seq}u + d - u.off_${name}`;
+}
