@@ -8,6 +8,7 @@ import { flashAttentionGradCpuConfig } from '../kernels/cpu/flash_attention_grad
 import { kvCacheUpdateCpuConfig } from '../kernels/cpu/kv_cache_update';
 import { flashAttentionWebGLConfig } from '../kernels/webgl/flash_attention';
 import { flashAttentionGradWebGLConfig } from '../kernels/webgl/flash_attention_grad';
+import { kvCacheUpdateWebGLConfig } from '../kernels/webgl/kv_cache_update';
 import { flashAttentionWebGPUConfig } from '../kernels/webgpu/flash_attention';
 import { flashAttentionGradWebGPUConfig } from '../kernels/webgpu/flash_attention_grad';
 import { kvCacheUpdateWebGPUConfig } from '../kernels/webgpu/kv_cache_update';
@@ -21,6 +22,7 @@ const KERNELS: KernelConfig[] = [
   flashAttentionGradWebGPUConfig,
   kvCacheUpdateCpuConfig,
   kvCacheUpdateWebGPUConfig,
+  kvCacheUpdateWebGLConfig,
 ];
 
 let registered = false;

@@ -3,12 +3,12 @@
 // batch row, which becomes the op's `keyLengths`.
 //
 // tfjs tensors are immutable to their users, but their storage is the backend's: the
-// `KVCacheUpdate` kernel (kernels/cpu, kernels/webgpu) writes a step's new rows into the cache
-// tensor's own storage (the cpu backend's Float32Array; the webgpu backend's GPUBuffer through
-// copyBufferToBuffer), so a decode step costs O(new rows), not a concat that copies the whole
-// growing cache every token. The cache tensors are owned here and never handed out beyond a step's
-// attention call, so nobody observes them change. On a backend without that kernel (webgl: its
-// tensors live in textures whose packing tfjs chooses per tensor) the write falls back to building
+// `KVCacheUpdate` kernel writes a step's new rows into the cache tensor's own storage (cpu: the
+// backend's Float32Array; webgpu: its GPUBuffer through copyBufferToBuffer; webgl: its texture,
+// drawn into with a scissor box over the new rows, kernels/webgl/kv_cache_update.ts), so a decode
+// step costs O(new rows), not a concat that copies the whole growing cache every token. The cache
+// tensors are owned here and never handed out beyond a step's attention call, so nobody observes
+// them change. On a backend without that kernel (wasm, tensorflow) the write falls back to building
 // the updated cache with tfjs ops and replacing the tensor, which copies the cache: correct, not in
 // place, and said once.
 import * as tf from '@tensorflow/tfjs-core';
