@@ -8,8 +8,10 @@
 // Run:    HASH=quick node bench/webgl_serve.mjs .benchbuild/webgl.js /usr/bin/chromium \
 //           --use-angle=swiftshader --enable-unsafe-swiftshader          (SwiftShader, N = 256, 512)
 //         on the GPU machine: see bench/RESULTS.md (Chromium from ../shared/gpu/pack-chromium.sh).
-// The page runs on load and POSTs each result line to /result, then DONE; `#quick` picks small sizes
-// and `#swiftshader` the sizes measured on SwiftShader.
+// The page runs on load and POSTs each result line to /result, then DONE; `#quick` picks small sizes,
+// `#swiftshader` the sizes measured on SwiftShader, `#profile=N` only the per-program times at N;
+// no hash is the GPU run (DEFAULT below). webgl_serve.mjs prints the rows as a markdown table at the
+// end and writes JSON and markdown to $OUT when that is set.
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-webgl';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
@@ -28,8 +30,13 @@ export interface BenchConfig {
   blockSweep: number[];
   sweepSeq: number;
   reps: number;
+  /** Repetitions from this N on (large N: seconds per run, little noise). */
+  bigSeq: number;
+  bigReps: number;
   /** Stop starting new measurements after this many seconds. */
   budgetSeconds: number;
+  /** After the table, per-program times at this N (0: none). */
+  profileSeq: number;
   flags?: Record<string, number | boolean>;
 }
 
@@ -109,7 +116,7 @@ async function measurePair(n: number, pass: BenchRow['pass'], impls: Array<Bench
         live.splice(live.indexOf(impl), 1);
       }
     }
-    for (let r = 0; r < config.reps; r++) {
+    for (let r = 0; r < (n >= config.bigSeq ? config.bigReps : config.reps); r++) {
       for (const impl of live) {
         const t0 = performance.now();
         await once(impl);
@@ -182,16 +189,105 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
   return rows;
 }
 
+/**
+ * Waits until the GPU has written `x`'s texture, by reading one texel of it back (gl.finish() does
+ * not wait in Chromium's command buffer).
+ */
+function waitFor(backend: MathBackendWebGL, x: tf.TensorInfo, fb: WebGLFramebuffer, texel: Float32Array): void {
+  const texture = backend.texData.get(x.dataId).texture?.texture;
+  if (!texture) return;
+  const gl = backend.gpgpu.gl;
+  const bound = gl.getParameter(gl.FRAMEBUFFER_BINDING);
+  gl.bindFramebuffer(gl.FRAMEBUFFER, fb);
+  gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, texture, 0);
+  gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.FLOAT, texel);
+  gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, null, 0);
+  gl.bindFramebuffer(gl.FRAMEBUFFER, bound);
+}
+
+/**
+ * Milliseconds per program kind for one flash forward and one forward+backward at N (after a
+ * warm-up call that compiles), waiting for each program's output before the next starts: this
+ * serializes the GPU and is for finding where time goes, not for speeds.
+ */
+async function profile(n: number, config: BenchConfig, report: (line: string) => Promise<void>): Promise<void> {
+  await tf.setBackend('webgl');
+  await tf.ready();
+  const backend = webgl();
+  const fb = backend.gpgpu.gl.createFramebuffer();
+  const texel = new Float32Array(4);
+  const shape: [number, number, number, number] = [1, config.heads, n, config.headDim];
+  const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal(shape, 0, 1, 'float32', seed) as tf.Tensor4D);
+  const loss = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+    tf.sum(tf.mul(flashAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D), dy));
+  const passes: Array<[string, () => tf.Tensor[]]> = [
+    ['forward', () => [flashAttention(q, k, v)]],
+    ['forward+backward', () => tf.grads(loss)([q, k, v])],
+  ];
+  for (const [pass, f] of passes) {
+    const run = async () => {
+      const outs = f();
+      await Promise.all(outs.map(o => o.data()));
+      tf.dispose(outs);
+    };
+    await run();
+    const plain = performance.now();
+    await run();
+    const plainMs = performance.now() - plain;
+    const times = new Map<string, { ms: number; draws: number }>();
+    const original = backend.runWebGLProgram;
+    backend.runWebGLProgram = function (...args: Parameters<typeof original>) {
+      const [program] = args;
+      const kind = `${program.variableNames.join(',')} -> [${program.outputShape.join(',')}]`;
+      const t0 = performance.now();
+      const out = original.apply(this, args);
+      waitFor(backend, out, fb, texel);
+      const entry = times.get(kind) ?? { ms: 0, draws: 0 };
+      times.set(kind, { ms: entry.ms + performance.now() - t0, draws: entry.draws + 1 });
+      return out;
+    };
+    const t0 = performance.now();
+    try {
+      await run();
+    } finally {
+      backend.runWebGLProgram = original;
+    }
+    await report(`# profile N=${n} ${pass}: ${plainMs.toFixed(0)} ms unprofiled, ` +
+      `${(performance.now() - t0).toFixed(0)} ms profiled; per program kind (inputs -> output shape):`);
+    for (const [kind, { ms, draws }] of [...times].sort((a, b) => b[1].ms - a[1].ms)) {
+      await report(`#   ${ms.toFixed(1)} ms, ${draws} draws: ${kind}`);
+    }
+  }
+  tf.dispose([q, k, v, dy]);
+}
+
+/**
+ * The GPU run (H100): every N from 256 to 16384 forward and forward+backward, flash and naive side by
+ * side where naive's scores fit; naive beyond 4096 last (it may exhaust GPU memory); block sizes
+ * 256 and 512 at N = 4096; stops starting measurements after 360 s (about 3 min expected).
+ */
 const DEFAULT: BenchConfig = {
   seqs: [256, 512, 1024, 2048, 4096, 8192, 16384], heads: 12, headDim: 64, maxBackwardSeq: 16384, naiveUpTo: 4096,
-  blockSweep: [256, 512], sweepSeq: 4096, reps: 3, budgetSeconds: 420,
+  blockSweep: [256, 512], sweepSeq: 4096, reps: 3, bigSeq: 8192, bigReps: 1, budgetSeconds: 360, profileSeq: 2048,
 };
-const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, blockSweep: [128], sweepSeq: 512, reps: 2 };
+const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, blockSweep: [128], sweepSeq: 512, reps: 2,
+  profileSeq: 256 };
+const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, blockSweep: [], sweepSeq: 1024,
+  budgetSeconds: 900, profileSeq: 0 };
 
 async function post(line: string): Promise<void> {
   await fetch('/result', { method: 'POST', body: line });
 }
 
-const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, blockSweep: [256], sweepSeq: 1024 };
+// #profile=N: per-program times at N; #quick, #swiftshader: smaller sweeps; nothing: the GPU run.
+const profileSeq = /profile=(\d+)/.exec(location.hash);
 const config = location.hash.includes('quick') ? QUICK : location.hash.includes('swiftshader') ? SWIFTSHADER : DEFAULT;
-bench(config, post).catch(error => post(`# error: ${String(error)}`)).finally(() => post('DONE'));
+async function main(): Promise<void> {
+  if (profileSeq) return profile(Number(profileSeq[1]), config, post);
+  const start = performance.now();
+  await bench(config, post);
+  if (config.profileSeq && (performance.now() - start) / 1000 < config.budgetSeconds) {
+    await profile(config.profileSeq, config, post);
+  }
+}
+main().catch(error => post(`# error: ${String(error)}`)).finally(() => post('DONE'));

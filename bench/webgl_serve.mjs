@@ -1,19 +1,62 @@
 // Serves a page bundle on loopback, opens it in headless Chromium and prints every line the page
 // POSTs to /result until it posts DONE (unlike ../shared/gpu/serve-page.mjs, which stops at the first
 // POST). Usage: node webgl_serve.mjs page.js /path/to/chromium [chromium flags...]; HASH=quick etc.
-import http from 'node:http'; import fs from 'node:fs'; import { spawn } from 'node:child_process';
+// At the end (DONE or the LIMIT_S timeout) it prints the result rows as a markdown table, and when
+// $OUT is set writes them there too: webgl_bench.json (rows and comment lines) and webgl_bench.md.
+import http from 'node:http'; import fs from 'node:fs'; import path from 'node:path'; import { spawn } from 'node:child_process';
 const [page, chrome, ...flags] = process.argv.slice(2);
 const bundle = fs.readFileSync(page, 'utf8');
 const limit = Number(process.env.LIMIT_S ?? 540) * 1000;
+const rows = [];
+const comments = [];
 let child;
-const timer = setTimeout(() => { console.log('TIMEOUT'); child?.kill('SIGKILL'); process.exit(2); }, limit);
+
+const fmt = (x, digits) => (x === undefined ? '–' : x >= 1 ? x.toFixed(digits) : x.toPrecision(2));
+
+/** One table row per (N, pass, block size): flash and naive side by side. */
+function table() {
+  const groups = new Map();
+  for (const r of rows) {
+    const key = `${r.n}|${r.pass}|${r.blockKeys ?? ''}`;
+    if (!groups.has(key)) groups.set(key, { n: r.n, pass: r.pass, blockKeys: r.blockKeys });
+    groups.get(key)[r.impl] = r;
+  }
+  const lines = [
+    '| N | pass | flash ms | flash TFLOP/s | naive ms | naive TFLOP/s | flash speed / naive | flash peak MiB | naive peak MiB |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const g of groups.values()) {
+    const f = g.flash ?? {}, v = g.naive ?? {};
+    const label = g.n < 0 ? `${-g.n} (blocks of ${g.blockKeys})` : `${g.n}`;
+    const cell = (r, key, digits) => (r.error ? `error: ${r.error.slice(0, 60)}` : fmt(r[key], digits));
+    const ratio = f.ms && v.ms ? `${(v.ms / f.ms).toFixed(2)}×` : '–';
+    lines.push(`| ${label} | ${g.pass} | ${cell(f, 'ms', 1)} | ${fmt(f.tflops, 3)} | ${cell(v, 'ms', 1)} | ` +
+      `${fmt(v.tflops, 3)} | ${ratio} | ${fmt(f.peakMiB, 1)} | ${fmt(v.peakMiB, 1)} |`);
+  }
+  return lines.join('\n');
+}
+
+function finish(code) {
+  const md = table();
+  console.log(`\n${md}`);
+  if (process.env.OUT) {
+    fs.mkdirSync(process.env.OUT, { recursive: true });
+    fs.writeFileSync(path.join(process.env.OUT, 'webgl_bench.json'), JSON.stringify({ comments, rows }, null, 1));
+    fs.writeFileSync(path.join(process.env.OUT, 'webgl_bench.md'), `${comments.join('\n')}\n\n${md}\n`);
+  }
+  child?.kill('SIGKILL');
+  process.exit(code);
+}
+
+const timer = setTimeout(() => { console.log('TIMEOUT'); comments.push(`# TIMEOUT after ${limit / 1000} s`); finish(2); }, limit);
 const srv = http.createServer((q, r) => {
   if (q.method === 'POST') {
     let b = ''; q.on('data', d => { b += d; });
     q.on('end', () => {
       r.end('ok');
       console.log(b);
-      if (b === 'DONE') { clearTimeout(timer); child.kill('SIGKILL'); srv.close(); process.exit(0); }
+      if (b === 'DONE') { clearTimeout(timer); srv.close(); finish(0); }
+      if (b.startsWith('{')) rows.push(JSON.parse(b)); else comments.push(b);
     });
     return;
   }
@@ -24,5 +67,5 @@ const srv = http.createServer((q, r) => {
   child = spawn(chrome, [...flags, '--no-sandbox', '--headless=new', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--no-first-run', `--user-data-dir=/tmp/chr-profile-${Date.now()}`, url],
   { stdio: ['ignore', 'ignore', 'pipe'] });
-  child.stderr.on('data', d => { const s = String(d); if (/error|fail|lost/i.test(s) && !/dbus|Fontconfig|XDG|crashpad|gcm|GCM/i.test(s)) process.stderr.write(s.slice(0, 300)); });
+  child.stderr.on('data', d => { const s = String(d); if (/error|fail|lost/i.test(s) && !/dbus|Fontconfig|XDG|crashpad|gcm|GCM|on_device_model/i.test(s)) process.stderr.write(s.slice(0, 300)); });
 });

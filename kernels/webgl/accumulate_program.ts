@@ -5,7 +5,7 @@
 // (two keys), like tfjs' packed matMul, skipping keys outside the window, the key lengths and dead
 // block-mask blocks.
 import type { AttentionConfig } from '../../src/config';
-import { attentionUniforms, decodeRow, internalAccessor, keyPairLoop, optionalAccessors, rowsAccessor,
+import { attentionUniforms, decodeRow, internalAccessor, keyTexelLoop, optionalAccessors, rowsAccessor, rowStep,
   scoreSnippet } from './glsl';
 import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
@@ -32,12 +32,12 @@ void main() {
   vec4 rescale = mix(exp(stats.yyww - lse), vec4(0.0), equal(stats.yyww, vec4(-FA_INF)));
   vec4 result = faBlockPrevious(rc.x, i, col) * rescale;`}
   int pRow = faBlockRowWeights(rc.x, i);
-  int vBase = faBaseV(b, g, 0);
+  int vRow = faBaseV(b, g, faKeyStart);
   int vCol = col / 2;
-  ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 p = faTexWeights(pRow, (j - faKeyStart) >> 1);
-    vec4 v = faRowsAtV(vBase + (j >> 1) * FA_STEP_V, g, vCol);
-    ${c.seqK % 2 ? `if (j + 1 >= ${c.seqK}) v.zw = vec2(0.0);` : ''}
+  ${keyTexelLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
+    vec4 p = faTexWeights(pRow, t);
+    vec4 v = faRowsAtV(vRow + ${rowStep(c, 'V', 't')}, g, vCol);
+    ${c.seqK % 2 ? `if (faKeyStart + 2 * t + 1 >= ${c.seqK}) v.zw = vec2(0.0);` : ''}
     result += p.xxzz * v.xyxy + p.yyww * v.zwzw;`)}
   setOutput(result);
 }`;

@@ -4,7 +4,7 @@
 // (max, sum) pair keeps every stored value in the range of the scores: nothing overflows a
 // half-float render target however long the sequence.
 import type { AttentionConfig } from '../../src/config';
-import { attentionUniforms, decodeRow, internalAccessor, keyPairLoop, optionalAccessors, scoreSnippet } from './glsl';
+import { attentionUniforms, decodeRow, internalAccessor, keyTexelLoop, optionalAccessors, scoreSnippet } from './glsl';
 import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
@@ -33,16 +33,16 @@ void main() {
   // max() may drop a NaN argument (GLSL leaves it undefined): NaN scores are tracked on the side.
   vec4 top = vec4(-FA_INF);
   vec4 nan = vec4(0.0);
-  ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 s = faLoad(faTexScores(row, (j - faKeyStart) >> 1));
+  ${keyTexelLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
+    vec4 s = faLoad(faTexScores(row, t));
     top = max(top, s);
     nan = max(nan, vec4(isnan(s)));`)}
   vec2 m = max(top.xz, top.yw);
   // A row without visible keys keeps max −Infinity and sum 0 (exp(−Infinity − 0) = 0, not NaN).
   vec4 shift = mix(m.xxyy, vec4(0.0), equal(m.xxyy, vec4(-FA_INF)));
   vec4 sum = vec4(0.0);
-  ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    sum += exp(faLoad(faTexScores(row, (j - faKeyStart) >> 1)) - shift);`)}
+  ${keyTexelLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
+    sum += exp(faLoad(faTexScores(row, t)) - shift);`)}
   vec2 l = sum.xz + sum.yw;
   vec2 previous = ${first ? 'vec2(-FA_INF)' : 'faLoad(faBlockPrevious(rc.x, i, 0)).xz'};
   vec2 lse = vec2(faMerge(previous.x, m.x, l.x), faMerge(previous.y, m.y, l.y));

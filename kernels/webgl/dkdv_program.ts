@@ -4,7 +4,7 @@
 // row pairs whose window holds its keys. Keys outside the block keep the previous block's values
 // (0 for the first), so the gradient fills up block by block at O(Nk·dim) extra copying per block.
 import type { AttentionConfig } from '../../src/config';
-import { attentionUniforms, internalAccessor, optionalAccessors, rowPairLoop, rowsAccessor, scoreSnippet } from './glsl';
+import { attentionUniforms, internalAccessor, optionalAccessors, rowPairLoop, rowsAccessor, rowStep, scoreSnippet } from './glsl';
 import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
 
@@ -35,8 +35,8 @@ void main() {
   ${rowPairLoop(c, `
     int wRow = faBlockRow${weights}(b * ${c.headsQ} + h, 0);
     int xBase = faBase${rowsOf}(b, h, 0);`, `
-    vec4 w = faTex${weights}(wRow + (i >> 1), wCol);
-    vec4 x = faRowsAt${rowsOf}(xBase + (i >> 1) * FA_STEP_${rowsOf}, h, xCol);
+    vec4 w = faTex${weights}(wRow + u, wCol);
+    vec4 x = faRowsAt${rowsOf}(xBase + ${rowStep(c, rowsOf, 'u')}, h, xCol);
     ${c.seqQ % 2 ? `if (i + 1 >= ${c.seqQ}) x.zw = vec2(0.0);` : ''}
     sum += w.xxyy * x.xyxy + w.zzww * x.zwzw;`)}
   setOutput(${target === 'dk' ? 'faScale * sum' : 'sum'});

@@ -2,7 +2,7 @@
 // chained block to block like the forward's O. One fragment per 2×2 (row, column) block; each step
 // reads one dS texel and one K texel (two keys), skipping keys the rows cannot see.
 import type { AttentionConfig } from '../../src/config';
-import { attentionUniforms, decodeRow, internalAccessor, keyPairLoop, optionalAccessors, rowsAccessor,
+import { attentionUniforms, decodeRow, internalAccessor, keyTexelLoop, optionalAccessors, rowsAccessor, rowStep,
   scoreSnippet } from './glsl';
 import type { TexShapes } from './glsl';
 import { AttentionProgram } from './program';
@@ -24,12 +24,12 @@ void main() {
   int col = rc.z;
   vec4 sum = vec4(0.0);
   int dsRow = faBlockRowDs(rc.x, i);
-  int kBase = faBaseK(b, g, 0);
+  int kRow = faBaseK(b, g, faKeyStart);
   int kCol = col / 2;
-  ${keyPairLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
-    vec4 ds = faTexDs(dsRow, (j - faKeyStart) >> 1);
-    vec4 kt = faRowsAtK(kBase + (j >> 1) * FA_STEP_K, g, kCol);
-    ${c.seqK % 2 ? `if (j + 1 >= ${c.seqK}) kt.zw = vec2(0.0);` : ''}
+  ${keyTexelLoop(c, 'faKeyStart', `faKeyStart + ${blockKeys}`, `
+    vec4 ds = faTexDs(dsRow, t);
+    vec4 kt = faRowsAtK(kRow + ${rowStep(c, 'K', 't')}, g, kCol);
+    ${c.seqK % 2 ? `if (faKeyStart + 2 * t + 1 >= ${c.seqK}) kt.zw = vec2(0.0);` : ''}
     sum += ds.xxzz * kt.xyxy + ds.yyww * kt.zwzw;`)}
   setOutput(${first ? '' : 'faBlockPrevious(rc.x, i, col) + '}faScale * sum);
 }`;

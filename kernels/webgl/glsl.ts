@@ -48,7 +48,6 @@ const half = (n: number) => Math.ceil(n / 2);
  * Addressing of q, k, v, O or dO in the config's layout, split so that loops compute the part that
  * does not change once (SwiftShader's Subzero JIT hoists little itself):
  *   faBase<X>(b, h, n)       texel row of positions (n, n+1) of head h (n even)
- *   FA_STEP_<X>              texel rows from position pair (n, n+1) to (n+2, n+3)
  *   faRowsAt<X>(base, h, t)  the 2×2 block (positions n, n+1) × (columns 2t, 2t+1) at that row
  *   faRows<X>(b, h, n, d)    the same block for column d (even), all in one call
  * One fetch per block in BHSD; two in BSHD, whose texels pair heads instead of positions.
@@ -58,11 +57,9 @@ export function rowsAccessor(c: AttentionConfig, variable: string, textures: Tex
   const fetch = texelAccessor(variable, half(dim), textures[variable]);
   const x = variable;
   const addressing = c.layout === 'BHSD'
-    ? `const int FA_STEP_${x} = 1;
-int faBase${x}(int b, int h, int n) { return (b * ${heads} + h) * ${half(seq)} + n / 2; }
+    ? `int faBase${x}(int b, int h, int n) { return (b * ${heads} + h) * ${half(seq)} + n / 2; }
 vec4 faRowsAt${x}(int base, int h, int t) { return faTex${x}(base, t); }`
-    : `const int FA_STEP_${x} = ${2 * half(heads)};
-int faBase${x}(int b, int h, int n) { return (b * ${seq} + n) * ${half(heads)} + h / 2; }
+    : `int faBase${x}(int b, int h, int n) { return (b * ${seq} + n) * ${half(heads)} + h / 2; }
 vec4 faRowsAt${x}(int base, int h, int t) {
   vec4 t0 = faTex${x}(base, t);
   vec4 t1 = faTex${x}(base + ${half(heads)}, t);
@@ -71,6 +68,14 @@ vec4 faRowsAt${x}(int base, int h, int t) {
   return `${fetch}
 ${addressing}
 vec4 faRows${x}(int b, int h, int n, int d) { return faRowsAt${x}(faBase${x}(b, h, n), h, d / 2); }`;
+}
+
+/**
+ * GLSL for the texel row offset of `pairs` position pairs further along q, k, v, O or dO (as added
+ * to a faBase<X> row): the pairs themselves in BHSD, times the texel rows of one position in BSHD.
+ */
+export function rowStep(c: AttentionConfig, variable: string, pairs: string): string {
+  return c.layout === 'BHSD' ? pairs : `${pairs} * ${2 * half(headDims(c, variable)[0])}`;
 }
 
 /**
@@ -285,9 +290,23 @@ export function keyPairLoop(c: AttentionConfig, from: string, to: string, body: 
 }
 
 /**
+ * Like keyPairLoop over a key block starting at `from` (even), but gives the body `int t`, the
+ * texel column of key pair (j, j+1) in the block's textures (j = from + 2t): without a block mask it
+ * is a plain counted loop, whose addresses are an add away (measured faster than stepping j on
+ * SwiftShader; see the forward kernel's header).
+ */
+export function keyTexelLoop(c: AttentionConfig, from: string, to: string, body: string): string {
+  if (c.blockSize > 0) return keyPairLoop(c, from, to, `int t = (j - ${from}) >> 1; ${body}`);
+  return `{ ivec2 faRange = faKeyRange(b, i, i + 1);
+  int faTLo = (max(faRange.x, ${from}) - ${from}) >> 1;
+  int faTHi = (min(faRange.y, ${to}) - ${from} + 1) >> 1;
+  for (int t = faTLo; t < faTHi; t++) { ${body} } }`;
+}
+
+/**
  * Loops `int h` over the query heads that share KV head g and `int i` over the even starts of the
- * query row pairs (i, i+1) that may see key pair (j, j+1), skipping dead row blocks of a block mask.
- * `headSetup` runs once per head, before its rows.
+ * query row pairs (i, i+1) that may see key pair (j, j+1), skipping dead row blocks of a block mask;
+ * `int u` = i / 2 is the pair's texel row offset. `headSetup` runs once per head, before its rows.
  */
 export function rowPairLoop(c: AttentionConfig, headSetup: string, body: string): string {
   const group = c.headsQ / c.headsKV;
@@ -296,7 +315,7 @@ export function rowPairLoop(c: AttentionConfig, headSetup: string, body: string)
     ${inner} }`;
   if (c.blockSize === 0) {
     return `${bounds}
-  ${heads(`for (int i = faRows.x - faRows.x % 2; i < faRows.y; i += 2) { ${body} }`)}`;
+  ${heads(`for (int u = faRows.x >> 1; u < (faRows.y + 1) >> 1; u++) { int i = 2 * u; ${body} }`)}`;
   }
   const bs = c.blockSize;
   return `${bounds}
@@ -305,7 +324,7 @@ export function rowPairLoop(c: AttentionConfig, headSetup: string, body: string)
       int faStart = max(faBlock * ${bs}, faDone);
       if (!faBlockLive(b, h, faBlock * ${bs}, faBlock * ${bs} + ${bs - 1}, j, j + 1)) continue;
       int faEnd = min(faRows.y, (faBlock + 1) * ${bs});
-      for (int i = faStart - faStart % 2; i < faEnd; i += 2) { ${body} faDone = i + 2; }
+      for (int i = faStart - faStart % 2; i < faEnd; i += 2) { int u = i >> 1; ${body} faDone = i + 2; }
     }`)}`;
 }
 
