@@ -17,7 +17,8 @@ import { compareForward, maxAbs } from './compare';
 import { pickTiles, webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
 import { forwardProgram, forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
 import { auxLayout } from '../kernels/webgpu/aux';
-import { planChunks, unitGeometry, attentionCoverage } from '../kernels/webgpu/chunks';
+import { attentionLayouts, Box, planBoxes, unitGeometry } from '../kernels/webgpu/chunks';
+import { normalizeAttention } from '../src/config';
 import type { AttentionConfig } from '../src/config';
 import { FORWARD_TILES, Tiles } from '../kernels/webgpu/tiles';
 
@@ -59,6 +60,20 @@ function withTiles(t: Tiles | undefined, body: () => Promise<void>): () => Promi
       webgpuAttentionTuning.dkdvTiles = undefined;
     }
   };
+}
+
+/** The forward's dispatch boxes for a case under a binding limit (SwiftShader tiles: 8 × 8). */
+function planFor(k: AttentionCase, limit: number): Box[] {
+  const t = caseTensors(k, caseData(k));
+  try {
+    const { config } = normalizeAttention(t.q, t.k, t.v, t.options);
+    const g = unitGeometry(config);
+    const layouts = attentionLayouts(config);
+    for (const unused of ['dq', 'dout', 'dlse', 'dk', 'dv', 'dbias']) delete layouts[unused];
+    return planBoxes(config, g, layouts, limit, g.queryHeadsPerUnit, 65535, { rows: 8, keys: 8, accumulates: 'keys' });
+  } finally {
+    tf.dispose(t.all);
+  }
 }
 
 function plainConfig(over: Partial<AttentionConfig>): AttentionConfig {
@@ -111,15 +126,7 @@ describe('webgpu kernels with subgroups', () => {
     };
     const bshd: AttentionCase = { ...c, name: 'split BSHD', layout: 'BSHD', bias: [4, 1, 24] };
     const limit = 4096;
-    for (const k of [c, bshd]) {
-      const config = plainConfig({
-        batch: k.b, headsQ: k.hq, headsKV: k.hkv, seqQ: k.nq, seqK: k.nk, headDim: k.d, headDimV: k.dv,
-        layout: k.layout ?? 'BHSD', biasShape: k.bias?.length === 4 ? k.bias : [1, 4, 1, 24],
-      });
-      const g = unitGeometry(config);
-      const chunks = planChunks(config, g, Object.values(attentionCoverage(config)), limit, g.queryHeadsPerUnit, 65535);
-      expect(chunks.length).toBeGreaterThan(1);
-    }
+    for (const k of [c, bshd]) expect(planFor(k, limit).length).toBeGreaterThan(1);
     webgpuAttentionTuning.maxBindingBytes = limit;
     try {
       await expectCasesPass([c, bshd]);
@@ -128,7 +135,41 @@ describe('webgpu kernels with subgroups', () => {
     }
   });
 
-  test('a slice too large to bind is refused with a message, leaking nothing', async () => {
+  test('one head whose q, k or bias plane exceeds the binding limit is split along query heads, rows and keys',
+    async () => {
+      // 2048 bytes: one head's q (40 × 16 floats) and k (48 × 16), and one [40, 48] bias plane are
+      // each larger; 8 query rows of the bias plane (the SwiftShader tiles' rows) are not.
+      const limit = 2048;
+      const gqa: AttentionCase = {
+        name: 'one head too large, GQA causal dropout, full bias', b: 1, hq: 4, hkv: 2, nq: 40, nk: 48, d: 16, dv: 4,
+        grad: true, bias: [1, 4, 40, 48], causal: true, dropout: { rate: 0.2, seed: 7 },
+      };
+      const bshd: AttentionCase = {
+        name: 'one batch too large, BSHD GQA, bias per row', b: 2, hq: 2, hkv: 1, nq: 24, nk: 40, d: 16,
+        dv: 8, grad: true, layout: 'BSHD', bias: [2, 24, 1], dropout: { rate: 0.1, seed: 3 },
+      };
+      const columns: AttentionCase = {
+        name: 'bias broadcast over rows (column sums accumulate)', b: 1, hq: 2, hkv: 1, nq: 40, nk: 48, d: 16, dv: 4,
+        grad: true, bias: [2, 1, 48], windowSize: [20, 3],
+      };
+      const rowSums: AttentionCase = {
+        name: 'bias broadcast over keys (row sums accumulate)', b: 1, hq: 2, hkv: 2, nq: 40, nk: 48, d: 16, dv: 4,
+        grad: true, bias: [2, 40, 1], causal: true,
+      };
+      for (const k of [gqa, bshd, columns, rowSums]) {
+        const boxes = planFor(k, limit);
+        expect(boxes.some(b => b.r1 - b.r0 < k.nq)).toBe(true);
+        expect(boxes.some(b => b.k1 - b.k0 < k.nk)).toBe(true);
+      }
+      webgpuAttentionTuning.maxBindingBytes = limit;
+      try {
+        await expectCasesPass([gqa, bshd, columns, rowSums]);
+      } finally {
+        webgpuAttentionTuning.maxBindingBytes = undefined;
+      }
+    });
+
+  test('a limit below one tile of rows is refused with a message, leaking nothing', async () => {
     const c = byName('plain');
     const t = caseTensors(c, caseData(c));
     const tensors = tf.memory().numTensors;

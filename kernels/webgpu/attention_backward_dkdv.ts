@@ -73,12 +73,24 @@ ${rowsR.map(r => range(VX).map(x => `        dv_${r}_${x} += pt${r} * o${x};`).j
 ${rowsR.map(r => range(KX).map(x => `        dk_${r}_${x} += g${r} * q${x};`).join('\n')).join('\n')}
       }
 `;
+  // Query-row ranges of a split unit (chunks.ts) add to what the dispatch before wrote.
+  const plus = (x: string, old: string) => `select(${x}, ${x} + ${old}, u.accumulate != 0u)`;
   const stores = () => rowsR.map(r => `  if (j_${r} < SEQK) {
-${range(KX).map(x => `    if (${colOk(x, dk4, 'DK4')}) { store_dk(b, hk, j_${r}, tc + ${x * TC}u, dk_${r}_${x} * ${f32(c.scale / queryScale(c))}); }`).join('\n')}
-${range(VX).map(x => `    if (${colOk(x, dv4, 'DV4')}) { store_dv(b, hk, j_${r}, tc + ${x * TC}u, dv_${r}_${x}); }`).join('\n')}
+${range(KX).map(x => `    if (${colOk(x, dk4, 'DK4')}) {
+      let at = tc + ${x * TC}u;
+      let x = dk_${r}_${x} * ${f32(c.scale / queryScale(c))};
+      store_dk(b, hk, j_${r}, at, ${plus('x', `load_dk(b, hk, j_${r}, at)`)});
+    }`).join('\n')}
+${range(VX).map(x => `    if (${colOk(x, dv4, 'DV4')}) {
+      let at = tc + ${x * TC}u;
+      store_dv(b, hk, j_${r}, at, ${plus(`dv_${r}_${x}`, `load_dv(b, hk, j_${r}, at)`)});
+    }`).join('\n')}
   }`).join('\n');
   const columnSums = () => `    ${rowReduce(t, false, 'add', rowsR.map(r => `dbcol_${r}`), rowOf)}
-${rowsR.map(r => `    if ((tc == 0u) & (j_${r} < SEQK)) { dbias[bh * SEQK + j_${r} - u.off_dbias] = dbcol_${r}; }`).join('\n')}`;
+${rowsR.map(r => `    if ((tc == 0u) & (j_${r} < SEQK)) {
+      let at = bh * SEQK + j_${r} - u.off_dbias;
+      dbias[at] = ${plus(`dbcol_${r}`, 'dbias[at]')};
+    }`).join('\n')}`;
 
   const body = () => `
 ${constants(c)}
@@ -107,6 +119,8 @@ ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${columns ? '' : tensorAccess(c, 'dk', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'store')}
 ${columns ? '' : tensorAccess(c, 'dv', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'store')}
+${columns ? '' : tensorAccess(c, 'dk', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
+${columns ? '' : tensorAccess(c, 'dv', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${scoreFunctions(c, aux, 0)}
 
 @compute @workgroup_size(${WG})
@@ -116,7 +130,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let bhk = u.unit_start * ${c.layout === 'BHSD' ? '1u' : 'HKV'} + wid.y;
   let b = bhk / HKV;
   let hk = bhk % HKV;
-  let j0 = wid.x * BKR;
+  let kb = u.key_start / BKR + wid.x;
+  if (kb * BKR >= u.key_end) { return; }
+  let j0 = kb * BKR;
   ${t.rowsFromGlobal ? '' : stageRows({ dst: 'ks', stride: 'QS', cols4: 'DK4', rows: 'BKR', first: 'j0', limit: 'SEQK', load: 'load_k', head: 'hk' })}
   ${t.rowsFromGlobal ? '' : stageRows({ dst: 'vs', stride: 'VS', cols4: 'DV4', rows: 'BKR', first: 'j0', limit: 'SEQK', load: 'load_v', head: 'hk' })}
   ${c.hasKeyLengths
@@ -131,7 +147,7 @@ ${rowsR.map(r => `  let j_${r} = j0 + ${rowOf(r)};
 ${ownRowBase(r)}
 ${range(KX).map(x => `  var dk_${r}_${x} = vec4<f32>(0.0);`).join('\n')}
 ${range(VX).map(x => `  var dv_${r}_${x} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
-  for (var g = 0u; g < GROUP; g++) {
+  for (var g = u.group_start; g < u.group_end; g++) {
     let h = hk * GROUP + g;
     let bh = b * HQ + h;
 ${columns ? rowsR.map(r => `    var dbcol_${r} = 0.0;`).join('\n') : ''}
@@ -182,5 +198,6 @@ ${columns ? '' : stores()}
   return {
     key: JSON.stringify({ program: 'attention_backward_dkdv', config: shaderConfig(c), tiles: t, mode }),
     bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], body,
+    chunking: { rows: t.cols, keys: t.rows, accumulates: 'rows' },
   };
 }

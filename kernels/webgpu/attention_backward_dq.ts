@@ -3,7 +3,8 @@
 // the saved log-sum-exp, dP = dO·Vᵀ, dS = P ∘ (dP·Z/(1−r) − D), and accumulates dQ = scale·dS·K in
 // registers. With a bias it also writes dS (the bias gradient before broadcasting) into the
 // expanded [B, Hq, Nq, Nk'] buffer `dbias`, summed over keys in registers when Nk' = 1 (a bias
-// broadcast over query rows is left to the dK/dV-shaped column pass instead).
+// broadcast over query rows is left to the dK/dV-shaped column pass instead). A unit too large to
+// bind is split into query-row ranges (independent) and key ranges, each adding to dQ (chunks.ts).
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
@@ -85,6 +86,7 @@ ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'dq', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'store')}
+${tensorAccess(c, 'dq', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${scoreFunctions(c, aux, t.cols)}
 
 @compute @workgroup_size(${WG})
@@ -153,8 +155,15 @@ ${rowsR.map(r => qxX.map(x => `      acc_${r}_${x} += g${r} * k${x};`).join('\n'
   }
 ${rowSums ? `  ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `dbsum_${r}`), rowOf)}` : ''}
 ${rowsR.map(r => `  if (i_${r} < SEQQ) {
-${qxX.map(x => `    if (${colOk(x)}) { store_dq(b, h, i_${r}, tc + ${x * TC}u, acc_${r}_${x} * ${f32(c.scale)}); }`).join('\n')}
-${rowSums ? `    if (tc == 0u) { dbias[row_${r} - u.off_dbias] = dbsum_${r}; }` : ''}
+${qxX.map(x => `    if (${colOk(x)}) {
+      let at = tc + ${x * TC}u;
+      let x = acc_${r}_${x} * ${f32(c.scale)};
+      store_dq(b, h, i_${r}, at, select(x, x + load_dq(b, h, i_${r}, at), u.accumulate != 0u));
+    }`).join('\n')}
+${rowSums ? `    if (tc == 0u) {
+      let at = row_${r} - u.off_dbias;
+      dbias[at] = select(dbsum_${r}, dbsum_${r} + dbias[at], u.accumulate != 0u);
+    }` : ''}
   }`).join('\n')}
 }
 `;
@@ -162,5 +171,7 @@ ${rowSums ? `    if (tc == 0u) { dbias[row_${r} - u.off_dbias] = dbsum_${r}; }` 
     key: JSON.stringify({ program: 'attention_backward_dq', config: shaderConfig(c), tiles: t, useSubgroups }),
     bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], body,
     extensions: useSubgroups && rowSums ? ['subgroups'] : [],
+    // Key ranges add into dQ (and the bias' row sums) written by the dispatch before.
+    chunking: { rows: t.rows, keys: t.cols, accumulates: 'keys' },
   };
 }

@@ -29,6 +29,23 @@ function probsStride(t: Tiles): number {
   return t.probsVec4 ? t.cols + 4 : t.cols + 1;
 }
 
+/**
+ * Merging a key range's normalized output and lse (b) into an earlier range's (a) in the output
+ * buffers: weights of a and b and the merged lse, the log-sum-exp rule of merge_splits.ts with its
+ * treatment of non-finite rows (NaN anywhere: NaN; +∞: lse +∞, output NaN; −∞: an empty range).
+ */
+const MERGE_WEIGHTS = `fn isNanBits(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn mergeWeights(a: f32, b: f32) -> vec3<f32> {
+  if (isNanBits(a) | isNanBits(b)) { return vec3<f32>(nanValue()); }
+  if ((a == -negInf()) | (b == -negInf())) { return vec3<f32>(nanValue(), nanValue(), -negInf()); }
+  if (a == negInf()) { return vec3<f32>(0.0, 1.0, b); }
+  if (b == negInf()) { return vec3<f32>(1.0, 0.0, a); }
+  let m = max(a, b);
+  let wa = exp(a - m);
+  let wb = exp(b - m);
+  return vec3<f32>(wa / (wa + wb), wb / (wa + wb), m + log(wa + wb));
+}`;
+
 /** Key tiles whose block-sparse liveness is decided together, listed in workgroup memory. */
 const TILE_LIST = 128;
 
@@ -138,7 +155,9 @@ ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'store')}
+${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${scoreFunctions(c, aux, t.cols)}
+${MERGE_WEIGHTS}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
@@ -161,7 +180,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 ${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
   var m_${r} = negInf();
   var l_${r} = 0.0;
-${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
+${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}
+  let lseOld_${r} = lse[bh * SEQQ + min(i_${r}, SEQQ - 1u) - u.off_lse];`).join('\n')}
+  // A dispatch that continues an earlier one's key ranges reads its lse before any thread writes.
+  workgroupBarrier();
   ${tileLoop(c, `
     let j0 = t * BK;
     workgroupBarrier();
@@ -210,22 +232,30 @@ ${probsTimesV()}
   ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `l_${r}`), rowOf)}
 ${rowsR.map(r => `  if (i_${r} < SEQQ) {
     let inv = select(1.0 / l_${r}, 0.0, l_${r} == 0.0);
-${oxX.map(x => `    if (${colOk(x)}) { store_out(b, h, i_${r}, tc + ${x * TC}u, ${O(r, x)} * inv); }`).join('\n')}
-    if (tc == 0u) {
-      let mUse = select(m_${r}, 0.0, m_${r} == negInf());
-      let value = select((mUse + log2(l_${r})) * LN2, negInf(), l_${r} == 0.0);
-      // A NaN score leaves l non-finite whatever max() and exp2() make of NaN (both are
-      // implementation-defined in WGSL; SwiftShader's exp2(NaN) is +∞): the row's lse is NaN, as
-      // in the reference, and +∞ where the largest score is +∞.
-      let special = select(nanValue(), -negInf(), m_${r} == -negInf());
-      lse[bh * SEQQ + i_${r} - u.off_lse] = select(value, special, !isFinite(l_${r}) | (m_${r} == -negInf()));
+    let mUse = select(m_${r}, 0.0, m_${r} == negInf());
+    let value = select((mUse + log2(l_${r})) * LN2, negInf(), l_${r} == 0.0);
+    // A NaN score leaves l non-finite whatever max() and exp2() make of NaN (both are
+    // implementation-defined in WGSL; SwiftShader's exp2(NaN) is +∞): the row's lse is NaN, as
+    // in the reference, and +∞ where the largest score is +∞.
+    let special = select(nanValue(), -negInf(), m_${r} == -negInf());
+    let lseNew = select(value, special, !isFinite(l_${r}) | (m_${r} == -negInf()));
+    if (u.accumulate == 0u) {
+${oxX.map(x => `      if (${colOk(x)}) { store_out(b, h, i_${r}, tc + ${x * TC}u, ${O(r, x)} * inv); }`).join('\n')}
+      if (tc == 0u) { lse[bh * SEQQ + i_${r} - u.off_lse] = lseNew; }
+    } else {
+      let w = mergeWeights(lseOld_${r}, lseNew);
+${oxX.map(x => `      if (${colOk(x)}) {
+        let at = tc + ${x * TC}u;
+        store_out(b, h, i_${r}, at, w.x * load_out(b, h, i_${r}, at) + w.y * (${O(r, x)} * inv));
+      }`).join('\n')}
+      if (tc == 0u) { lse[bh * SEQQ + i_${r} - u.off_lse] = w.z; }
     }
   }`).join('\n')}
 }
 `;
   return {
     key: JSON.stringify({ program: 'attention_forward', config: shaderConfig(c), tiles: t, useSubgroups, withAux }),
-    bindings, uniforms, body,
+    bindings, uniforms, body, chunking: { rows: t.rows, keys: t.cols, accumulates: 'keys' },
     extensions: useSubgroups ? ['subgroups'] : [],
   };
 }

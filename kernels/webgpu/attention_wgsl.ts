@@ -17,8 +17,14 @@ import { BindingSpec, f32 } from './runtime';
 
 export const LOG2E = Math.LOG2E;
 
-/** Uniforms every attention program has; the rest are per-program. */
-export const COMMON_UNIFORMS = ['neg_inf_bits', 'seed', 'unit_start', 'heads_in_chunk'] as const;
+/**
+ * Uniforms every attention program has; the rest are per-program. A dispatch covers the query heads
+ * [group_start, group_end) of each unit's GQA group (BHSD), query rows [row_start, row_end) and keys
+ * [key_start, key_end) of its units (all of them unless one unit is split, chunks.ts);
+ * `accumulate` = 1 when it adds to what an earlier dispatch wrote.
+ */
+export const COMMON_UNIFORMS = ['neg_inf_bits', 'seed', 'unit_start', 'heads_in_chunk', 'group_start', 'group_end',
+  'row_start', 'row_end', 'key_start', 'key_end', 'accumulate'] as const;
 export const NEG_INF_BITS = 0xff800000;
 
 /** Which tensors a program reads as vec4 (head size a multiple of 4). */
@@ -180,7 +186,7 @@ export function keyRange(c: AttentionConfig): string {
   const off = queryOffset(c);
   const lo = c.windowLeft >= 0 ? `max(0, i32(iFirst) + ${off - c.windowLeft})` : '0';
   const hi = c.windowRight >= 0 ? `min(i32(kl), i32(iLast) + ${off + c.windowRight + 1})` : 'i32(kl)';
-  return `let jLo = u32(${lo});\n  let jHi = u32(max(${hi}, 0));`;
+  return `let jLo = max(u32(${lo}), u.key_start);\n  let jHi = min(u32(max(${hi}, 0)), u.key_end);`;
 }
 
 /** The query rows [iLo, iHi) that can see keys [jFirst, jLast] (window), as WGSL statements. */
@@ -188,7 +194,7 @@ export function queryRange(c: AttentionConfig): string {
   const off = queryOffset(c);
   const lo = c.windowRight >= 0 ? `max(0, i32(jFirst) - ${off + c.windowRight})` : '0';
   const hi = c.windowLeft >= 0 ? `min(i32(SEQQ), i32(jLast) - ${off - c.windowLeft} + 1)` : 'i32(SEQQ)';
-  return `let iLo = u32(${lo});\n  let iHi = u32(max(${hi}, 0));`;
+  return `let iLo = max(u32(${lo}), u.row_start);\n  let iHi = min(u32(max(${hi}, 0)), u.row_end);`;
 }
 
 /**
@@ -256,17 +262,23 @@ export function queryBlockGrid(c: AttentionConfig, rows: number, heads: number):
 
 /**
  * WGSL defining `qb` (query block) and `bh` (flat b·Hq + h) for queryBlockGrid; workgroups past
- * the chunk's heads (the last head group may be partial) return at once.
+ * the chunk's heads (the last head group may be partial) or outside its query rows
+ * [row_start, row_end) (a split unit runs the whole grid, see chunks.ts) return at once.
  */
 export function queryBlockIds(c: AttentionConfig, rows: number): string {
   const perUnit = c.layout === 'BHSD' ? 'GROUP' : 'HQ';
-  const blocks = Math.ceil(c.seqQ / rows);
-  if (!heavyFirst(c)) return `let qb = wid.x;\n  let bh = u.unit_start * ${perUnit} + wid.y;`;
+  if (!heavyFirst(c)) {
+    return `let qb = u.row_start / ${rows}u + wid.x;
+  if ((qb * ${rows}u >= u.row_end) | (wid.y >= u.heads_in_chunk)) { return; }
+  let bh = u.unit_start * ${perUnit} + u.group_start + wid.y;`;
+  }
   const group = headGroup(c, rows);
-  return `let qb = ${blocks - 1}u - wid.x / ${group}u;
+  return `let qbEnd = (u.row_end + ${rows - 1}u) / ${rows}u;
+  if (wid.x / ${group}u >= qbEnd - u.row_start / ${rows}u) { return; }
+  let qb = qbEnd - 1u - wid.x / ${group}u;
   let hInChunk = wid.y * ${group}u + wid.x % ${group}u;
   if (hInChunk >= u.heads_in_chunk) { return; }
-  let bh = u.unit_start * ${perUnit} + hInChunk;`;
+  let bh = u.unit_start * ${perUnit} + u.group_start + hInChunk;`;
 }
 
 /**

@@ -11,9 +11,9 @@ import { auxLayout, auxNeeded, encodeAuxCopies } from './aux';
 import { forwardProgram, forwardWorkgroupBytes } from './attention_forward';
 import { forwardF16 } from './attention_forward_f16';
 import { NEG_INF_BITS, queryBlockGrid } from './attention_wgsl';
-import { attentionCoverage, chunkDispatches, planChunks, UnitGeometry, unitGeometry } from './chunks';
+import { attentionLayouts, boxDispatches, planBoxes, UnitGeometry, unitGeometry } from './chunks';
 import {
-  attentionInputBuffers, Dispatch, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer,
+  attentionInputBuffers, Chunking, Dispatch, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer,
   subgroupMinSize,
 } from './runtime';
 import { splitForwardWebGPU } from './flash_attention_split';
@@ -64,17 +64,20 @@ export function pickTiles(device: GPUDevice, bytes: (t: Tiles, sg: boolean) => n
   return { tiles, useSubgroups: useSubgroupsFor(device, tiles) };
 }
 
-/** Splits over dispatches (chunks.ts) and builds each chunk's bindings for the given tensors. */
+/**
+ * Splits over dispatches (chunks.ts) and builds each dispatch's bindings for the given tensors;
+ * `chunking` (the program's) allows splitting one unit when even that does not fit.
+ */
 export function planDispatches(backend: WebGPUBackend, c: AttentionConfig, buffers: Record<string, GPUBuffer>,
-  workgroups: (units: number, g: UnitGeometry) => [number, number, number], yPerUnit: (g: UnitGeometry) => number):
-    Dispatch[] {
+  workgroups: (units: number, g: UnitGeometry) => [number, number, number], yPerUnit: (g: UnitGeometry) => number,
+  chunking?: Chunking): Dispatch[] {
   const device = backend.device;
   const g = unitGeometry(c);
-  const all = attentionCoverage(c);
-  const coverage = Object.fromEntries(Object.keys(buffers).filter(n => all[n]).map(n => [n, all[n]]));
-  const chunks = planChunks(c, g, Object.values(coverage), maxBindingBytes(device), yPerUnit(g),
-    device.limits.maxComputeWorkgroupsPerDimension);
-  return chunkDispatches(c, g, chunks, coverage, buffers, units => workgroups(units, g),
+  const all = attentionLayouts(c);
+  const layouts = Object.fromEntries(Object.keys(buffers).filter(n => all[n]).map(n => [n, all[n]]));
+  const maxBytes = maxBindingBytes(device);
+  const boxes = planBoxes(c, g, layouts, maxBytes, yPerUnit(g), device.limits.maxComputeWorkgroupsPerDimension, chunking);
+  return boxDispatches(c, g, boxes, layouts, buffers, maxBytes, chunking, units => workgroups(units, g),
     { neg_inf_bits: NEG_INF_BITS, seed: c.dropoutSeed >>> 0 });
 }
 
@@ -107,7 +110,7 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
       return { spec: forwardProgram(c, aux, withAux, tiles, useSubgroups), rows: tiles.rows };
     })();
     const dispatches = planDispatches(backend, c, buffers,
-      (units, g) => queryBlockGrid(c, rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
+      (units, g) => queryBlockGrid(c, rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit, spec.chunking);
     runPrograms(backend, [{ spec, dispatches }], encoder => {
       if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
     });

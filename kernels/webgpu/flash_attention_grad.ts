@@ -64,7 +64,7 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
 
     const rowDot = rowDotProgram(c, aux);
     const rowDotDispatches = planDispatches(backend, c, pick(['out', 'dout', 'lse', 'dlse', 'aux']),
-      (units, g) => [Math.ceil(c.seqQ / ROW_DOT_ROWS), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit);
+      (units, g) => [Math.ceil(c.seqQ / ROW_DOT_ROWS), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit, rowDot.chunking);
 
     // precision 'float16': the matrix-tile programs where the device has shader-f16 (see attention_backward_f16.ts).
     const f16 = c.precision === 'float16' ? f16BackwardPasses(device, c, aux) : undefined;
@@ -73,7 +73,7 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
     const kvRows = f16?.dkdvRows ?? kv.tiles.rows;
     const dkdv = f16?.dkdv ?? dkdvProgram(c, aux, kv.tiles);
     const dkdvDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dk', 'dv', 'bias', 'aux']),
-      (units, g) => [Math.ceil(c.seqK / kvRows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit);
+      (units, g) => [Math.ceil(c.seqK / kvRows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit, dkdv.chunking);
 
     const qt = pickTiles(device, (tl, sg) => dqWorkgroupBytes(c, tl, sg), forBlockSize(BACKWARD_TILES, c.blockSize),
       webgpuAttentionTuning.dqTiles);
@@ -81,7 +81,7 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
     const dqSpec = f16?.dq ?? dqProgram(c, aux, qt.tiles, qt.useSubgroups);
     const dqDispatches = planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'dq', 'bias', 'aux',
       ...(biasGradMode(c) === 'columns' ? [] : ['dbias'])]),
-      (units, g) => queryBlockGrid(c, qRows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit);
+      (units, g) => queryBlockGrid(c, qRows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit, dqSpec.chunking);
 
     const programs = [
       { spec: rowDot, dispatches: rowDotDispatches },
@@ -89,10 +89,11 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
       { spec: dqSpec, dispatches: dqDispatches },
     ];
     if (biasGradMode(c) === 'columns') {
+      const columns = f16?.biasColumns ?? dkdvProgram(c, aux, kv.tiles, 'biasColumns');
       programs.push({
-        spec: f16?.biasColumns ?? dkdvProgram(c, aux, kv.tiles, 'biasColumns'),
+        spec: columns,
         dispatches: planDispatches(backend, c, pick(['q', 'k', 'v', 'dout', 'bias', 'aux', 'dbias']),
-          (units, g) => [Math.ceil(c.seqK / kvRows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit),
+          (units, g) => [Math.ceil(c.seqK / kvRows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit, columns.chunking),
       });
     }
     runPrograms(backend, programs, encoder => {

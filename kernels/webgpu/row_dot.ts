@@ -27,9 +27,9 @@ ${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 @compute @workgroup_size(${ROW_DOT_ROWS})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
-  let i = wid.x * ${ROW_DOT_ROWS}u + lidx;
-  let bh = u.unit_start * ${c.layout === 'BHSD' ? 'GROUP' : 'HQ'} + wid.y;
-  if (i >= SEQQ) { return; }
+  let i = u.row_start + wid.x * ${ROW_DOT_ROWS}u + lidx;
+  let bh = u.unit_start * ${c.layout === 'BHSD' ? 'GROUP' : 'HQ'} + u.group_start + wid.y;
+  if ((i >= u.row_end) | (wid.y >= u.heads_in_chunk)) { return; }
   let b = bh / HQ;
   let h = bh % HQ;
   var acc = vec4<f32>(0.0);
@@ -42,5 +42,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   return {
     key: JSON.stringify({ program: 'row_dot', config: shaderConfig(c) }),
     bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], body,
+    chunking: { rows: ROW_DOT_ROWS, keys: 1, accumulates: 'none' },
   };
 }

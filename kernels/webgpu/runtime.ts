@@ -31,6 +31,23 @@ export interface ProgramSpec {
   body: () => string;
   /** WGSL `enable` extensions. */
   extensions?: readonly string[];
+  /**
+   * How the program splits one (batch, head) unit over dispatches when its slices exceed the
+   * binding limit (chunks.ts); absent: it cannot, and such problems are refused.
+   */
+  chunking?: Chunking;
+}
+
+/**
+ * Within-unit splitting of a program: query-row ranges are multiples of `rows` and key ranges
+ * multiples of `keys` (its tiles, so no tile straddles a range); `accumulates` names the side whose
+ * ranges the program sums over (read-modify-write by later dispatches, the first one writes), the
+ * other side's ranges are independent. 'none': only the independent side may be split.
+ */
+export interface Chunking {
+  rows: number;
+  keys: number;
+  accumulates: 'rows' | 'keys' | 'none';
 }
 
 export function wgslBindings(spec: ProgramSpec): string {
