@@ -35,7 +35,7 @@ export interface BenchConfig {
   bigReps: number;
   /** Stop starting new measurements after this many seconds. */
   budgetSeconds: number;
-  /** After the table, per-program times at this N (0: none). */
+  /** Per-program times at this N after the comparisons, before the risky naive sizes (0: none). */
   profileSeq: number;
   flags?: Record<string, number | boolean>;
 }
@@ -126,7 +126,7 @@ async function measurePair(n: number, pass: BenchRow['pass'], impls: Array<Bench
     for (const impl of live) {
       const ts = (times.get(impl) ?? []).sort((a, b) => a - b);
       const ms = ts[0];
-      rows.push({ n, pass, impl, ms: +ms.toFixed(2), tflops: +(flops / ms / 1e9).toFixed(4),
+      rows.push({ n, pass, impl, ms: +ms.toFixed(2), tflops: +(flops / ms / 1e9).toPrecision(3),
         peakMiB: +((peaks.get(impl) ?? 0) / 2 ** 20).toFixed(1) });
     }
   } catch (error) {
@@ -164,16 +164,27 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
   const sweep: typeof plan = config.blockSweep.flatMap(keys =>
     (['forward', 'forward+backward'] as const).map(pass => [pass, -keys, ['flash']] as [BenchRow['pass'], number, Array<BenchRow['impl']>]));
   plan.splice(sweepAt < 0 ? plan.length : sweepAt, 0, ...sweep);
+  const last: typeof plan = [];
   for (const n of config.seqs) {
     if (!risky(n)) continue;
     for (const pass of passes(n)) {
-      plan.push([pass, n, naiveFits(n, config) ? ['naive'] : []]);
+      last.push([pass, n, naiveFits(n, config) ? ['naive'] : []]);
     }
   }
+  const inBudget = () => (performance.now() - start) / 1000 <= config.budgetSeconds;
+  await measurePlan(plan, config, inBudget, rows, report);
+  // The profile goes before the risky naive sizes, which may lose the context.
+  if (config.profileSeq && inBudget()) await profile(config.profileSeq, config, report);
+  await measurePlan(last, config, inBudget, rows, report);
+  return rows;
+}
+
+async function measurePlan(plan: Array<[BenchRow['pass'], number, Array<BenchRow['impl']>]>, config: BenchConfig,
+  inBudget: () => boolean, rows: BenchRow[], report: (line: string) => Promise<void>): Promise<void> {
   for (const [pass, n, impls] of plan) {
-    if ((performance.now() - start) / 1000 > config.budgetSeconds) {
+    if (!inBudget()) {
       await report(`# budget of ${config.budgetSeconds} s spent: stopped before N=${n} ${pass} ${impls.join('+')}`);
-      return rows;
+      return;
     }
     // A negative N in the plan is a block-size sweep entry: flash at N = sweepSeq with -n keys per block.
     if (n < 0) setWebGLBlockKeys(-n);
@@ -186,7 +197,6 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
       await report(JSON.stringify(labeled));
     }
   }
-  return rows;
 }
 
 /**
@@ -284,10 +294,6 @@ const profileSeq = /profile=(\d+)/.exec(location.hash);
 const config = location.hash.includes('quick') ? QUICK : location.hash.includes('swiftshader') ? SWIFTSHADER : DEFAULT;
 async function main(): Promise<void> {
   if (profileSeq) return profile(Number(profileSeq[1]), config, post);
-  const start = performance.now();
   await bench(config, post);
-  if (config.profileSeq && (performance.now() - start) / 1000 < config.budgetSeconds) {
-    await profile(config.profileSeq, config, post);
-  }
 }
 main().catch(error => post(`# error: ${String(error)}`)).finally(() => post('DONE'));

@@ -12,18 +12,35 @@
 // normalized after each block (convex combinations of V; log-sums), so nothing grows with N and
 // half-float render targets do not overflow.
 // How it was chosen (numbers in bench/RESULTS.md):
-// - A fragment per (row, 4 output columns) looping over all keys with an online softmax was rejected
-//   on paper, not measured: it recomputes every score Dv/4 times (16× at Dv = 64) and refetches K
-//   as often.
+// - Work per fetch. A fragment writes one RGBA texel, i.e. 4 results; a product over the head
+//   dimension for an m × n block of results (m·n = 4) fetches (m + n)·D values, D texels at best, so
+//   the 2×2 block of tfjs' packed matMul (4 multiply-adds per texel fetched) is the best any
+//   single-output fragment can do. 1 query × 4 keys with the q row in registers fetches 1.25·D texels
+//   for the same 4·D multiply-adds (3.2 per fetch): not taken. The scores and accumulate passes are
+//   such 2×2 products; what is left to win is draws, extra passes and instructions around fetches.
+// - A fragment per (row, 4 output columns) looping over all keys with an online softmax (one draw
+//   in all) was rejected on paper, not measured: it recomputes every score Dv/4 times (16× at
+//   Dv = 64) and refetches K as often.
 // - A two-sweep version (lse over all keys first, then exp(s − lse)·V per block) computes every
 //   score twice; it was replaced by the online per-block lse here, which computes it once (together
 //   with texelFetch addressing: time relative to naive attention in the same run went from 1.6× to
 //   0.97× at N = 256, 12 heads, D = 64, on SwiftShader).
-// - exp and the dropout hash first lived in the accumulate pass, redone by each pair of output
-//   columns; the separate weights pass does them once (1.11× → 0.92× naive's time at N = 512 on
-//   SwiftShader).
+// - Four draws per block is the least this scheme allows: the weights need the block's row lse,
+//   i.e. a reduction over the whole block's scores, before any of them is written. Fusing blockStats
+//   into weights would redo that reduction in every weights fragment (blockKeys/2 fetches per 4
+//   weights); fusing weights into accumulate redoes each exp and dropout hash Dv/2 times (measured
+//   at N = 512 on SwiftShader: 1.11× naive's time fused, 0.92× with the separate weights pass). The
+//   rescale of O by exp(lse_prev − lse) is already folded into accumulate.
+// - blockStats takes the block's row max first, then Σ exp(s − max): one exp per score, where a
+//   running (max, sum) costs 1.5 (the exp of the max correction per key pair).
+// - Loops step a texel index with addresses an add away (row bases hoisted, no per-iteration
+//   division or odd-tail test unless N is odd): SwiftShader's Subzero JIT hoists little, and GPU
+//   compilers lose nothing by it. With the two points above and the backward's P reuse this took
+//   SwiftShader's flash/naive ratios at N = 256–1024 from 1.1–1.4× to 1.1–1.9× forward and from
+//   0.73–0.87× to 1.25–1.3× forward+backward (bench/RESULTS.md, same runs, same machine).
 // - Block size: the H100 forward times fit ≈ 2.6 ms per key block plus 3.2 ms per GFLOP (draw
-//   overhead dominates small blocks), hence blocks of up to 1024 keys (see `blockKeys`).
+//   overhead dominates small blocks), hence blocks of up to 1024 keys (see `blockKeys`), all of one
+//   size (the last block is not a small remainder with the same fixed cost).
 // Inputs are read with texelFetch at addresses derived from tfjs' packed layout (no division per
 // fetch unless a texture was squarified beyond MAX_TEXTURE_SIZE, and then by constants).
 import { env } from '@tensorflow/tfjs-core';
