@@ -4,7 +4,9 @@
 // configurations at N = 4096 and keeps the fastest for the rest.
 //
 //   /work/shared/gpu/pack.sh bench/webgpu.ts   then on the GPU machine:   bash .gpu/run.sh webgpu.mjs
-//   (--final: the headline table with default tiles; --sweep: the wide forward tile sweep; --quick)
+//   (--final: the headline table with default tiles; --sweep / --sweep-causal: the wide forward tile
+//   sweep; --ab: interleaved rounds of the forward candidates; --split-check: dispatch splitting under a
+//   2 MiB binding limit vs unsplit; --quick)
 // Results: a table on stdout and JSON in $OUT/webgpu_bench.json (when OUT is set).
 //
 // Timing: after a warm-up (compilation), one run is timed to size the batch, then `iters` runs are
@@ -212,6 +214,79 @@ async function sweep(limit: number, threads: number, causal: boolean): Promise<v
   }
 }
 
+/**
+ * `--ab`: the forward tile candidates at N = 4096, D = 64 timed in interleaved rounds (machine
+ * noise moves single runs by 10 % and more), full and causal, with medians.
+ */
+async function abRounds(threads: number): Promise<void> {
+  const c = benchConfig(4096, 64);
+  const P = (t: Tiles): Tiles => ({ ...t, probsVec4: true });
+  const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
+  const sets: Array<{ causal: boolean; tiles: Tiles[] }> = [
+    { causal: false, tiles: [G(T(192, 16, 8, 2)), G(T(128, 16, 4, 2)), P(G(T(192, 16, 8, 2)))] },
+    { causal: true, tiles: [G(T(192, 32, 4, 4)), G(T(64, 16, 4, 2)), P(G(T(64, 16, 4, 2))), P(G(T(96, 16, 4, 2))),
+      P(G(T(128, 16, 4, 2))), G(T(128, 16, 4, 2))] },
+  ];
+  for (const { causal, tiles } of sets) {
+    const fit = tiles.filter(t => threadsOf(t).WG <= threads && forwardWorkgroupBytes(c, t, true) <= 49152);
+    const times = new Map<string, number[]>();
+    for (let round = 0; round < 3; round++) {
+      for (const t of fit) {
+        webgpuAttentionTuning.forwardTiles = t;
+        const r = await measure({ impl: 'flash', pass: 'fwd', n: 4096, d: 64, causal, note: `ab ${JSON.stringify(t)}` },
+          flash({ causal }), 600, false);
+        if (r.ms !== undefined) times.set(JSON.stringify(t), [...(times.get(JSON.stringify(t)) ?? []), r.ms]);
+      }
+    }
+    webgpuAttentionTuning.forwardTiles = undefined;
+    for (const [t, ms] of times) {
+      const sorted = [...ms].sort((a, b) => a - b);
+      console.log(`ab ${causal ? 'causal' : 'full'} median ${sorted[Math.floor(sorted.length / 2)].toFixed(3)} ms ` +
+        `(${ms.map(x => x.toFixed(3)).join(', ')}) ${t}`);
+    }
+  }
+}
+
+/**
+ * `--split-check`: the problem at N = 16384 under a 2 MiB binding limit (one head's q and k are
+ * 4 MiB, so every unit is split along rows and keys) against the unsplit kernel: max relative
+ * difference of output and gradients, and the time each takes.
+ */
+async function splitCheck(): Promise<void> {
+  const n = 16384, d = 64;
+  for (const causal of [false, true]) {
+    const [q, k, v, dy] = [9, 10, 11, 12].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
+    const run = () => tf.tidy(() => {
+      const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => flashAttention(a, b, c, { causal });
+      return [f(q, k, v), ...tf.grads(f)([q, k, v], dy)];
+    });
+    const whole = run();
+    webgpuAttentionTuning.maxBindingBytes = 2 * 2 ** 20;
+    try {
+      const split = run();
+      const names = ['out', 'dq', 'dk', 'dv'];
+      const errs = await Promise.all(names.map(async (_, i) => {
+        const diff = tf.tidy(() => tf.div(tf.max(tf.abs(tf.sub(split[i], whole[i]))), tf.max(tf.abs(whole[i]))));
+        const value = (await diff.data())[0];
+        diff.dispose();
+        return value;
+      }));
+      console.log(`split-check N=${n} ${causal ? 'causal' : 'full'} (2 MiB limit): max|split−whole|/max|whole| ` +
+        names.map((name, i) => `${name} ${errs[i].toExponential(2)}`).join(', '));
+      tf.dispose(split);
+      for (const pass of ['fwd', 'fwd+bwd'] as const) {
+        await measure({ impl: 'flash', pass, n, d, causal, note: 'split: 2 MiB binding limit' }, flash({ causal }), 300, false);
+      }
+    } finally {
+      webgpuAttentionTuning.maxBindingBytes = undefined;
+    }
+    for (const pass of ['fwd', 'fwd+bwd'] as const) {
+      await measure({ impl: 'flash', pass, n, d, causal, note: 'whole' }, flash({ causal }), 300, false);
+    }
+    tf.dispose([q, k, v, dy, ...whole]);
+  }
+}
+
 /** Max |flash − naive| relative to max |naive| for output and gradients (sanity on this GPU). */
 async function crossCheck(n: number, d: number, causal: boolean): Promise<void> {
   const [q, k, v, dy] = [5, 6, 7, 8].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
@@ -278,6 +353,11 @@ async function main(): Promise<void> {
     `max binding ${device.limits.maxStorageBufferBindingSize} B`);
   if (process.argv.includes('--final')) {
     await final();
+    return;
+  }
+  if (process.argv.includes('--ab') || process.argv.includes('--split-check')) {
+    if (process.argv.includes('--ab')) await abRounds(device.limits.maxComputeInvocationsPerWorkgroup);
+    if (process.argv.includes('--split-check')) await splitCheck();
     return;
   }
   const causalSweep = process.argv.includes('--sweep-causal');

@@ -42,6 +42,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   return {
     key: JSON.stringify({ program: 'row_dot', config: shaderConfig(c) }),
     bindings, uniforms: [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)], body,
-    chunking: { rows: ROW_DOT_ROWS, keys: 1, accumulates: 'none' },
+    chunking: { rows: 1, keys: 1, accumulates: 'none' },
   };
 }
