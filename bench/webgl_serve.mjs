@@ -27,7 +27,7 @@ function table() {
   ];
   for (const g of groups.values()) {
     const f = g.flash ?? {}, v = g.naive ?? {};
-    const label = g.n < 0 ? `${-g.n} (blocks of ${g.blockKeys})` : `${g.n}`;
+    const label = g.blockKeys ? `${g.n} (blocks of ${g.blockKeys} keys)` : `${g.n}`;
     const cell = (r, key, digits) => (r.error ? `error: ${r.error.slice(0, 60)}` : fmt(r[key], digits));
     const ratio = f.ms && v.ms ? `${(v.ms / f.ms).toFixed(2)}×` : '–';
     lines.push(`| ${label} | ${g.pass} | ${cell(f, 'ms', 1)} | ${fmt(f.tflops, 3)} | ${cell(v, 'ms', 1)} | ` +
