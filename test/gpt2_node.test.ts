@@ -13,7 +13,7 @@ import { readMobyDick } from '../examples/gpt2/corpus_node';
 import { TokenDataset } from '../examples/gpt2/dataset';
 import { buildModel } from '../examples/gpt2/model';
 import { CharTokenizer, Gpt2Tokenizer, tokenizerFromSpec } from '../examples/gpt2/tokenizer';
-import { Trainer, validationLoss } from '../examples/gpt2/training';
+import { languageModelLoss, Trainer, validationLoss } from '../examples/gpt2/training';
 
 const ROOT = path.join(__dirname, '..');
 
@@ -31,6 +31,30 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 test('the corpus is the whole book, paragraphs unwrapped', () => {
   expect(text.length).toBeGreaterThan(1_100_000);
   expect(text.startsWith('CHAPTER 1. Loomings.\nCall me Ishmael. Some years ago—never mind how long precisely—having little')).toBe(true);
+});
+
+test('the training loss equals tfjs\' softmaxCrossEntropy, value and gradients', () => {
+  const model = buildModel({ preset: 'tiny', vocabSize: 11, context: 8, attention: 'flash', layers: 1, tiedEmbeddings: false });
+  const ids = tf.tensor2d([[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 0, 1, 2, 3, 4, 5]], [2, 8], 'int32');
+  const batch = { x: ids, y: tf.tensor2d([[2, 3, 4, 5, 6, 7, 8, 9], [10, 0, 1, 2, 3, 4, 5, 6]], [2, 8], 'int32') };
+  const variables = model.trainableWeights.map(w => w.read() as tf.Variable);
+  const plain = () => tf.tidy(() => {
+    const logits = tf.reshape(model.apply(batch.x, { training: true }) as tf.Tensor, [16, 11]);
+    return tf.losses.softmaxCrossEntropy(tf.oneHot(tf.reshape(batch.y, [16]), 11), logits) as tf.Scalar;
+  });
+  const before = tf.memory().numTensors;
+  const ours = tf.variableGrads(() => languageModelLoss(model, batch, 11, true), variables);
+  const theirs = tf.variableGrads(plain, variables);
+  expect(Math.abs(ours.value.dataSync()[0] - theirs.value.dataSync()[0])).toBeLessThan(1e-5);
+  for (const v of variables) {
+    const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(ours.grads[v.name], theirs.grads[v.name]))).dataSync()[0] /
+      Math.max(1e-12, tf.max(tf.abs(theirs.grads[v.name])).dataSync()[0]));
+    expect(diff).toBeLessThan(1e-4);
+  }
+  tf.dispose([ours.value, theirs.value, ...Object.values(ours.grads), ...Object.values(theirs.grads)]);
+  expect(tf.memory().numTensors).toBe(before);
+  tf.dispose([batch.x, batch.y]);
+  model.dispose();
 });
 
 test('tokenizers round-trip the text; compact GPT-2 BPE keeps GPT-2 tokenization', () => {

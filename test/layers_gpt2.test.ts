@@ -7,6 +7,7 @@ import * as tfl from '@tensorflow/tfjs-layers';
 import { CausalSelfAttention, FlashAttention, gpt2, gpt2Config, LayerNorm } from '../src/index';
 import type { Gpt2Options } from '../src/index';
 import { maxAbsDiff } from './layers_reference';
+import { addToEveryBatch, affine, columnSums, rowMeans } from '../src/layers/row_ops';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
@@ -223,5 +224,39 @@ describe('LayerNorm', () => {
     expect(names.length).toBeLessThan(800);
     tf.dispose([ids, targets]);
     model.dispose();
+  });
+});
+
+describe('row ops (own gradients, sums over rows as products)', () => {
+  it('equal the plain tfjs ops, values and gradients of every input', () => {
+    const x = tf.randomNormal([6, 5], 0, 1, 'float32', 11) as tf.Tensor2D;
+    const w = tf.randomNormal([5, 7], 0, 1, 'float32', 12) as tf.Tensor2D;
+    const b = tf.randomNormal([7], 0, 1, 'float32', 13);
+    const x3 = tf.randomNormal([3, 4, 5], 0, 1, 'float32', 14);
+    const table = tf.randomNormal([4, 5], 0, 1, 'float32', 15);
+    const dy = tf.randomNormal([6, 7], 0, 1, 'float32', 16);
+    const dy3 = tf.randomNormal([3, 4, 5], 0, 1, 'float32', 17);
+    const dm = tf.randomNormal([3, 4, 1], 0, 1, 'float32', 18);
+    const before = tf.memory().numTensors;
+    const pairs: Array<[Tensor[], Tensor[]]> = [
+      [tf.grads((p, q, r) => tf.sum(tf.mul(affine(p as tf.Tensor2D, q, r), dy)))([x, w, b]),
+        tf.grads((p, q, r) => tf.sum(tf.mul(tf.add(tf.matMul(p as tf.Tensor2D, q as tf.Tensor2D), r), dy)))([x, w, b])],
+      [tf.grads((p, q) => tf.sum(tf.mul(affine(p as tf.Tensor2D, q, null), dy)))([x, w]),
+        tf.grads((p, q) => tf.sum(tf.mul(tf.matMul(p as tf.Tensor2D, q as tf.Tensor2D), dy)))([x, w])],
+      [tf.grads((p, q) => tf.sum(tf.mul(addToEveryBatch(p, q), dy3)))([x3, table]),
+        tf.grads((p, q) => tf.sum(tf.mul(tf.add(p, q), dy3)))([x3, table])],
+      [tf.grads(p => tf.sum(tf.mul(rowMeans(p), dm)))([x3]), tf.grads(p => tf.sum(tf.mul(tf.mean(p, -1, true), dm)))([x3])],
+      [tf.tidy(() => [affine(x, w, b), addToEveryBatch(x3, table), rowMeans(x3), columnSums(x)]),
+        tf.tidy(() => [tf.add(tf.matMul(x, w), b), tf.add(x3, table), tf.mean(x3, -1, true), tf.sum(x, 0)])],
+    ];
+    for (const [ours, plain] of pairs) {
+      ours.forEach((g, i) => {
+        expect(g.shape).toEqual(plain[i].shape);
+        expect(relativeDiff(g, plain[i])).toBeLessThan(1e-5);
+      });
+    }
+    tf.dispose(pairs.flat(2));
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose([x, w, b, x3, table, dy, dy3, dm]);
   });
 });

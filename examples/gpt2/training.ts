@@ -6,13 +6,35 @@ import { Gpt2Decoder } from '../../src/models/generate';
 import type { Batch, TokenDataset } from './dataset';
 import type { Tokenizer } from './tokenizer';
 
+/**
+ * Mean cross-entropy of logits [N, V] against one-hot targets [N, V], with its gradient
+ * (softmax − target) / N written out. The sums over the vocabulary are products with a ones
+ * column: tfjs-webgpu's Sum over the last axis runs one workgroup per row with a barrier tree,
+ * which SwiftShader runs slower than the product (tf.losses.softmaxCrossEntropy needs two such sums).
+ */
+const meanCrossEntropy = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [logits, targets, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
+  const [rows, vocab] = logits.shape;
+  const ones = tf.ones([vocab, 1]);
+  const max = tf.max(logits, -1, true);
+  const exp = tf.exp(tf.sub(logits, max));
+  const total = tf.matMul(exp, ones);
+  const picked = tf.matMul(tf.mul(logits, targets), ones);
+  save([exp, total, targets]);
+  return {
+    value: tf.mean(tf.sub(tf.add(tf.log(total), max), picked)),
+    gradFunc: (dy: tf.Tensor, [e, t, y]: tf.Tensor[]) =>
+      [tf.mul(tf.sub(tf.div(e, t), y), tf.div(dy, rows)), tf.zerosLike(y)],
+  };
+});
+
 /** Mean next-token cross-entropy (nats) of the model's logits [B, T, V] against targets [B, T]. */
 export function languageModelLoss(model: LayersModel, batch: Batch, vocabSize: number, training: boolean): tf.Scalar {
   return tf.tidy(() => {
     const logits = model.apply(batch.x, { training }) as tf.Tensor;
     const rows = batch.x.size;
-    const labels = tf.oneHot(tf.reshape(batch.y, [rows]), vocabSize);
-    return tf.losses.softmaxCrossEntropy(labels, tf.reshape(logits, [rows, vocabSize])) as tf.Scalar;
+    const targets = tf.oneHot(tf.reshape(batch.y, [rows]), vocabSize, 1, 0, 'float32');
+    return meanCrossEntropy(tf.reshape(logits, [rows, vocabSize]), targets) as tf.Scalar;
   });
 }
 

@@ -12,6 +12,7 @@ import type { LayerArgs } from '@tensorflow/tfjs-layers/dist/engine/topology';
 import type { Kwargs } from '@tensorflow/tfjs-layers/dist/types';
 import { flashAttention } from '../flash_attention';
 import { DropoutSeeds, checkSeed } from './dropout_seeds';
+import { affine } from './row_ops';
 import { Initializer, KerasIdentifier, getInitializer, serializeObject } from './keras_objects';
 
 export type AttentionImplementation = 'flash' | 'naive';
@@ -119,8 +120,7 @@ export class CausalSelfAttention extends tfl.layers.Layer {
       const training = kwargs.training === true;
       const [batch, seq, channels] = x.shape;
       const heads = this.numHeads, headDim = channels / heads;
-      let qkv = tf.matMul(tf.reshape(x, [batch * seq, channels]), w.attnKernel.read());
-      if (w.attnBias) qkv = tf.add(qkv, w.attnBias.read());
+      const qkv = affine(tf.reshape(x, [batch * seq, channels]), w.attnKernel.read(), w.attnBias?.read() ?? null);
       const [q, k, v] = tf.split(tf.reshape(qkv, [batch, seq, 3, heads, headDim]), 3, 2)
         .map(t => tf.reshape(t, [batch, seq, heads, headDim]) as Tensor4D);
       const attended = this.attention === 'flash'
@@ -129,21 +129,23 @@ export class CausalSelfAttention extends tfl.layers.Layer {
           dropout: training && this.attentionDropout > 0 ? { rate: this.attentionDropout, seed: this.seeds.next() } : undefined,
         })
         : this.naiveAttention(q, k, v, training);
-      let y = tf.matMul(tf.reshape(attended, [batch * seq, channels]), w.projKernel.read());
-      if (w.projBias) y = tf.add(y, w.projBias.read());
+      let y: Tensor = affine(tf.reshape(attended, [batch * seq, channels]), w.projKernel.read(), w.projBias?.read() ?? null);
       if (training && this.residualDropout > 0) y = tf.dropout(y, this.residualDropout);
       return tf.reshape(y, [batch, seq, channels]);
     });
   }
 
-  /** Attention as plain tfjs code writes it: [B, H, T, T] scores, masked, softmax, dropout, · V. */
+  /**
+   * Attention as plain tfjs code writes it: [B, H, T, T] scores plus a [T, T] causal mask of 0 and
+   * −Infinity (broadcast, so it costs one add and no gradient), softmax, dropout, · V.
+   */
   private naiveAttention(q: Tensor4D, k: Tensor4D, v: Tensor4D, training: boolean): Tensor4D {
     const [, seq, , headDim] = q.shape;
     const toHeads = (t: Tensor4D) => tf.transpose(t, [0, 2, 1, 3]);
     const scores = tf.mul(tf.matMul(toHeads(q), toHeads(k), false, true), 1 / Math.sqrt(headDim));
-    const visible = tf.linalg.bandPart(tf.ones([seq, seq]), -1, 0);
-    const masked = tf.where(tf.cast(visible, 'bool'), scores, tf.fill(scores.shape, -Infinity));
-    let probs = tf.softmax(masked, -1);
+    const future = tf.less(tf.reshape(tf.range(0, seq, 1, 'int32'), [seq, 1]), tf.range(0, seq, 1, 'int32'));
+    const mask = tf.where(future, tf.fill([seq, seq], -Infinity), tf.zeros([seq, seq]));
+    let probs = tf.softmax(tf.add(scores, mask), -1);
     if (training && this.attentionDropout > 0) probs = tf.dropout(probs, this.attentionDropout);
     return tf.transpose(tf.matMul(probs, toHeads(v)), [0, 2, 1, 3]);
   }

@@ -6,6 +6,7 @@ import * as tfl from '@tensorflow/tfjs-layers';
 import type { LayerArgs } from '@tensorflow/tfjs-layers/dist/engine/topology';
 import type { Kwargs } from '@tensorflow/tfjs-layers/dist/types';
 import { GPT2_INITIALIZER } from './causal_self_attention';
+import { addToEveryBatch, affine } from './row_ops';
 import { Initializer, KerasIdentifier, getInitializer, serializeObject } from './keras_objects';
 
 function firstShape(inputShape: tfl.Shape | tfl.Shape[]): tfl.Shape {
@@ -121,7 +122,7 @@ export class PositionEmbedding extends tfl.layers.Layer {
       if (seq > this.contextLength) {
         throw new Error(`PositionEmbedding: sequence length ${seq} exceeds the context length ${this.contextLength}`);
       }
-      return tf.add(x, tf.slice(this.embeddings.read(), [0, 0], [seq, channels]));
+      return addToEveryBatch(x, tf.slice(this.embeddings.read(), [0, 0], [seq, channels]));
     });
   }
 
@@ -194,8 +195,8 @@ export class Gpt2Mlp extends tfl.layers.Layer {
       const w = this.weightsOf;
       const x = firstInput(inputs) as Tensor3D;
       const [batch, seq, channels] = x.shape;
-      const hidden = geluTanh(tf.add(tf.matMul(tf.reshape(x, [batch * seq, channels]), w.fcKernel.read()), w.fcBias.read()));
-      let y = tf.add(tf.matMul(hidden, w.projKernel.read()), w.projBias.read());
+      const hidden = geluTanh(affine(tf.reshape(x, [batch * seq, channels]), w.fcKernel.read(), w.fcBias.read()));
+      let y: Tensor = affine(hidden as Tensor2D, w.projKernel.read(), w.projBias.read());
       if (kwargs.training === true && this.residualDropout > 0) y = tf.dropout(y, this.residualDropout);
       return tf.reshape(y, [batch, seq, channels]);
     });

@@ -4,13 +4,13 @@
 // tfjs-layers' own LayerNormalization tiles its statistics, gamma and beta to the input's full
 // shape before calling batchNormalization, and tfjs 4.22's Tile gradient adds one slice of dy per
 // repetition: one Slice and one Add kernel per row of the input, thousands per training step
-// (each a GPU dispatch). Here every op broadcasts, and broadcasting ops' gradients reduce with one
-// sum per operand.
+// (each a GPU dispatch). Here every op broadcasts, and the gradient is written out (`layerNorm`).
 import * as tf from '@tensorflow/tfjs-core';
-import type { Tensor } from '@tensorflow/tfjs-core';
+import type { Tensor, Tensor2D } from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import type { LayerArgs } from '@tensorflow/tfjs-layers/dist/engine/topology';
 import { Initializer, KerasIdentifier, getInitializer, serializeObject } from './keras_objects';
+import { columnSums, rowMeans } from './row_ops';
 
 export interface LayerNormArgs extends LayerArgs {
   /** Added to the variance; GPT-2 uses 1e-5. */
@@ -20,6 +20,33 @@ export interface LayerNormArgs extends LayerArgs {
 }
 
 const NAME = 'LayerNorm';
+
+/**
+ * y = n · gamma + beta with n = (x − mean) · r, r = 1/√(var + ε), over the last axis, with the
+ * closed-form gradient dx = r · (g − mean(g) − n · mean(g · n)), g = dy · gamma: a third of the
+ * kernels tfjs' autograd runs through the same ops, and gamma's and beta's sums over rows as
+ * matrix products (`columnSums`).
+ */
+function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, epsilon: number): Tensor {
+  const op = tf.customGrad((...args: Array<Tensor | tf.GradSaveFunc>) => {
+    const [input, g, b, save] = args as [Tensor, Tensor, Tensor, tf.GradSaveFunc];
+    const centered = tf.sub(input, rowMeans(input));
+    const r = tf.rsqrt(tf.add(rowMeans(tf.square(centered)), epsilon));
+    const n = tf.mul(centered, r);
+    save([n, r, g]);
+    return {
+      value: tf.add(tf.mul(n, g), b),
+      gradFunc: (dy: Tensor, [ns, rs, gs]: Tensor[]) => {
+        const channels = ns.shape[ns.shape.length - 1];
+        const rows = (m: Tensor) => tf.reshape(m, [-1, channels]) as Tensor2D;
+        const dn = tf.mul(dy, gs);
+        const dx = tf.mul(rs, tf.sub(tf.sub(dn, rowMeans(dn)), tf.mul(ns, rowMeans(tf.mul(dn, ns)))));
+        return [dx, columnSums(rows(tf.mul(dy, ns))), columnSums(rows(dy))];
+      },
+    };
+  });
+  return op(x, gamma, beta);
+}
 
 export class LayerNorm extends tfl.layers.Layer {
   static className = NAME;
@@ -60,9 +87,7 @@ export class LayerNorm extends tfl.layers.Layer {
     return tf.tidy(() => {
       if (this.weightsOf === null) throw new Error(`${NAME}: called before being built`);
       const x = Array.isArray(inputs) ? inputs[0] : inputs;
-      const { mean, variance } = tf.moments(x, -1, true);
-      const normalized = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.epsilon)));
-      return tf.add(tf.mul(normalized, this.weightsOf.gamma.read()), this.weightsOf.beta.read());
+      return layerNorm(x, this.weightsOf.gamma.read(), this.weightsOf.beta.read(), this.epsilon);
     });
   }
 
