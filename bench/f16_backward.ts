@@ -3,10 +3,12 @@
 // against float32, in one run.
 //
 //   /work/shared/gpu/pack.sh bench/f16_backward.ts   then on the GPU machine:
-//   bash .gpu/run.sh f16_backward.mjs [check] [sweep] [numerics] [bench] [quick]   (none: all)
+//   bash .gpu/run.sh f16_backward.mjs [check] [sweep] [numerics] [bench] [quick|full] [scalar]   (none of the
+//   first four: all; `full`: N = 1024, 2048, 4096, 8192, 16384 instead of 1024, 4096, 16384; `scalar`: the
+//   check also runs the scalar f16 tiles)
 //
 //   check     the shared case list's gradients with precision 'float16' against the float64
-//             reference, on the subgroup-matrix path and on the scalar f16 path (max error relative
+//             reference, on the device's path (and the scalar f16 tiles with `scalar`) (max error relative
 //             to max|ref| per tensor); a run with any non-finite or missing value fails loudly.
 //   sweep     backward tiles at B=1 H=12 N=4096 D=64 (forward+backward time).
 //   numerics  dq, dk, dv max and RMS error (relative to max|ref| and RMS(ref)), H=1 D=64, random
@@ -119,8 +121,7 @@ const fmt = (x: number) => x.toExponential(2);
 async function check(): Promise<void> {
   const cases = CASES.filter(c => c.grad);
   const out: Record<string, unknown> = {};
-  for (const scalar of [false, true]) {
-    if (scalar && quick) continue;
+  for (const scalar of args.has('scalar') ? [false, true] : [false]) {
     webgpuF16BackwardTuning.noSubgroupMatrix = scalar;
     const mode = f16BackwardMode(backend().device);
     const label = `float16 ${mode ? `${mode.path}/${mode.element}` : 'none (float32 kernels)'}`;
@@ -167,7 +168,7 @@ function numericsData(c: AttentionCase, outliers: boolean): CaseData {
 
 async function numerics(): Promise<void> {
   const table: Array<Record<string, unknown>> = [];
-  const sizes = quick ? [1024] : [1024, 2048, 4096, 8192, 16384];
+  const sizes = quick ? [1024] : args.has('full') ? [1024, 2048, 4096, 8192, 16384] : [1024, 4096, 16384];
   for (const n of sizes) {
     for (const outliers of [false, true]) {
       const heads = 1;
@@ -221,9 +222,12 @@ async function measure(row: Row, budgetMs = 200): Promise<Row> {
   return row;
 }
 
+/** The sweep's fastest tiles, used by the bench at D=64. */
+const best: { dkdv?: F16Tiles; dq?: F16Tiles } = {};
+
 async function sweep(): Promise<void> {
   const candidates: F16Tiles[] = [{ rows: 64, cols: 32 }, { rows: 32, cols: 32 }, { rows: 64, cols: 16 },
-    { rows: 128, cols: 16 }, { rows: 32, cols: 16 }, { rows: 128, cols: 32 }];
+    { rows: 128, cols: 16 }, { rows: 32, cols: 16 }];
   const limit = backend().device.limits.maxComputeWorkgroupStorageSize;
   const rows: Row[] = [];
   let bestKv: { t: F16Tiles; ms: number } | undefined;
@@ -246,14 +250,19 @@ async function sweep(): Promise<void> {
   }
   webgpuF16BackwardTuning.dkdvTiles = undefined;
   webgpuF16BackwardTuning.dqTiles = undefined;
+  best.dkdv = bestKv?.t;
+  best.dq = bestQ?.t;
   console.log(`sweep best: dkdv ${JSON.stringify(bestKv)}, dq ${JSON.stringify(bestQ)}`);
   results.sweep = { rows, bestKv, bestQ };
 }
 
 async function bench(): Promise<void> {
   const rows: Row[] = [];
-  const sizes = quick ? [4096] : [1024, 2048, 4096, 8192, 16384];
+  const sizes = quick ? [4096] : args.has('full') ? [1024, 2048, 4096, 8192, 16384] : [1024, 4096, 16384];
   for (const d of quick ? [64] : [64, 128]) {
+    // The sweep's best tiles (measured at D=64) where they fit this head size, else the defaults.
+    webgpuF16BackwardTuning.dkdvTiles = d === 64 ? best.dkdv : undefined;
+    webgpuF16BackwardTuning.dqTiles = d === 64 ? best.dq : undefined;
     for (const causal of [false, true]) {
       for (const n of sizes) {
         rows.push(await measure({ precision: 'float16', pass: 'fwd', n, d, causal }));
@@ -262,6 +271,8 @@ async function bench(): Promise<void> {
       }
     }
   }
+  webgpuF16BackwardTuning.dkdvTiles = undefined;
+  webgpuF16BackwardTuning.dqTiles = undefined;
   results.bench = rows;
   console.log('\nsummary (fwd+bwd TFLOP/s; bwd ms = fwd+bwd − fwd):');
   for (const r of rows.filter(x => x.pass === 'fwd+bwd' && x.precision === 'float16')) {
@@ -284,8 +295,8 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   if (all || args.has('check')) await check();
   if (all || args.has('sweep')) await sweep();
-  if (all || args.has('numerics')) await numerics();
   if (all || args.has('bench')) await bench();
+  if (all || args.has('numerics')) await numerics();
   console.log(`total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const out = process.env.OUT;
   if (out) fs.writeFileSync(path.join(out, 'f16_backward.json'), JSON.stringify(results, null, 1));

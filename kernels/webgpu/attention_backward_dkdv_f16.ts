@@ -102,6 +102,8 @@ ${columns ? '        st[r * SS + col] = ds;' : `        pt[r * PS + col] = ${E}(
         dst[r * PS + col] = ${E}(ds * softcapDerivative(s));`}
       }`;
 
+  // Query-row ranges and head ranges of a split unit (chunks.ts) add to what the dispatch before wrote.
+  const plus = (x: string, old: string) => `select(${x}, ${x} + ${old}, u.accumulate != 0u)`;
   const kStrides = layoutStrides(c, c.headsKV, c.seqK, c.headDim);
   const vStrides = layoutStrides(c, c.headsKV, c.seqK, c.headDimV);
   const storeTiles = (acc: string, out: string, strides: typeof kStrides, tiles: number, dim: number, factor: string) =>
@@ -114,7 +116,9 @@ ${columns ? '        st[r * SS + col] = ds;' : `        pt[r * PS + col] = ${E}(
     if ((j < SEQK) & (d < ${dim}u)) {
       let h = hk;
       let i = j;
-      ${out}[${elementIndex(strides, out)}] = st[(sg * 16u + e / 16u) * SS + e % 16u]${factor};
+      let at = ${elementIndex(strides, out)};
+      let x = st[(sg * 16u + e / 16u) * SS + e % 16u]${factor};
+      ${out}[at] = ${plus('x', `${out}[at]`)};
     }
   }`).join('\n');
 
@@ -151,7 +155,9 @@ ${mode.path === 'subgroupMatrix' ? '@diagnostic(off, chromium_experimental.subgr
   let bhk = u.unit_start * ${c.layout === 'BHSD' ? '1u' : 'HKV'} + wid.y;
   let b = bhk / HKV;
   let hk = bhk % HKV;
-  let j0 = wid.x * BK;
+  let kb = u.key_start / BK + wid.x;
+  if (kb * BK >= u.key_end) { return; }
+  let j0 = kb * BK;
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'let kl = SEQK;'}
@@ -167,7 +173,7 @@ ${mode.path === 'subgroupMatrix' ? '@diagnostic(off, chromium_experimental.subgr
   ${ops.declareResults('dka', D16)}
   ${ops.declareResults('dva', DV16)}
 ${ownRows}
-  for (var g = 0u; g < GROUP; g++) {
+  for (var g = u.group_start; g < u.group_end; g++) {
     let h = hk * GROUP + g;
     let bh = b * HQ + h;
 ${columns ? '    var dbcol = 0.0;' : ''}
@@ -193,7 +199,10 @@ ${elementwise}
 ${columns ? '      if (lidx < BK) { for (var col = 0u; col < BQ; col++) { dbcol += st[lidx * SS + col]; } }' : `${accumulate('dva', 'pt', 'dos', 'VS', DV16)}
 ${accumulate('dka', 'dst', 'qs', 'QS', D16)}`}
     }
-${columns ? '    if ((lidx < BK) & (j0 + lidx < SEQK)) { dbias[bh * SEQK + j0 + lidx - u.off_dbias] = dbcol; }' : ''}
+${columns ? `    if ((lidx < BK) & (j0 + lidx < SEQK)) {
+      let at = bh * SEQK + j0 + lidx - u.off_dbias;
+      dbias[at] = ${plus('dbcol', 'dbias[at]')};
+    }` : ''}
   }
 ${columns ? '' : `${storeTiles('dka', 'dk', kStrides, D16, c.headDim, ` * ${f32(c.scale / queryScale(c))}`)}
 ${storeTiles('dva', 'dv', vStrides, DV16, c.headDimV, '')}`}
@@ -203,5 +212,6 @@ ${storeTiles('dva', 'dv', vStrides, DV16, c.headDimV, '')}`}
     key: JSON.stringify({ program: 'attention_backward_dkdv_f16', config: shaderConfig(c), tiles: t, mode, pass: program }),
     bindings: binds, uniforms: [...COMMON_UNIFORMS, ...binds.map(b => `off_${b.name}`)], body,
     extensions: f16Extensions(mode),
+    chunking: { rows: t.cols, keys: t.rows, accumulates: 'rows' },
   };
 }

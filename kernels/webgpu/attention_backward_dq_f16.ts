@@ -98,7 +98,9 @@ ${rowSums ? '      st[r * SS + col] = ds;' : ''}
     let i = i0 + sg * 16u + e / 16u;
     let d = ${x * TILE}u + e % 16u;
     if ((i < SEQQ) & (d < D)) {
-      dq[${elementIndex(qStrides, 'dq')}] = st[(sg * 16u + e / 16u) * SS + e % 16u] * ${f32(c.scale)};
+      let at = ${elementIndex(qStrides, 'dq')};
+      let x = st[(sg * 16u + e / 16u) * SS + e % 16u] * ${f32(c.scale)};
+      dq[at] = select(x, x + dq[at], u.accumulate != 0u);
     }
   }`).join('\n');
 
@@ -173,7 +175,10 @@ ${elementwise}
 ${rowSums ? '    if (lidx < BQ) { for (var col = 0u; col < BK; col++) { dbsum += st[lidx * SS + col]; } }' : ''}
 ${accumulate}
   }
-${rowSums ? '  if ((lidx < BQ) & (i0 + lidx < SEQQ)) { dbias[bh * SEQQ + i0 + lidx - u.off_dbias] = dbsum; }' : ''}
+${rowSums ? `  if ((lidx < BQ) & (i0 + lidx < SEQQ)) {
+    let at = bh * SEQQ + i0 + lidx - u.off_dbias;
+    dbias[at] = select(dbsum, dbsum + dbias[at], u.accumulate != 0u);
+  }` : ''}
 ${stores}
 }
 `;
@@ -181,5 +186,7 @@ ${stores}
     key: JSON.stringify({ program: 'attention_backward_dq_f16', config: shaderConfig(c), tiles: t, mode }),
     bindings: binds, uniforms: [...COMMON_UNIFORMS, ...binds.map(b => `off_${b.name}`)], body,
     extensions: f16Extensions(mode),
+    // Key ranges of a split unit add into dQ (and the bias' row sums) written by the dispatch before.
+    chunking: { rows: t.rows, keys: t.cols, accumulates: 'keys' },
   };
 }

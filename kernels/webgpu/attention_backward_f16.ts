@@ -11,9 +11,8 @@ import { dkdvF16Program, dkdvF16WorkgroupBytes, F16Tiles } from './attention_bac
 import { dqF16Program, dqF16WorkgroupBytes } from './attention_backward_dq_f16';
 import type { F16Mode } from './attention_backward_f16_matrix';
 import { biasGradMode } from './attention_wgsl';
+import { f16Capabilities, f16Tuning, matrixPathFits } from './f16_support';
 import type { ProgramSpec } from './runtime';
-
-export const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';
 
 /** Knobs for tests and benches; the defaults are what the kernel uses. */
 export const webgpuF16BackwardTuning: {
@@ -30,32 +29,19 @@ const TILE_CANDIDATES: readonly F16Tiles[] = [
   { rows: 64, cols: 32 }, { rows: 32, cols: 32 }, { rows: 32, cols: 16 }, { rows: 16, cols: 16 },
 ];
 
-interface AdapterInfoFields {
-  subgroupMinSize?: number;
-  subgroupMaxSize?: number;
-  subgroupMatrixConfigs?: ReadonlyArray<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }>;
-}
-
-function adapterInfo(device: GPUDevice): AdapterInfoFields {
-  const info: unknown = (device as { adapterInfo?: unknown }).adapterInfo;
-  return typeof info === 'object' && info !== null ? info as AdapterInfoFields : {};
-}
-
 /** Whether the device runs the matrix-unit programs: 16×16×16 f16 → f32 tiles, one subgroup of 32 per strip. */
 export function hasF16SubgroupMatrix(device: GPUDevice): boolean {
-  const features: ReadonlySet<string> = device.features;
-  if (!features.has('shader-f16') || !features.has(SUBGROUP_MATRIX_FEATURE) || !features.has('subgroups')) return false;
-  const info = adapterInfo(device);
-  if (info.subgroupMinSize !== 32 || info.subgroupMaxSize !== 32) return false;
-  return (info.subgroupMatrixConfigs ?? []).some(m => m.componentType === 'f16' && m.resultComponentType === 'f32' &&
-    m.M === 16 && m.N === 16 && m.K === 16);
+  return matrixPathFits(f16Capabilities(device));
 }
 
+/** The float16 backward's path: the forward's test override (f16Tuning.plan) first, then the device's best. */
 export function f16BackwardMode(device: GPUDevice): F16Mode | undefined {
+  const forced = f16Tuning.plan;
+  if (forced) return { path: forced.matmul === 'subgroup-matrix' ? 'subgroupMatrix' : 'scalar', element: forced.element };
   if (!webgpuF16BackwardTuning.noSubgroupMatrix && hasF16SubgroupMatrix(device)) {
     return { path: 'subgroupMatrix', element: 'f16' };
   }
-  if (device.features.has('shader-f16')) return { path: 'scalar', element: 'f16' };
+  if (f16Capabilities(device).shaderF16) return { path: 'scalar', element: 'f16' };
   return webgpuF16BackwardTuning.float32Tiles ? { path: 'scalar', element: 'f32' } : undefined;
 }
 
