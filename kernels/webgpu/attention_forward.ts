@@ -180,10 +180,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 ${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
   var m_${r} = negInf();
   var l_${r} = 0.0;
-${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}
-  let lseOld_${r} = lse[bh * SEQQ + min(i_${r}, SEQQ - 1u) - u.off_lse];`).join('\n')}
-  // A dispatch that continues an earlier one's key ranges reads its lse before any thread writes.
-  workgroupBarrier();
+${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
   ${tileLoop(c, `
     let j0 = t * BK;
     workgroupBarrier();
@@ -230,6 +227,13 @@ ${oxX.map(x => `      ${O(r, x)} *= alpha;`).join('\n')}
 ${probsTimesV()}
 `)}
   ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `l_${r}`), rowOf)}
+  // A dispatch that continues an earlier one's key ranges (chunks.ts) reads the lse it merges with
+  // before any thread of the row writes the new one.
+${rowsR.map(r => `  var lseOld_${r} = negInf();`).join('\n')}
+  if (u.accumulate != 0u) {
+${rowsR.map(r => `    lseOld_${r} = lse[bh * SEQQ + min(i_${r}, SEQQ - 1u) - u.off_lse];`).join('\n')}
+  }
+  workgroupBarrier();
 ${rowsR.map(r => `  if (i_${r} < SEQQ) {
     let inv = select(1.0 / l_${r}, 0.0, l_${r} == 0.0);
     let mUse = select(m_${r}, 0.0, m_${r} == negInf());
