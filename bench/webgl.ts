@@ -267,6 +267,14 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
     for (const [kind, { ms, draws }] of [...times].sort((a, b) => b[1].ms - a[1].ms)) {
       await report(`#   ${ms.toFixed(1)} ms, ${draws} draws: ${kind}`);
     }
+    // Each product over a head dimension (q·k; P̃·V; in the backward also dO·v, dS·K, dSᵀ·Q, P̃ᵀ·dO)
+    // is 2·H·N²·D FLOPs in all: its rate is what a fragment-shader matrix product reaches here.
+    const productFlops = 2 * config.heads * n * n * config.headDim;
+    const products: Array<[string, string]> = [['q·k (scores)', 'Q,K ->'], ['P̃·V (accumulate)', 'Weights,V,']];
+    for (const [name, prefix] of products) {
+      const ms = [...times].filter(([kind]) => kind.startsWith(prefix)).reduce((sum, [, t]) => sum + t.ms, 0);
+      if (ms > 0) await report(`#   ${name}: ${(productFlops / ms / 1e9).toPrecision(3)} TFLOP/s`);
+    }
   }
   tf.dispose([q, k, v, dy]);
 }

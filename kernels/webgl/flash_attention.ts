@@ -38,6 +38,13 @@
 //   compilers lose nothing by it. With the two points above and the backward's P reuse this took
 //   SwiftShader's flash/naive ratios at N = 256–1024 from 1.1–1.4× to 1.1–1.9× forward and from
 //   0.73–0.87× to 1.25–1.3× forward+backward (bench/RESULTS.md, same runs, same machine).
+// - On the H100 the products are probably bound by texel fetches (a model, see bench/RESULTS.md):
+//   pixel shaders reportedly run on 4 of its SMs, and tfjs' own packed matMul (the same 4
+//   multiply-adds per fetch) reaches 0.24 TFLOP/s there.
+//   Then the forward can beat naive attention by about its softmax passes' share (≈ 1.5×), and the
+//   ways past that are more results per fragment (multiple render targets: not in runWebGLProgram)
+//   or a quad of fragments sharing fetched texels through dFdx/dFdy (exact only if the bits are
+//   exchanged as 16-bit halves; its ALU cost is of the order of the fetch it saves): not done.
 // - Block size: the H100 forward times fit ≈ 2.6 ms per key block plus 3.2 ms per GFLOP (draw
 //   overhead dominates small blocks), hence blocks of up to 1024 keys (see `blockKeys`), all of one
 //   size (the last block is not a small remainder with the same fixed cost).
