@@ -228,11 +228,15 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
   const texel = new Float32Array(4);
   const shape: [number, number, number, number] = [1, config.heads, n, config.headDim];
   const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal(shape, 0, 1, 'float32', seed) as tf.Tensor4D);
-  const loss = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
-    tf.sum(tf.mul(flashAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D), dy));
+  const loss = (attend: typeof naiveAttention) => (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+    tf.sum(tf.mul(attend(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D), dy));
+  const flash = (a: tf.Tensor4D, b: tf.Tensor4D, c: tf.Tensor4D) => flashAttention(a, b, c);
+  // Naive too, for its draw count and where its time goes.
   const passes: Array<[string, () => tf.Tensor[]]> = [
-    ['forward', () => [flashAttention(q, k, v)]],
-    ['forward+backward', () => tf.grads(loss)([q, k, v])],
+    ['forward', () => [flash(q, k, v)]],
+    ['forward+backward', () => tf.grads(loss(flash))([q, k, v])],
+    ['naive forward', () => [tf.tidy(() => naiveAttention(q, k, v))]],
+    ['naive forward+backward', () => tf.grads(loss(naiveAttention))([q, k, v])],
   ];
   for (const [pass, f] of passes) {
     const run = async () => {
@@ -262,8 +266,9 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
     } finally {
       backend.runWebGLProgram = original;
     }
+    const draws = [...times.values()].reduce((sum, t) => sum + t.draws, 0);
     await report(`# profile N=${n} ${pass}: ${plainMs.toFixed(0)} ms unprofiled, ` +
-      `${(performance.now() - t0).toFixed(0)} ms profiled; per program kind (inputs -> output shape):`);
+      `${(performance.now() - t0).toFixed(0)} ms profiled, ${draws} draws; per program kind (inputs -> output shape):`);
     for (const [kind, { ms, draws }] of [...times].sort((a, b) => b[1].ms - a[1].ms)) {
       await report(`#   ${ms.toFixed(1)} ms, ${draws} draws: ${kind}`);
     }

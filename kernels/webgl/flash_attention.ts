@@ -42,7 +42,9 @@
 //   pixel shaders reportedly run on 4 of its SMs, and tfjs' own packed matMul (the same 4
 //   multiply-adds per fetch) reaches 0.24 TFLOP/s there.
 //   Then the forward can beat naive attention by about its softmax passes' share (≈ 1.5×), and the
-//   ways past that are more results per fragment (multiple render targets: not in runWebGLProgram)
+//   ways past that are more results per fragment (multiple render targets: not through
+//   runWebGLProgram, whose shader declares `out vec4 outputColor` without a location, and GLSL ES
+//   3.00 wants a location on every output once there are several)
 //   or a quad of fragments sharing fetched texels through dFdx/dFdy (exact only if the bits are
 //   exchanged as 16-bit halves; its ALU cost is of the order of the fetch it saves): not done.
 // - Block size: the H100 forward times fit ≈ 2.6 ms per key block plus 3.2 ms per GFLOP (draw
