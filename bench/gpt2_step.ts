@@ -2,13 +2,16 @@
 // the identity-on-V ablation (`gpt2_ablation.ts`), on the best backend Node has
 // (`../examples/gpt2/backend.ts`). Random token ids: the data does not change the work.
 //
-//   node gpt2_step.mjs [--preset small] [--configs 1024x4,2048x2,4096x1,1024x1,2048x1,2048x4]
-//     [--rounds 5] [--profile 1024x4] [--longest flash:8192,flash:16384,naive:8192] [--cap-s 450]
+//   node gpt2_step.mjs [--preset small] [--configs 1024x4:8,2048x2,4096x1,1024x1,2048x1,2048x4]
+//     [--rounds 4] [--profile 1024x4] [--longest flash:8192,naive:8192,flash:16384] [--cap-s 420]
 //     [--layers N] [--vocab N] [--backend auto|webgpu|cpu]
 //
-// Each configuration (context × batch) runs in a process of its own, because tfjs' webgpu backend
-// keeps freed buffers in a pool sized for what ran before (after naive attention at 4 × 2048 the
-// next model in the same process ran out of device memory). Inside it the flash model, the same
+// The first three default configurations hold the tokens per step fixed (4096), so the work outside
+// attention is the same and only attention's quadratic cost grows with context: that is where the
+// flash/naive margin must grow. Each configuration (context × batch; `:R` sets its rounds) runs in
+// a process of its own, because tfjs' webgpu backend keeps freed buffers in a pool sized for what
+// ran before (after naive attention at 4 × 2048 the next model in the same process ran out of
+// device memory). Inside it the flash model, the same
 // model with attention ablated to identity, and the naive model (same weights) each take one
 // warm-up step, then `rounds` rounds of one step each, in an order that rotates every round, so
 // that slow drift of the machine hits the three alike. The attention share of a step is computed
@@ -376,12 +379,12 @@ async function main(): Promise<void> {
       preset: { type: 'string', default: 'small' },
       layers: { type: 'string' },
       vocab: { type: 'string' },
-      configs: { type: 'string', default: '1024x4,1024x1,2048x2,2048x1,4096x1,2048x4' },
-      rounds: { type: 'string', default: '5' },
+      configs: { type: 'string', default: '1024x4:8,2048x2,4096x1,1024x1,2048x1,2048x4' },
+      rounds: { type: 'string', default: '4' },
       profile: { type: 'string', default: '1024x4' },
       longest: { type: 'string', default: 'flash:8192,naive:8192,flash:16384' },
       variants: { type: 'string', default: VARIANTS.join(',') },
-      'cap-s': { type: 'string', default: '450' },
+      'cap-s': { type: 'string', default: '420' },
       backend: { type: 'string', default: 'auto' },
       one: { type: 'string' },
       'profile-this': { type: 'boolean', default: false },
@@ -413,10 +416,11 @@ async function main(): Promise<void> {
 
   const started = Date.now();
   const deadline = started + Number(values['cap-s']) * 1000;
-  const jobs: Job[] = values.configs.split(',').filter(s => s).map(config => ({
-    config, variants: variants.filter(isVariant), rounds: Number(values.rounds),
-    profile: config === values.profile,
-  }));
+  // CONTEXTxBATCH[:ROUNDS]: more rounds where the answer needs more precision.
+  const jobs: Job[] = values.configs.split(',').filter(s => s).map(spec => {
+    const [config, rounds] = spec.split(':');
+    return { config, variants: variants.filter(isVariant), rounds: Number(rounds ?? values.rounds), profile: config === values.profile };
+  });
   for (const probe of values.longest.split(',').filter(s => s)) {
     const [variant, context] = probe.split(':');
     if (!isVariant(variant) || !/^\d+$/.test(context ?? '')) throw new Error(`--longest ${probe}: expected VARIANT:CONTEXT`);
