@@ -19,9 +19,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { flashAttention } from '../src/index';
 import type { FlashAttentionOptions } from '../src/config';
-import { flushTfjs } from '../kernels/webgpu/runtime';
+import { flushTfjs, wgslBindings } from '../kernels/webgpu/runtime';
+import { auxLayout } from '../kernels/webgpu/aux';
 import { F16Plan, f16Capabilities, f16Tuning, matrixPathFits, subgroupMatrixConfigs } from '../kernels/webgpu/f16_support';
-import { F16_FORWARD_TILES, f16ForwardTuning, F16Tiles, forwardF16WorkgroupBytes } from '../kernels/webgpu/attention_forward_f16';
+import {
+  F16_FORWARD_TILES, f16ForwardTuning, F16Tiles, forwardF16Program, forwardF16WorkgroupBytes,
+} from '../kernels/webgpu/attention_forward_f16';
 import { initDawn } from '../src/node';
 import { CASES, caseData } from '../test/cases';
 import { caseTensors } from '../test/case_tensors';
@@ -72,6 +75,47 @@ const withPlan = async <T>(plan: F16Plan | undefined, tiles: F16Tiles | undefine
   }
 };
 
+/** The lines of a WGSL/validation message around its errors (warnings left out). */
+function errorLines(message: string): string {
+  const lines = message.split('\n');
+  const keep = lines.flatMap((l, i) => (/error/i.test(l) ? lines.slice(i, i + 3) : []));
+  return (keep.length ? keep : lines.slice(0, 6)).join(' | ').slice(0, 1500);
+}
+
+/**
+ * Compiles the subgroup-matrix forward in both load syntaxes and keeps the first that compiles
+ * (f16Tuning.templatedLoad); prints every error of each.
+ */
+async function probeMatrixSyntax(): Promise<boolean> {
+  const device = backend().device;
+  const c = benchConfig(256, 64);
+  for (const templated of [false, true]) {
+    f16Tuning.templatedLoad = templated;
+    const spec = forwardF16Program(c, auxLayout(c, false), false, { matmul: 'subgroup-matrix', element: 'f16' },
+      { groups: 4, keys: 32 }, true);
+    device.pushErrorScope('validation');
+    const module = device.createShaderModule({ code: wgslBindings(spec) + spec.body() });
+    const info = await module.getCompilationInfo();
+    const errors = info.messages.filter(m => m.type === 'error').map(m => `${m.lineNum}:${m.linePos} ${m.message}`);
+    const warnings = info.messages.filter(m => m.type !== 'error').length;
+    let pipelineError = '';
+    if (!errors.length) {
+      try {
+        await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+      } catch (e) {
+        pipelineError = (e as Error).message;
+      }
+    }
+    const scope = await device.popErrorScope();
+    say(`probe templatedLoad=${templated}: ${errors.length} errors, ${warnings} warnings` +
+      `${errors.length ? `: ${errors.join(' || ').slice(0, 2000)}` : ''}${pipelineError ? `; pipeline: ${pipelineError.slice(0, 1500)}` : ''}` +
+      `${scope ? `; scope: ${errorLines(scope.message)}` : ''}`);
+    if (!errors.length && !pipelineError && !scope) return true;
+  }
+  f16Tuning.templatedLoad = undefined;
+  return false;
+}
+
 /** 1. The case list in float16 mode: worst output error / max|v| and lse error per plan. */
 async function checkCases(plans: F16Plan[]): Promise<Record<string, unknown>> {
   const report: Record<string, unknown> = {};
@@ -79,6 +123,8 @@ async function checkCases(plans: F16Plan[]): Promise<Record<string, unknown>> {
     const tol = plan.element === 'f32' ? 2e-5 : 4e-3;
     let worst = 0, worstName = '', worstLse = 0;
     const failed: string[] = [];
+    const device = backend().device;
+    device.pushErrorScope('validation');
     await withPlan(plan, undefined, async () => {
       for (const c of CASES) {
         const data = caseData(c);
@@ -105,6 +151,8 @@ async function checkCases(plans: F16Plan[]): Promise<Record<string, unknown>> {
         worstLse = Math.max(worstLse, lseErr);
       }
     });
+    const invalid = await device.popErrorScope();
+    if (invalid) failed.unshift(`WebGPU validation error: ${errorLines(invalid.message)}`);
     const name = `${plan.matmul}/${plan.element}`;
     say(`cases ${name}: ${CASES.length} cases, worst output err ${worst.toExponential(2)}·max|v| (${worstName}), ` +
       `worst lse err ${worstLse.toExponential(2)}; tolerance ${tol}: ${failed.length ? `FAILED ${failed.join('; ')}` : 'all pass'}`);
@@ -205,7 +253,7 @@ async function measure(row: Row, options: FlashAttentionOptions, budgetMs: numbe
   tf.dispose([q, k, v]);
   await settle();
   const invalid = await device.popErrorScope();
-  if (invalid) row.error = `WebGPU validation error: ${invalid.message.split('\n').slice(0, 6).join(' | ')}`;
+  if (invalid) row.error = `WebGPU validation error: ${errorLines(invalid.message)}`;
   rows.push(row);
   say(format(row));
   return row;
@@ -232,7 +280,7 @@ async function sweep(d: number, plan: F16Plan, limit: number): Promise<F16Tiles 
     .filter(t => forwardF16WorkgroupBytes(benchConfig(n, d), plan, t, true) <= limit);
   let best: { t: F16Tiles; ms: number } | undefined;
   for (const t of candidates) {
-    const r = await withPlan(undefined, t, () => measure({ precision: 'float16', n, d, causal: false,
+    const r = await withPlan(plan, t, () => measure({ precision: 'float16', n, d, causal: false,
       note: `tiles ${JSON.stringify(t)}` }, {}, 200));
     if (r.ms !== undefined && (!best || r.ms < best.ms)) best = { t, ms: r.ms };
   }
@@ -247,17 +295,31 @@ async function main(): Promise<void> {
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   say(`adapter: ${setup.description}; robustness ${noRobustness ? 'OFF' : 'on'}; workgroup memory ${limit} B; ` +
     `capabilities ${JSON.stringify(caps)}; matrix path ${matrixPathFits(caps)}`);
-  say(`subgroupMatrixConfigs: ${JSON.stringify(subgroupMatrixConfigs(device))}`);
+  const listed = (info: unknown) => JSON.stringify((info as { subgroupMatrixConfigs?: unknown }).subgroupMatrixConfigs);
+  const deviceInfo: unknown = (device as { adapterInfo?: unknown }).adapterInfo;
+  say(`device features: ${[...device.features].join(', ')}`);
+  say(`subgroupMatrixConfigs: kernels see ${JSON.stringify(subgroupMatrixConfigs(device))}; ` +
+    `device.adapterInfo lists ${listed(deviceInfo ?? {})}; adapter.info lists ${listed(setup.adapter.info)}`);
   const report: Record<string, unknown> = { adapter: setup.description, robustness: !noRobustness, caps };
   const plans: F16Plan[] = [];
-  if (matrixPathFits(caps)) plans.push({ matmul: 'subgroup-matrix', element: 'f16' });
+  // Where the feature is on but no configuration is listed, try the plan anyway (labelled).
+  const forceMatrix = !matrixPathFits(caps) && device.features.has('chromium-experimental-subgroup-matrix');
+  if (forceMatrix) say('subgroup-matrix feature on but no f16 16x16x16 config visible: forcing the plan');
+  if (matrixPathFits(caps) || forceMatrix) {
+    if (await probeMatrixSyntax()) plans.push({ matmul: 'subgroup-matrix', element: 'f16' });
+    else say('subgroup-matrix forward does not compile in either syntax: measuring the other plans');
+  }
   if (caps.shaderF16) plans.push({ matmul: 'registers', element: 'f16' });
   plans.push({ matmul: 'registers', element: 'f32' });
   if (!args.includes('--skip-check')) {
     report.cases = await checkCases(plans);
-    if (!noRobustness) report.numerics = await numerics();
+    if (!noRobustness) report.numerics = await withPlan(plans[0], undefined, numerics);
   }
   const plan = plans[0];
+  if (plan.matmul !== 'subgroup-matrix' && !args.includes('--all')) {
+    say('no subgroup-matrix plan: timings skipped (--all times the first plan anyway)');
+    return finish(report);
+  }
   const best: Record<number, F16Tiles | undefined> = {};
   for (const d of [64, 128]) best[d] = await sweep(d, plan, limit);
   const sizes = (quick ? [Math.min(4096, maxN)] : [1024, 2048, 4096, 8192, 16384, 32768, 65536]).filter(n => n <= maxN);
@@ -265,11 +327,15 @@ async function main(): Promise<void> {
     for (const n of sizes) {
       for (const causal of [false, true]) {
         const budget = n >= 32768 ? 1 : 250;
-        await withPlan(undefined, best[d], () => measure({ precision: 'float16', n, d, causal, note: `tiles ${JSON.stringify(best[d])}` }, {}, budget));
+        await withPlan(plan, best[d], () => measure({ precision: 'float16', n, d, causal, note: `${plan.matmul}/${plan.element} tiles ${JSON.stringify(best[d])}` }, {}, budget));
         await measure({ precision: 'float32', n, d, causal, note: 'float32 kernel' }, {}, budget);
       }
     }
   }
+  finish(report);
+}
+
+function finish(report: Record<string, unknown>): void {
   report.rows = rows;
   say('\nsummary');
   for (const r of rows) say(format(r));

@@ -88,6 +88,14 @@ export function requestedLimits(adapterLimits: GPUSupportedLimits,
 }
 
 /**
+ * The info of the adapter `device` was made from, when it was made here: Dawn's `device.adapterInfo`
+ * lacks the adapter's `subgroupMatrixConfigs`, which the f16 kernels read.
+ */
+export function adapterInfoOf(device: GPUDevice): GPUAdapterInfo | undefined {
+  return current?.device === device ? current.adapter.info : undefined;
+}
+
+/**
  * Creates a WebGPU device with every feature the kernels can use that the adapter offers
  * (`subgroups`, `shader-f16`, `chromium-experimental-subgroup-matrix`, `timestamp-query`; and
  * `bgra8unorm-storage`, which tfjs asks for) and limits raised to the adapter's, registers tfjs'

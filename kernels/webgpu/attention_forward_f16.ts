@@ -23,7 +23,7 @@ import {
   vec4V,
 } from './attention_wgsl';
 import {
-  F16Plan, f16Plan, leftType, matrixDiagnostic, planExtensions, RESULT_TYPE, rightType, roundUp, stageTile, SUBGROUP_SIZE,
+  F16Plan, f16Plan, leftType, matrixDiagnostic, matrixLoad, planExtensions, RESULT_TYPE, rightType, roundUp, stageTile, SUBGROUP_SIZE,
 } from './f16_support';
 import { f32, isSoftwareAdapter, ProgramSpec, range, subgroupMinSize } from './runtime';
 
@@ -93,7 +93,7 @@ export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: b
   const scores = matrix ? `
     ${k16.map(n => `{
       var acc = ${RESULT_TYPE}();
-${d16.map(d => `      acc = subgroupMatrixMultiplyAccumulate(qm${d}, subgroupMatrixLoad<${rightType(E)}>(&kv, ${n * 16 * L.KS + d * 16}u, true, KS), acc);`).join('\n')}
+${d16.map(d => `      acc = subgroupMatrixMultiplyAccumulate(qm${d}, ${matrixLoad(rightType(E), 'kv', `${n * 16 * L.KS + d * 16}u`, true, 'KS')}, acc);`).join('\n')}
       subgroupMatrixStore(&fs, g * 16u * FS + ${n * 16}u, acc, false, FS);
     }`).join('\n    ')}` : `
 ${cols.map(k => `    var s${k} = 0.0;`).join('\n')}
@@ -107,7 +107,7 @@ ${cols.map(k => `    fs[row * FS + half + ${2 * k}u] = s${k};`).join('\n')}`;
   const chunkBlocks = (ch: number) => range(L.DVP / 16).filter(n => Math.floor((n * 16) / BK) === ch);
   const values = (ch: number) => matrix ? chunkBlocks(ch).map(n => `{
       var acc = ${RESULT_TYPE}();
-${k16.map(kk => `      acc = subgroupMatrixMultiplyAccumulate(pm${kk}, subgroupMatrixLoad<${rightType(E)}>(&kv, ${L.VOFF + kk * 16 * L.VS + n * 16}u, false, VS), acc);`).join('\n')}
+${k16.map(kk => `      acc = subgroupMatrixMultiplyAccumulate(pm${kk}, ${matrixLoad(rightType(E), 'kv', `${L.VOFF + kk * 16 * L.VS + n * 16}u`, false, 'VS')}, acc);`).join('\n')}
       subgroupMatrixStore(&fs, g * 16u * FS + ${n * 16 - ch * BK}u, acc, false, FS);
     }`).join('\n    ') : o4.filter(m => chunkOf(m) === ch).map(m => `{
       let col = half * 4u + ${8 * m}u;
@@ -165,7 +165,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'workgroupBarrier();\n  let kl = SEQK;'}
-${matrix ? d16.map(d => `  let qm${d} = subgroupMatrixLoad<${leftType(E)}>(&kv, g * 16u * QS + ${d * 16}u, false, QS);`).join('\n') : ''}
+${matrix ? d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), 'kv', `g * 16u * QS + ${d * 16}u`, false, 'QS')};`).join('\n') : ''}
   let iFirst = i0;
   let iLast = min(i0 + BQ, SEQQ) - 1u;
   ${keyRange(c)}
@@ -205,7 +205,7 @@ ${cols.map(k => {
     l = l * alpha + ls;
 ${o4.map(x => `    o${x} *= alpha;`).join('\n')}
     workgroupBarrier();
-${matrix ? k16.map(kk => `    let pm${kk} = subgroupMatrixLoad<${leftType(E)}>(&ps, g * 16u * PS + ${kk * 16}u, false, PS);`).join('\n') : ''}
+${matrix ? k16.map(kk => `    let pm${kk} = ${matrixLoad(leftType(E), 'ps', `g * 16u * PS + ${kk * 16}u`, false, 'PS')};`).join('\n') : ''}
 ${chunks.map(ch => `    ${ch > 0 ? 'workgroupBarrier();\n    ' : ''}${values(ch)}
     workgroupBarrier();
     ${addValues(ch)}`).join('\n')}

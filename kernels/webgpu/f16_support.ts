@@ -13,6 +13,7 @@
 // logic (staging, masks, softmax, workgroup layouts) on adapters without `shader-f16` (SwiftShader
 // in CI), where it must match the float64 reference to float32 accuracy.
 import { warnOnce } from '../../src/warn';
+import { adapterInfoOf } from '../../src/webgpu_device';
 
 export type MatmulKind = 'subgroup-matrix' | 'registers';
 export type ElementType = 'f16' | 'f32';
@@ -62,12 +63,16 @@ function isMatrixConfig(x: unknown): x is SubgroupMatrixConfig {
 
 /** The adapter's subgroup-matrix configurations (empty where the device does not expose them). */
 export function subgroupMatrixConfigs(device: GPUDevice): SubgroupMatrixConfig[] {
-  const list = adapterInfo(device).subgroupMatrixConfigs;
-  if (!list || typeof (list as Iterable<unknown>)[Symbol.iterator] !== 'function') return [];
-  // Dawn's objects expose their fields as getters: copy them into plain objects.
-  return Array.from(list as Iterable<unknown>).filter(isMatrixConfig).map(m => ({
-    componentType: m.componentType, resultComponentType: m.resultComponentType, M: m.M, N: m.N, K: m.K,
-  }));
+  const listed = (info: unknown): SubgroupMatrixConfig[] => {
+    const list = typeof info === 'object' && info !== null ? (info as Record<string, unknown>).subgroupMatrixConfigs : undefined;
+    if (!list || typeof (list as Iterable<unknown>)[Symbol.iterator] !== 'function') return [];
+    // Dawn's objects expose their fields as getters: copy them into plain objects.
+    return Array.from(list as Iterable<unknown>).filter(isMatrixConfig).map(m => ({
+      componentType: m.componentType, resultComponentType: m.resultComponentType, M: m.M, N: m.N, K: m.K,
+    }));
+  };
+  const own = listed(adapterInfo(device));
+  return own.length ? own : listed(adapterInfoOf(device));
 }
 
 export function f16Capabilities(device: GPUDevice): F16Capabilities {
@@ -92,8 +97,19 @@ export function matrixPathFits(caps: F16Capabilities): boolean {
   return caps.matrix !== undefined && caps.subgroupMinSize === SUBGROUP_SIZE && caps.subgroupMaxSize === SUBGROUP_SIZE;
 }
 
-/** Overrides for tests and benches; undefined fields mean "what the device supports". */
-export const f16Tuning: { plan?: F16Plan } = {};
+/**
+ * Overrides for tests and benches; undefined fields mean "what the device supports".
+ * `templatedLoad`: write loads as subgroupMatrixLoad<T, col_major>(p, offset, stride), the form
+ * newer Tint wants, instead of subgroupMatrixLoad<T>(p, offset, col_major, stride).
+ */
+export const f16Tuning: { plan?: F16Plan; templatedLoad?: boolean } = {};
+
+/** WGSL loading a subgroup matrix of `type` from workgroup array `array`. */
+export function matrixLoad(type: string, array: string, offset: string, colMajor: boolean, stride: string): string {
+  return f16Tuning.templatedLoad
+    ? `subgroupMatrixLoad<${type}, ${colMajor ? 'col_major' : 'row_major'}>(&${array}, ${offset}, ${stride})`
+    : `subgroupMatrixLoad<${type}>(&${array}, ${offset}, ${colMajor}, ${stride})`;
+}
 
 /**
  * The plan `precision: 'float16'` runs with on this device, or undefined when the device has
@@ -126,7 +142,7 @@ export function planExtensions(plan: F16Plan, useSubgroups: boolean): string[] {
  * because every 32 consecutive invocations form one subgroup on the devices matrixPathFits accepts.
  */
 export function matrixDiagnostic(plan: F16Plan): string {
-  return plan.matmul === 'subgroup-matrix' ? '@diagnostic(off, chromium_experimental.subgroup_matrix_uniformity)\n' : '';
+  return plan.matmul === 'subgroup-matrix' ? '@diagnostic(off, chromium.subgroup_matrix_uniformity)\n' : '';
 }
 
 export const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
