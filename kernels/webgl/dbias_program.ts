@@ -39,7 +39,7 @@ void main() {
     for (int h = faLoy; h < faHiy; h++) {
       int g = h / ${c.headsQ / c.headsKV};
       for (int i = faLoz; i < faHiz; i += 2) {
-        vec4 L = vec4(faAtLse(0, b, h, i), faAtLse(0, b, h, i), faAtLse(0, b, h, i + 1), faAtLse(0, b, h, i + 1));
+        vec4 L = vec2(faAtLse(0, b, h, i), faAtLse(0, b, h, i + 1)).xxyy;
         vec4 rowTerm = getRowTerm(b * ${c.headsQ} + h, i, 0).xxzz;
         for (int j = faLow; j < faHiw; j += 2) {
           vec4 qk = vec4(0.0);

@@ -46,7 +46,7 @@ export function blockFragment(c: AttentionConfig): string {
 
 /** The lse of rows (i, i+1) as `vec4 L` and the block's q·k dot products as `vec4 qk`. */
 export function lseAndDot(c: AttentionConfig): string {
-  return `vec4 L = vec4(faAtLse(0, b, h, i), faAtLse(0, b, h, i), faAtLse(0, b, h, i + 1), faAtLse(0, b, h, i + 1));
+  return `vec4 L = vec2(faAtLse(0, b, h, i), faAtLse(0, b, h, i + 1)).xxyy;
   vec4 qk = vec4(0.0);
   ${blockDot('qk', 'Q', 'h', 'i', 'K', 'g', 'j', c.headDim)}`;
 }
