@@ -12,10 +12,17 @@
 //
 // The rule (by shape only, so a cached program is reused while the cache length is fixed):
 //   parallel work  W = batch · headsQ · ceil(seqQ / queryRowsPerBlock)
-//   split when     seqQ ≤ MAX_QUERY_ROWS and W < TARGET_WORKGROUPS and seqK ≥ 2 · MIN_KEYS_PER_SPLIT
+//   split when     seqQ ≤ MAX_QUERY_ROWS and W < TARGET_WORKGROUPS and seqK ≥ MIN_KEYS
 //   splits         = min(ceil(seqK / MIN_KEYS_PER_SPLIT), ceil(TARGET_WORKGROUPS / W)), ≥ 2
 // TARGET_WORKGROUPS is about two waves of an H100's 132 SMs; below MIN_KEYS_PER_SPLIT keys a
 // range's fixed cost (staging q, writing a partial row, the merge) outweighs its work.
+// MIN_KEYS, from the H100 decode times (bench/RESULTS.md, B=1, 12 heads, D=64, Nq=1): the one-pass
+// kernel took 0.28 / 0.72 / 1.65 / 3.23 ms at 1024 / 4096 / 8192 / 16384 keys (≈ 0.08 ms + 0.195 ms
+// per 1024 keys: one workgroup walks each row's keys), the split path 0.30–0.48 ms at every length
+// (two dispatches, scratch buffers, a submit: fixed cost, not work). So the split lost at 1024 keys
+// (0.32 vs 0.28 ms), ties near 2048 (one-pass ≈ 0.47 ms) and wins from 4096 on (1.5× at 4096,
+// 5.5× at 8192). The first rule (split from 512 keys) made GPT-2 small decoding at 1024 tokens
+// slower than with the one-pass kernel; from 4096 keys the split never loses on that data.
 import type { AttentionConfig } from './config';
 
 export const SPLIT_RULE = {
@@ -23,6 +30,7 @@ export const SPLIT_RULE = {
   MAX_QUERY_ROWS: 16,
   TARGET_WORKGROUPS: 256,
   MIN_KEYS_PER_SPLIT: 256,
+  MIN_KEYS: 4096,
 };
 
 /**
@@ -31,13 +39,24 @@ export const SPLIT_RULE = {
  */
 export const splitKvTuning: { force?: number } = {};
 
+/** Parallel work units of the one-pass kernel: (batch, head, query block)s. */
+function workUnits(c: AttentionConfig, queryRowsPerBlock: number): number {
+  return c.batch * c.headsQ * Math.ceil(c.seqQ / queryRowsPerBlock);
+}
+
+/** The number of key ranges the rule gives a split problem, whatever its key count (benches force it). */
+export function splitCount(c: AttentionConfig, queryRowsPerBlock: number): number {
+  const { TARGET_WORKGROUPS, MIN_KEYS_PER_SPLIT } = SPLIT_RULE;
+  const work = workUnits(c, queryRowsPerBlock);
+  return Math.max(2, Math.min(Math.ceil(c.seqK / MIN_KEYS_PER_SPLIT), Math.ceil(TARGET_WORKGROUPS / work)));
+}
+
 /** Number of key ranges for this problem (1: the one-pass kernel); `queryRowsPerBlock` is the one-pass tile. */
 export function keySplits(c: AttentionConfig, queryRowsPerBlock: number): number {
   if (splitKvTuning.force !== undefined) return Math.max(1, Math.min(splitKvTuning.force, c.seqK));
-  const { MAX_QUERY_ROWS, TARGET_WORKGROUPS, MIN_KEYS_PER_SPLIT } = SPLIT_RULE;
-  const work = c.batch * c.headsQ * Math.ceil(c.seqQ / queryRowsPerBlock);
-  if (c.seqQ > MAX_QUERY_ROWS || work >= TARGET_WORKGROUPS || c.seqK < 2 * MIN_KEYS_PER_SPLIT) return 1;
-  return Math.max(2, Math.min(Math.ceil(c.seqK / MIN_KEYS_PER_SPLIT), Math.ceil(TARGET_WORKGROUPS / work)));
+  const { MAX_QUERY_ROWS, TARGET_WORKGROUPS, MIN_KEYS } = SPLIT_RULE;
+  if (c.seqQ > MAX_QUERY_ROWS || workUnits(c, queryRowsPerBlock) >= TARGET_WORKGROUPS || c.seqK < MIN_KEYS) return 1;
+  return splitCount(c, queryRowsPerBlock);
 }
 
 /** Keys per range: range s is [s·size, (s+1)·size) ∩ [0, seqK). */

@@ -7,7 +7,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-layers';
 import { webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
 import { flashAttention } from '../src/index';
-import { splitKvTuning } from '../src/split_kv';
+import { SPLIT_RULE, splitKvTuning } from '../src/split_kv';
 import { caseData } from './cases';
 import { checkCase, failures } from './setup/check_case';
 import { runCase } from './setup/run_case';
@@ -34,9 +34,11 @@ describe('webgpu, keys forced into 3 ranges', () => {
   }
 });
 
-describe('webgpu decode shapes (split by the rule)', () => {
+describe('webgpu decode shapes (split by the rule, or forced below its threshold)', () => {
   for (const c of DECODE_CASES) {
     test(c.name, async () => {
+      // Shapes below the rule's key threshold run the one-pass kernel by the rule: forced here.
+      if (c.nk < SPLIT_RULE.MIN_KEYS) splitKvTuning.force = 4;
       const data = caseData(c);
       const result = await runCase(c, data);
       expect(result.backend).toBe('webgpu');
