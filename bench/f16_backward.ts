@@ -3,8 +3,8 @@
 // against float32, in one run.
 //
 //   /work/shared/gpu/pack.sh bench/f16_backward.ts   then on the GPU machine:
-//   bash .gpu/run.sh f16_backward.mjs [check] [sweep] [numerics] [bench] [quick|full] [scalar]   (none of the
-//   first four: all; `full`: N = 1024, 2048, 4096, 8192, 16384 instead of 1024, 4096, 16384; `scalar`: the
+//   bash .gpu/run.sh f16_backward.mjs [check] [sweep] [numerics] [bench] [quick|lean|full] [scalar]   (none of the
+//   first four: all; `full`: N = 1024, 2048, 4096, 8192, 16384 instead of 1024, 4096, 16384, `lean`: bench 4096 and 16384, numerics 1024 and 4096; `scalar`: the
 //   check also runs the scalar f16 tiles)
 //
 //   check     the shared case list's gradients with precision 'float16' against the float64
@@ -25,9 +25,15 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-core/dist/register_all_gradients';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { flashAttention } from '../src/index';
-import type { FlashAttentionOptions, Precision } from '../src/config';
+import { FlashAttentionOptions, normalizeAttention, Precision } from '../src/config';
+import { gradInputNames, packInputs } from '../src/inputs';
+import { FlashAttentionGrad } from '../src/kernel_names';
 import { initDawn } from '../src/node';
-import { flushTfjs } from '../kernels/webgpu/runtime';
+import { flushTfjs, ProgramSpec, wgslBindings } from '../kernels/webgpu/runtime';
+import { f16Tuning } from '../kernels/webgpu/f16_support';
+import { dkdvF16Program } from '../kernels/webgpu/attention_backward_dkdv_f16';
+import { dqF16Program } from '../kernels/webgpu/attention_backward_dq_f16';
+import { auxLayout } from '../kernels/webgpu/aux';
 import { f16BackwardMode, hasF16SubgroupMatrix, webgpuF16BackwardTuning } from '../kernels/webgpu/attention_backward_f16';
 import type { F16Tiles } from '../kernels/webgpu/attention_backward_dkdv_f16';
 import { AttentionCase, CASES, CaseData, caseData } from '../test/cases';
@@ -76,12 +82,36 @@ async function validated<T>(body: () => Promise<T>): Promise<T> {
   }
   await settle();
   const invalid = await device.popErrorScope();
-  if (invalid) throw new Error(`WebGPU validation error: ${invalid.message.split('\n').slice(0, 4).join(' | ')}`);
+  if (invalid) throw new Error(`WebGPU validation error: ${invalid.message.split('\n').filter(l => !/warning/.test(l)).slice(0, 12).join(' | ')}`);
   if (failure !== undefined || value === undefined) throw failure ?? new Error('no result');
   return value;
 }
 
 const flat = (x: tf.Tensor) => tf.reshape(x, [-1]);
+
+/**
+ * The FlashAttentionGrad kernel alone with precision 'float16', on the output and lse of the
+ * float32 forward: the backward measured and checked apart from the float16 forward kernel.
+ */
+function backwardF16(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, options: FlashAttentionOptions, dOutput: tf.Tensor,
+  dLse: tf.Tensor): tf.Tensor[] {
+  const { output, lse } = flashAttention(q, k, v, { ...options, precision: 'float32', returnLse: true });
+  const { config, tensors } = normalizeAttention(q, k, v, { ...options, precision: 'float16' });
+  const inputs = packInputs(gradInputNames(config), { ...tensors, output, lse, dOutput, dLse });
+  const grads = tf.engine().runKernel(FlashAttentionGrad, inputs, { ...config }) as tf.Tensor[];
+  tf.dispose([output, lse]);
+  return grads;
+}
+
+/** dq, dk, dv (and dbias) of the case's upstream gradients, from backwardF16. */
+async function caseBackwardF16(c: AttentionCase, data: CaseData): Promise<Float32Array[]> {
+  const t = caseTensors(c, data);
+  const [dOutput, dLse] = [toTensor(data.dOutput), toTensor(data.dLse)];
+  const grads = backwardF16(t.q, t.k, t.v, t.options, dOutput, dLse);
+  const values = await Promise.all(grads.map(g => g.data() as Promise<Float32Array>));
+  tf.dispose([...grads, dOutput, dLse, ...t.all]);
+  return values;
+}
 
 /** dq, dk, dv (and dbias) of Σ dO∘O + Σ dLse∘lse, for the case's data. */
 async function caseGrads(c: AttentionCase, data: CaseData, precision: Precision): Promise<Float32Array[]> {
@@ -132,7 +162,7 @@ async function check(): Promise<void> {
       const ref = referenceGrads(c, data);
       const names = ['dq', 'dk', 'dv', 'dbias'] as const;
       try {
-        const got = await validated(() => caseGrads(c, data, 'float16'));
+        const got = await validated(() => caseBackwardF16(c, data));
         rows[c.name] = {};
         got.forEach((g, i) => {
           const r = ref[names[i]];
@@ -168,14 +198,15 @@ function numericsData(c: AttentionCase, outliers: boolean): CaseData {
 
 async function numerics(): Promise<void> {
   const table: Array<Record<string, unknown>> = [];
-  const sizes = quick ? [1024] : args.has('full') ? [1024, 2048, 4096, 8192, 16384] : [1024, 4096, 16384];
+  const sizes = quick ? [1024] : args.has('full') ? [1024, 2048, 4096, 8192, 16384]
+    : args.has('lean') ? [1024, 4096] : [1024, 4096, 16384];
   for (const n of sizes) {
     for (const outliers of [false, true]) {
       const heads = 1;
       const c: AttentionCase = { name: `numerics N=${n}${outliers ? ' outliers' : ''}`, b: 1, hq: heads, hkv: heads,
         nq: n, nk: n, d: 64, dv: 64, grad: true };
       const data = numericsData(c, outliers);
-      const f16 = await validated(() => caseGrads(c, data, 'float16'));
+      const f16 = await validated(() => caseBackwardF16(c, data));
       const f32 = await validated(() => caseGrads(c, data, 'float32'));
       const float64 = n <= 1024;
       const ref = float64 ? referenceGrads(c, data) : undefined;
@@ -196,26 +227,32 @@ async function numerics(): Promise<void> {
   results.numerics = table;
 }
 
-interface Row { precision: Precision; pass: 'fwd' | 'fwd+bwd'; n: number; d: number; causal: boolean; note?: string;
+interface Row { precision: Precision; pass: 'fwd' | 'fwd+bwd' | 'bwd'; n: number; d: number; causal: boolean; note?: string;
   ms?: number; tflops?: number; error?: string }
 
 async function measure(row: Row, budgetMs = 200): Promise<Row> {
   const { n, d } = row;
   const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
   const options: FlashAttentionOptions = { causal: row.causal, precision: row.precision };
+  const dLse = tf.zeros([1, H, n]);
+  const { output, lse } = flashAttention(q, k, v, { causal: row.causal, returnLse: true });
+  const { config, tensors } = normalizeAttention(q, k, v, options);
+  const gradInputs = packInputs(gradInputNames(config), { ...tensors, output, lse, dOutput: dy, dLse });
   const step = row.pass === 'fwd'
     ? () => tf.tidy(() => { flashAttention(q, k, v, options); })
-    : () => tf.tidy(() => {
-      tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => flashAttention(a, b, c, options))([q, k, v], dy);
-    });
+    : row.pass === 'bwd'
+      ? () => tf.tidy(() => { tf.engine().runKernel(FlashAttentionGrad, gradInputs, { ...config }); })
+      : () => tf.tidy(() => {
+        tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => flashAttention(a, b, c, options))([q, k, v], dy);
+      });
   try {
     row.ms = await validated(() => timeMs(step, budgetMs));
     const fwd = 4 * H * n * n * d * (row.causal ? 0.5 : 1);
-    row.tflops = (row.pass === 'fwd' ? fwd : 3.5 * fwd) / (row.ms * 1e9);
+    row.tflops = (row.pass === 'fwd' ? fwd : row.pass === 'bwd' ? 2.5 * fwd : 3.5 * fwd) / (row.ms * 1e9);
   } catch (e) {
-    row.error = (e as Error).message.slice(0, 300);
+    row.error = (e as Error).message.slice(0, 600);
   }
-  tf.dispose([q, k, v, dy]);
+  tf.dispose([q, k, v, dy, dLse, output, lse]);
   console.log([row.precision.padEnd(8), row.pass.padEnd(8), `N=${n}`.padEnd(8), `D=${d}`.padEnd(6),
     (row.causal ? 'causal' : 'full').padEnd(7), row.error ? `FAILED ${row.error}` :
       `${row.ms?.toFixed(3).padStart(9)} ms ${row.tflops?.toFixed(2).padStart(6)} TFLOP/s`, row.note ?? ''].join(' '));
@@ -234,7 +271,7 @@ async function sweep(): Promise<void> {
   for (const t of candidates) {
     webgpuF16BackwardTuning.dkdvTiles = t;
     webgpuF16BackwardTuning.dqTiles = { rows: 64, cols: 32 };
-    const r = await measure({ precision: 'float16', pass: 'fwd+bwd', n: 4096, d: 64, causal: false,
+    const r = await measure({ precision: 'float16', pass: 'bwd', n: 4096, d: 64, causal: false,
       note: `dkdv ${JSON.stringify(t)} dq 64x32 (limit ${limit} B)` }, 150);
     rows.push(r);
     if (r.ms !== undefined && (!bestKv || r.ms < bestKv.ms)) bestKv = { t, ms: r.ms };
@@ -243,7 +280,7 @@ async function sweep(): Promise<void> {
   let bestQ: { t: F16Tiles; ms: number } | undefined;
   for (const t of candidates) {
     webgpuF16BackwardTuning.dqTiles = t;
-    const r = await measure({ precision: 'float16', pass: 'fwd+bwd', n: 4096, d: 64, causal: false,
+    const r = await measure({ precision: 'float16', pass: 'bwd', n: 4096, d: 64, causal: false,
       note: `dkdv ${JSON.stringify(bestKv?.t)} dq ${JSON.stringify(t)}` }, 150);
     rows.push(r);
     if (r.ms !== undefined && (!bestQ || r.ms < bestQ.ms)) bestQ = { t, ms: r.ms };
@@ -258,29 +295,71 @@ async function sweep(): Promise<void> {
 
 async function bench(): Promise<void> {
   const rows: Row[] = [];
-  const sizes = quick ? [4096] : args.has('full') ? [1024, 2048, 4096, 8192, 16384] : [1024, 4096, 16384];
+  const sizes = quick ? [4096] : args.has('full') ? [1024, 2048, 4096, 8192, 16384]
+    : args.has('lean') ? [4096, 16384] : [1024, 4096, 16384];
   for (const d of quick ? [64] : [64, 128]) {
     // The sweep's best tiles (measured at D=64) where they fit this head size, else the defaults.
     webgpuF16BackwardTuning.dkdvTiles = d === 64 ? best.dkdv : undefined;
     webgpuF16BackwardTuning.dqTiles = d === 64 ? best.dq : undefined;
     for (const causal of [false, true]) {
       for (const n of sizes) {
-        rows.push(await measure({ precision: 'float16', pass: 'fwd', n, d, causal }));
-        rows.push(await measure({ precision: 'float16', pass: 'fwd+bwd', n, d, causal }));
-        rows.push(await measure({ precision: 'float32', pass: 'fwd+bwd', n, d, causal }));
+        for (const precision of ['float16', 'float32'] as const) {
+          for (const pass of ['fwd', 'bwd', 'fwd+bwd'] as const) rows.push(await measure({ precision, pass, n, d, causal }));
+        }
       }
     }
   }
   webgpuF16BackwardTuning.dkdvTiles = undefined;
   webgpuF16BackwardTuning.dqTiles = undefined;
   results.bench = rows;
-  console.log('\nsummary (fwd+bwd TFLOP/s; bwd ms = fwd+bwd − fwd):');
-  for (const r of rows.filter(x => x.pass === 'fwd+bwd' && x.precision === 'float16')) {
-    const f32 = rows.find(x => x.pass === 'fwd+bwd' && x.precision === 'float32' && x.n === r.n && x.d === r.d && x.causal === r.causal);
-    const fwd = rows.find(x => x.pass === 'fwd' && x.n === r.n && x.d === r.d && x.causal === r.causal);
-    console.log(`N=${r.n} D=${r.d} ${r.causal ? 'causal' : 'full  '}: f16 ${r.tflops?.toFixed(1) ?? r.error} ` +
-      `(bwd ${r.ms !== undefined && fwd?.ms !== undefined ? (r.ms - fwd.ms).toFixed(2) : '?'} ms), f32 ${f32?.tflops?.toFixed(1) ?? f32?.error}`);
+  console.log('\nsummary (TFLOP/s: fwd 4·H·N²·D, bwd 2.5×, fwd+bwd 3.5×, halved when causal):');
+  for (const r of rows.filter(x => x.pass === 'bwd' && x.precision === 'float16')) {
+    const cell = (precision: Precision, pass: Row['pass']) => {
+      const x = rows.find(y => y.precision === precision && y.pass === pass && y.n === r.n && y.d === r.d && y.causal === r.causal);
+      return x?.tflops !== undefined ? `${x.tflops.toFixed(1)} (${x.ms?.toFixed(2)} ms)` : 'failed';
+    };
+    console.log(`N=${r.n} D=${r.d} ${r.causal ? 'causal' : 'full  '}: f16 fwd ${cell('float16', 'fwd')} bwd ${cell('float16', 'bwd')} ` +
+      `fwd+bwd ${cell('float16', 'fwd+bwd')} | f32 fwd ${cell('float32', 'fwd')} bwd ${cell('float32', 'bwd')} fwd+bwd ${cell('float32', 'fwd+bwd')}`);
   }
+}
+
+/** Errors of compiling `spec` (shader and pipeline), empty when it compiles. */
+async function compileErrors(spec: ProgramSpec): Promise<string> {
+  const device = backend().device;
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ code: wgslBindings(spec) + spec.body() });
+  const info = await module.getCompilationInfo();
+  const errors = info.messages.filter(m => m.type === 'error').map(m => `${m.lineNum}:${m.linePos} ${m.message}`);
+  let pipeline = '';
+  if (!errors.length) {
+    try {
+      await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+    } catch (e) {
+      pipeline = (e as Error).message;
+    }
+  }
+  const scope = await device.popErrorScope();
+  return [errors.join(' || '), pipeline, scope ? scope.message : ''].filter(x => x).join(' ; ').slice(0, 3000);
+}
+
+/**
+ * Compiles both subgroup-matrix programs in both load spellings (f16Tuning.templatedLoad, shared
+ * with the forward) and keeps the first that compiles; prints every error.
+ */
+async function probeMatrixSyntax(): Promise<void> {
+  const x = tf.zeros([1, 2, 40, 64]);
+  const { config } = normalizeAttention(x, x, x, { causal: true, precision: 'float16' });
+  x.dispose();
+  const aux = auxLayout(config, true);
+  for (const templated of [false, true]) {
+    f16Tuning.templatedLoad = templated;
+    const mode = { path: 'subgroupMatrix', element: 'f16' } as const;
+    const errors = [await compileErrors(dkdvF16Program(config, aux, { rows: 64, cols: 32 }, mode)),
+      await compileErrors(dqF16Program(config, aux, { rows: 64, cols: 32 }, mode))];
+    console.log(`probe templatedLoad=${templated}: dkdv ${errors[0] || 'compiles'}; dq ${errors[1] || 'compiles'}`);
+    if (!errors[0] && !errors[1]) return;
+  }
+  f16Tuning.templatedLoad = undefined;
 }
 
 async function main(): Promise<void> {
@@ -292,10 +371,11 @@ async function main(): Promise<void> {
     `workgroup storage ${device.limits.maxComputeWorkgroupStorageSize} B; f16 subgroup matrices: ${hasF16SubgroupMatrix(device)}; ` +
     `backward mode: ${JSON.stringify(f16BackwardMode(device))}`);
   results.device = { description: setup.description, features: [...device.features], mode: f16BackwardMode(device) };
+  if (hasF16SubgroupMatrix(device)) await probeMatrixSyntax();
   const t0 = performance.now();
   if (all || args.has('check')) await check();
-  if (all || args.has('sweep')) await sweep();
   if (all || args.has('bench')) await bench();
+  if (all || args.has('sweep')) await sweep();
   if (all || args.has('numerics')) await numerics();
   console.log(`total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const out = process.env.OUT;

@@ -25,11 +25,12 @@ import type { AttentionConfig } from '../src/config';
 import type { F16Tiles } from '../kernels/webgpu/attention_backward_dkdv_f16';
 
 /**
- * float16 gradients: ‖got − ref‖∞ ≤ F16_GRAD_TOLERANCE · ‖ref‖∞. From the H100 measurements in
- * bench/RESULTS.md (worst relative error over the case list and N = 1024 … with outliers), with
- * a margin; f16 operands carry 2⁻¹¹ relative rounding.
+ * float16 gradients: ‖got − ref‖∞ ≤ F16_GRAD_TOLERANCE · ‖ref‖∞. Measured on the H100
+ * (bench/RESULTS.md, float16 backward section): the worst over this case list was 3.0e-3 (the f16
+ * scalar tiles; f16 operands carry 2⁻¹¹ relative rounding), and 0.9e-2 at N = 1024 with 1 % of
+ * q/k entries ×10; 1e-2 leaves about 3× over the case list's worst.
  */
-const F16_GRAD_TOLERANCE = 2e-2;
+const F16_GRAD_TOLERANCE = 1e-2;
 
 const flat = (x: tf.Tensor) => tf.reshape(x, [-1]);
 

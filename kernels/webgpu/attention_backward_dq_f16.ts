@@ -130,7 +130,7 @@ ${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${scoreFunctions(c, aux, 0)}
 
 @compute @workgroup_size(${WG})
-${mode.path === 'subgroupMatrix' ? '@diagnostic(off, chromium_experimental.subgroup_matrix_uniformity)\n' : ''}fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
+${ops.entryAttributes}fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
   let sg = lidx / 32u;
   ${ops.prelude}
   ${queryBlockIds(c, t.rows)}

@@ -10,7 +10,9 @@
 //                     CI tests it against the float64 reference.
 // Operands are staged in workgroup arrays of the element type (f16, or f32 for the scalar test
 // path); results are f32. Every call must be made by all 32 invocations of a strip (subgroup-uniform
-// control flow); the scalar path needs no subgroup operations at all.
+// control flow); the scalar path needs no subgroup operations at all. The subgroup-matrix WGSL
+// spelling (load syntax, diagnostic name) is the forward's, from f16_support.ts.
+import { matrixDiagnostic, matrixLoad } from './f16_support';
 export type MatrixPath = 'subgroupMatrix' | 'scalar';
 
 export interface F16Mode {
@@ -51,6 +53,8 @@ export interface MatrixOps {
   store(result: string, array: string, offset: string, stride: string): string;
   /** WGSL statements run once at the top of main (the invocation's place in its strip). */
   prelude: string;
+  /** Attributes of the entry point (the subgroup-matrix uniformity diagnostic, see f16_support.ts). */
+  entryAttributes: string;
 }
 
 export function matrixOps(mode: F16Mode): MatrixOps {
@@ -63,11 +67,12 @@ export function matrixOps(mode: F16Mode): MatrixOps {
       declareResults: (n, c) => `var ${n}: array<${result}, ${c}>;`,
       declareLefts: (n, c) => `var ${n}: array<${left}, ${c}>;`,
       zero: r => `${r} = ${result}();`,
-      loadLeft: (l, a, o, s) => `${l} = subgroupMatrixLoad<${left}>(&${a}, ${o}, false, ${s});`,
+      loadLeft: (l, a, o, s) => `${l} = ${matrixLoad(left, a, o, false, s)};`,
       multiplyAdd: (r, l, a, o, s, cm) =>
-        `${r} = subgroupMatrixMultiplyAccumulate(${l}, subgroupMatrixLoad<${right}>(&${a}, ${o}, ${cm}, ${s}), ${r});`,
+        `${r} = subgroupMatrixMultiplyAccumulate(${l}, ${matrixLoad(right, a, o, cm, s)}, ${r});`,
       store: (r, a, o, s) => `subgroupMatrixStore(&${a}, ${o}, ${r}, false, ${s});`,
       prelude: '',
+      entryAttributes: matrixDiagnostic({ matmul: 'subgroup-matrix', element: E }),
     };
   }
   // Invocation `lane` of a strip owns row lane/2 of every tile: all 16 columns of a left tile and
@@ -86,6 +91,7 @@ export function matrixOps(mode: F16Mode): MatrixOps {
       }`,
     store: (r, a, o, s) => `for (var mn = 0u; mn < 8u; mn++) { ${a}[(${o}) + mrow * (${s}) + mcol + mn] = ${r}[mn]; }`,
     prelude: 'let mrow = (lidx % 32u) / 2u;\n  let mcol = (lidx % 2u) * 8u;',
+    entryAttributes: '',
   };
 }
 
