@@ -13,7 +13,7 @@ import { readMobyDick } from '../examples/gpt2/corpus_node';
 import { TokenDataset } from '../examples/gpt2/dataset';
 import { buildModel } from '../examples/gpt2/model';
 import { CharTokenizer, Gpt2Tokenizer, tokenizerFromSpec } from '../examples/gpt2/tokenizer';
-import { languageModelLoss, Trainer, validationLoss } from '../examples/gpt2/training';
+import { languageModelLoss, ScheduledAdam, Trainer, validationLoss } from '../examples/gpt2/training';
 
 const ROOT = path.join(__dirname, '..');
 
@@ -55,6 +55,35 @@ test('the training loss equals tfjs\' softmaxCrossEntropy, value and gradients',
   expect(tf.memory().numTensors).toBe(before);
   tf.dispose([batch.x, batch.y]);
   model.dispose();
+});
+
+test('ScheduledAdam makes the updates of tfjs\' AdamOptimizer, also when the learning rate changes', () => {
+  const init = [tf.randomNormal([5, 3], 0, 1, 'float32', 21), tf.randomNormal([3], 0, 1, 'float32', 22)];
+  const target = tf.randomNormal([4, 3], 0, 1, 'float32', 23);
+  const input = tf.randomNormal([4, 5], 0, 1, 'float32', 24);
+  const run = (optimizer: tf.Optimizer, setRate: (lr: number) => void) => {
+    const [w, b] = init.map(t => tf.variable(t));
+    for (const lr of [0.1, 0.05, 0.2]) {
+      setRate(lr);
+      optimizer.minimize(() => tf.mean(tf.square(tf.sub(tf.add(tf.matMul(input, w), b), target))) as tf.Scalar, false, [w, b]);
+    }
+    return [w, b];
+  };
+  const before = tf.memory().numTensors;
+  const ours = new ScheduledAdam(0.1, 0.9, 0.95);
+  const theirs = new (class extends tf.AdamOptimizer { set(lr: number) { this.learningRate = lr; } })(0.1, 0.9, 0.95);
+  const a = run(ours, lr => ours.setLearningRate(lr));
+  const b = run(theirs, lr => theirs.set(lr));
+  a.forEach((v, i) => {
+    const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(v, b[i]))).dataSync()[0]);
+    expect(diff).toBeLessThan(1e-5);
+    expect(tf.tidy(() => tf.max(tf.abs(tf.sub(v, init[i]))).dataSync()[0])).toBeGreaterThan(0.1);
+  });
+  ours.dispose();
+  theirs.dispose();
+  tf.dispose([...a, ...b]);
+  expect(tf.memory().numTensors).toBe(before);
+  tf.dispose([...init, target, input]);
 });
 
 test('tokenizers round-trip the text; compact GPT-2 BPE keeps GPT-2 tokenization', () => {

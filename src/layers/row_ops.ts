@@ -22,7 +22,9 @@ export function columnSums(x: Tensor2D): Tensor1D {
 export function rowMeans(x: Tensor): Tensor {
   const channels = x.shape[x.shape.length - 1];
   const rows = tf.reshape(x, [-1, channels]) as Tensor2D;
-  return tf.reshape(tf.matMul(rows, tf.fill([channels, 1], 1 / channels)), [...x.shape.slice(0, -1), 1]);
+  // Made on the CPU like tf.ones: an upload, not one more kernel to dispatch.
+  const average = tf.tensor2d(new Float32Array(channels).fill(1 / channels), [channels, 1]);
+  return tf.reshape(tf.matMul(rows, average), [...x.shape.slice(0, -1), 1]);
 }
 
 const affineWithBias = tf.customGrad((...args: Array<Tensor | tf.GradSaveFunc>) => {
