@@ -79,11 +79,30 @@ describe('webgl decode shapes (split by the rule)', () => {
       // scores, stats, weights, accumulate, merge, merge lse (+ the BSHD layout), whatever Nk.
       expect(plan.programs).toBeLessThanOrEqual(c.layout === 'BSHD' ? 7 : 6);
       expect(await check(c)).toBe('');
-      const r = await page.runInPage<{ output: number; lse: number; vmax: number; lseMax: number; nan: boolean }>(
-        'faSplitVsOnePass', [c]);
+      const r = await page.runInPage<{ output: number; lse: number; vmax: number; lseMax: number; nan: boolean;
+        leakedBytes: number }>('faSplitVsOnePass', [c]);
       expect(r.nan).toBe(false);
+      expect(r.leakedBytes).toBe(0);
       expect(r.output).toBeLessThanOrEqual(TOLERANCE * r.vmax);
       expect(r.lse).toBeLessThanOrEqual(TOLERANCE * r.lseMax);
     }, 120000);
   }
+});
+
+describe('webgl split path with half-float render targets', () => {
+  test('decode shapes stay finite and within the half-float tolerance of the webgl kernel tests (5e-3)', async () => {
+    const half = await openPage({ entry: ENTRY });
+    try {
+      await half.runInPage('faSetup', [{ backend: 'webgl', flags: { WEBGL_FORCE_F16_TEXTURES: true } }]);
+      for (const name of ['decode Nq=4 Nk=2048 window alibi dropout', 'decode Nq=1 Nk=16384']) {
+        const c = { ...DECODE_CASES.find(x => x.name === name) as AttentionCase, grad: false };
+        expect((await half.runInPage<{ splits: number }>('faSplitPlan', [c])).splits).toBeGreaterThan(1);
+        const result = decode(await half.runInPage<EncodedCaseResult>('faRunCase', [c]));
+        expect(result.output.every(Number.isFinite)).toBe(true);
+        expect(failures(checkCase(c, caseData(c), result, 5e-3))).toBe('');
+      }
+    } finally {
+      await half.close();
+    }
+  }, 120000);
 });

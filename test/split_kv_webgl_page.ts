@@ -49,8 +49,11 @@ async function planOf(c: AttentionCase): Promise<{ splits: number; keys: number;
  * effect) and through the one-pass kernel (forced), in the page: the largest differences, the scales to judge them by, and whether
  * either has a NaN.
  */
-async function splitVsOnePass(c: AttentionCase): Promise<{ output: number; lse: number; vmax: number; lseMax: number; nan: boolean }> {
+async function splitVsOnePass(c: AttentionCase):
+    Promise<{ output: number; lse: number; vmax: number; lseMax: number; nan: boolean; leakedBytes: number }> {
   const t = caseTensors(c, caseData(c));
+  const manager = (tf.backend() as MathBackendWebGL).getTextureManager();
+  const inUse = () => manager.numBytesAllocated - manager.numBytesFree;
   const current = splitKvTuning.force ?? null;
   const once = async (force: number | null) => {
     setForce(force);
@@ -64,7 +67,11 @@ async function splitVsOnePass(c: AttentionCase): Promise<{ output: number; lse: 
     }
   };
   try {
+    // A first call uploads the inputs' textures (not the op's to free): counted from after it.
+    await once(1);
+    const before = inUse();
     const [split, one] = [await once(current), await once(1)];
+    const leakedBytes = inUse() - before;
     const diff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
       let m = 0;
       for (let n = 0; n < a.length; n++) if (Number.isFinite(b[n])) m = Math.max(m, Math.abs(a[n] - b[n]));
@@ -77,7 +84,7 @@ async function splitVsOnePass(c: AttentionCase): Promise<{ output: number; lse: 
     };
     return {
       output: diff(split[0], one[0]), lse: diff(split[1], one[1]), vmax: largest(await t.v.data()),
-      lseMax: Math.max(1, largest(one[1])), nan: [...split, ...one].some(x => x.some(Number.isNaN)),
+      lseMax: Math.max(1, largest(one[1])), nan: [...split, ...one].some(x => x.some(Number.isNaN)), leakedBytes,
     };
   } finally {
     tf.dispose(t.all);
