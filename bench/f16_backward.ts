@@ -3,8 +3,8 @@
 // against float32, in one run.
 //
 //   /work/shared/gpu/pack.sh bench/f16_backward.ts   then on the GPU machine:
-//   bash .gpu/run.sh f16_backward.mjs [check] [sweep] [numerics] [bench] [quick|lean|full] [scalar]   (none of the
-//   first four: all; `full`: N = 1024, 2048, 4096, 8192, 16384 instead of 1024, 4096, 16384, `lean`: bench 4096 and 16384, numerics 1024 and 4096; `scalar`: the
+//   bash .gpu/run.sh f16_backward.mjs [check] [sweep] [numerics] [bench] [quick|lean|full|tiny] [scalar]   (none of the
+//   first four: all; `full`: N = 1024, 2048, 4096, 8192, 16384 instead of 1024, 4096, 16384, `lean`: bench 4096 and 16384, numerics 1024 and 4096; `tiny`: bench N = 256, D = 64 only (a smoke test); `scalar`: the
 //   check also runs the scalar f16 tiles)
 //
 //   check     the shared case list's gradients with precision 'float16' against the float64
@@ -295,9 +295,9 @@ async function sweep(): Promise<void> {
 
 async function bench(): Promise<void> {
   const rows: Row[] = [];
-  const sizes = quick ? [4096] : args.has('full') ? [1024, 2048, 4096, 8192, 16384]
+  const sizes = args.has('tiny') ? [256] : quick ? [4096] : args.has('full') ? [1024, 2048, 4096, 8192, 16384]
     : args.has('lean') ? [4096, 16384] : [1024, 4096, 16384];
-  for (const d of quick ? [64] : [64, 128]) {
+  for (const d of quick || args.has('tiny') ? [64] : [64, 128]) {
     // The sweep's best tiles (measured at D=64) where they fit this head size, else the defaults.
     webgpuF16BackwardTuning.dkdvTiles = d === 64 ? best.dkdv : undefined;
     webgpuF16BackwardTuning.dqTiles = d === 64 ? best.dq : undefined;
