@@ -20,6 +20,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import * as tf from '@tensorflow/tfjs-core';
+// A named import keeps the cpu backend in an esbuild bundle (its package is marked side-effect free).
+import { version_cpu } from '@tensorflow/tfjs-backend-cpu';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { isBackendRequest, selectBackend } from '../examples/gpt2/backend';
 import { flashAttention, gpt2, Gpt2Decoder, gpt2Config, recomputeLogits } from '../src/index';
@@ -191,7 +193,7 @@ async function main(): Promise<void> {
   const backend = await selectBackend(values.backend);
   console.error(`backend: ${backend.description}`);
   summary(`Device: ${backend.description}`);
-  report({ bench: 'decode-backend', device: backend.description });
+  report({ bench: 'decode-backend', device: backend.description, tfjsBackendCpu: version_cpu });
 
   summary('\n| Nq=1, 12 heads, D=64, Nk | rule ms | split ms | one-pass ms | one-pass / rule |\n|---|---|---|---|---|');
   for (const nk of values.keys.split(',').map(Number)) {
