@@ -135,10 +135,11 @@ describe('webgpu kernels with subgroups', () => {
     }
   });
 
-  test('one head whose q, k or bias plane exceeds the binding limit is split along query heads, rows and keys',
+  test('one head whose q, k, bias or mask plane exceeds the binding limit is split along query heads, rows and keys',
     async () => {
-      // 2048 bytes: one head's q (40 × 16 floats) and k (48 × 16), and one [40, 48] bias plane are
-      // each larger; 8 query rows of the bias plane (the SwiftShader tiles' rows) are not.
+      // 2048 bytes: one head's q (40 × 16 floats) and k (48 × 16), and one [40, 48] bias or int32
+      // mask plane are each larger; 8 query rows of the bias plane (the SwiftShader tiles' rows)
+      // and the mask packed into bits are not.
       const limit = 2048;
       const gqa: AttentionCase = {
         name: 'one head too large, GQA causal dropout, full bias', b: 1, hq: 4, hkv: 2, nq: 40, nk: 48, d: 16, dv: 4,
@@ -156,14 +157,18 @@ describe('webgpu kernels with subgroups', () => {
         name: 'bias broadcast over keys (row sums accumulate)', b: 1, hq: 2, hkv: 2, nq: 40, nk: 48, d: 16, dv: 4,
         grad: true, bias: [2, 40, 1], causal: true,
       };
-      for (const k of [gqa, bshd, columns, rowSums]) {
+      const mask: AttentionCase = {
+        name: 'mask planes over the limit (packed into bits)', b: 1, hq: 2, hkv: 1, nq: 40, nk: 48, d: 16, dv: 4,
+        grad: true, mask: [1, 2, 40, 48], maskDtype: 'int32', maskRowsHidden: [3, 39], alibi: [2],
+      };
+      for (const k of [gqa, bshd, columns, rowSums, mask]) {
         const boxes = planFor(k, limit);
         expect(boxes.some(b => b.r1 - b.r0 < k.nq)).toBe(true);
         expect(boxes.some(b => b.k1 - b.k0 < k.nk)).toBe(true);
       }
       webgpuAttentionTuning.maxBindingBytes = limit;
       try {
-        await expectCasesPass([gqa, bshd, columns, rowSums]);
+        await expectCasesPass([gqa, bshd, columns, rowSums, mask]);
       } finally {
         webgpuAttentionTuning.maxBindingBytes = undefined;
       }

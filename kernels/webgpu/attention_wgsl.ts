@@ -129,14 +129,22 @@ export function scoreFunctions(c: AttentionConfig, aux: AuxLayout, keyTile: numb
   const off = queryOffset(c);
   if (c.windowLeft >= 0) hidden.push(`(i32(j) < i32(i) + ${off - c.windowLeft})`);
   if (c.windowRight >= 0) hidden.push(`(i32(j) > i32(i) + ${off + c.windowRight})`);
-  if (c.maskShape.length) hidden.push(`(aux[${aux.mask}u + ${broadcastIndex(c.maskShape, 'b', 'h', 'i', 'j')}] == 0u)`);
+  if (c.maskShape.length) {
+    // The mask is packed 32 keys per word (pack_mask.ts).
+    out.push(`fn maskHidden(b: u32, h: u32, i: u32, j: u32) -> bool {
+  let e = ${broadcastIndex(c.maskShape, 'b', 'h', 'i', 'j')};
+  return ((aux[${aux.mask}u + (e >> 5u)] >> (e & 31u)) & 1u) == 0u;
+}`);
+    hidden.push('maskHidden(b, h, i, j)');
+  }
   if (c.blockSize > 0) hidden.push(`!blockLive(b, h, i / ${c.blockSize}u, j / ${c.blockSize}u)`);
 
   if (c.blockSize > 0) {
     const [, , nqb, nkb] = c.blockMaskShape;
     const index = broadcastIndex(c.blockMaskShape, 'b', 'h', 'qb', 'kb');
     out.push(`fn blockLive(b: u32, h: u32, qb: u32, kb: u32) -> bool {
-  return aux[${aux.blockMask}u + ${index}] != 0u;
+  let e = ${index};
+  return ((aux[${aux.blockMask}u + (e >> 5u)] >> (e & 31u)) & 1u) != 0u;
 }
 const NQBLOCKS = ${nqb}u;
 const NKBLOCKS = ${nkb}u;

@@ -1,13 +1,16 @@
 // The `aux` buffer: the optional small inputs packed into one u32 array, so that the programs stay
 // within WebGPU's default of 8 storage buffers per stage. Its layout is derived from the config:
-//   [keyLengths (B) | alibiSlopes (B'·Hq, f32 bits) | blockMask | mask | lse·log2e | D]
+//   [keyLengths (B) | alibiSlopes (B'·Hq, f32 bits) | blockMask (bits) | mask (bits) | lse·log2e | D]
 // The last two regions exist only in the backward, where the row_dot pass fills them. The inputs
 // are copied in with copyBufferToBuffer (bool and int32 tensors are 32-bit on tfjs' webgpu backend),
-// so the mask costs a second copy of its size while the kernel runs.
+// except the mask and block mask, which are packed 32 entries per word (pack_mask.ts): a second copy
+// costs 1/32 of their size, and a mask plane too large to bind fits packed.
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import type { AttentionConfig } from '../../src/config';
+import { maskWords, packMask } from './pack_mask';
 import { gpuBuffer } from './runtime';
+import { maxBindingBytes } from './tuning';
 
 export interface AuxLayout {
   keyLengths: number;
@@ -27,8 +30,8 @@ export function auxLayout(c: AttentionConfig, withRowStats: boolean): AuxLayout 
   const take = (n: number) => { const start = at; at += n; return start; };
   const keyLengths = take(c.hasKeyLengths ? c.batch : 0);
   const alibi = take(c.alibiShape.length ? product(c.alibiShape) : 0);
-  const blockMask = take(c.blockMaskShape.length ? product(c.blockMaskShape) : 0);
-  const mask = take(c.maskShape.length ? product(c.maskShape) : 0);
+  const blockMask = take(c.blockMaskShape.length ? maskWords(product(c.blockMaskShape)) : 0);
+  const mask = take(c.maskShape.length ? maskWords(product(c.maskShape)) : 0);
   const rows = c.batch * c.headsQ * c.seqQ;
   const lse = take(withRowStats ? rows : 0);
   const rowTerm = take(withRowStats ? rows : 0);
@@ -50,6 +53,7 @@ export function encodeAuxCopies(backend: WebGPUBackend, encoder: GPUCommandEncod
   };
   copy(inputs.keyLengths, layout.keyLengths);
   copy(inputs.alibiSlopes, layout.alibi);
-  copy(inputs.blockMask, layout.blockMask);
-  copy(inputs.mask, layout.mask);
+  for (const [t, at] of [[inputs.blockMask, layout.blockMask], [inputs.mask, layout.mask]] as const) {
+    if (t) packMask(backend, gpuBuffer(backend, t), product(t.shape), aux, at, maxBindingBytes(backend.device));
+  }
 }

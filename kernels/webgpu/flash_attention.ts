@@ -18,6 +18,7 @@ import {
 } from './runtime';
 import { splitForwardWebGPU } from './flash_attention_split';
 import { chooseTiles, FORWARD_TILES, forwardTileCandidates, subgroupReduceFits, Tiles } from './tiles';
+import { maxBindingBytes, webgpuAttentionTuning } from './tuning';
 
 export function isAttentionConfig(attrs: NamedAttrMap | undefined): attrs is NamedAttrMap & AttentionConfig {
   return typeof attrs === 'object' && attrs !== null && typeof attrs.headsQ === 'number' &&
@@ -30,20 +31,7 @@ export function webgpuBackendOf(backend: unknown): WebGPUBackend {
   return b as WebGPUBackend;
 }
 
-/** Tuning knobs for benches and tests; the defaults are what the kernel uses. */
-export const webgpuAttentionTuning: {
-  forwardTiles?: Tiles;
-  dkdvTiles?: Tiles;
-  dqTiles?: Tiles;
-  /** Use subgroup reductions when the device has `subgroups` (true) or never (false). */
-  subgroups: boolean;
-  /** A binding limit below the device's, to exercise dispatch splitting in tests. */
-  maxBindingBytes?: number;
-} = { subgroups: true };
-
-export function maxBindingBytes(device: GPUDevice): number {
-  return Math.min(device.limits.maxStorageBufferBindingSize, webgpuAttentionTuning.maxBindingBytes ?? Infinity);
-}
+export { webgpuAttentionTuning, maxBindingBytes } from './tuning';
 
 export function useSubgroupsFor(device: GPUDevice, t: Tiles): boolean {
   return webgpuAttentionTuning.subgroups && subgroupReduceFits(t, subgroupMinSize(device));
