@@ -1,7 +1,7 @@
 // The `precision: 'float16'` forward on the webgpu backend through Dawn (bench + GPU check):
 //   1. correctness: every case of test/cases.ts, forward in float16 mode, on every f16 plan the
-//      device has (subgroup matrices, f16 registers, and the f32-element plan CI tests), against the
-//      float64 reference;
+//      device has (subgroup matrices, forced also where the kernel would not choose them yet, f16
+//      registers, and the f32-element plan CI tests), against the float64 reference;
 //   2. numerics: max and RMS error against float64 at N = 1024 … 16384 (sampled rows), random normal
 //      inputs and inputs with 1 % of entries ×10, float16 vs float32 mode;
 //   3. a tile sweep at N = 4096 (D = 64, 128), then TFLOP/s of float16 vs float32 mode, causal and
@@ -275,8 +275,9 @@ function benchConfig(n: number, d: number): AttentionConfig {
 /** 3a. Tiles at N = 4096 for the device's plan; returns the fastest. */
 async function sweep(d: number, plan: F16Plan, limit: number): Promise<F16Tiles | undefined> {
   const n = Math.min(4096, maxN);
-  const candidates: F16Tiles[] = [...F16_FORWARD_TILES, { groups: 2, keys: 64 }, { groups: 8, keys: 32 },
-    { groups: 4, keys: 16 }, { groups: 8, keys: 16 }, { groups: 2, keys: 16 }]
+  const candidates: F16Tiles[] = [...F16_FORWARD_TILES, { groups: 4, keys: 64 }, { groups: 2, keys: 64 },
+    { groups: 4, keys: 32, valueCols: 64 }, { groups: 4, keys: 16, valueCols: 64 }, { groups: 2, keys: 32, valueCols: 128 },
+    { groups: 2, keys: 16, valueCols: 128 }]
     .filter(t => forwardF16WorkgroupBytes(benchConfig(n, d), plan, t, true) <= limit);
   let best: { t: F16Tiles; ms: number } | undefined;
   for (const t of candidates) {

@@ -8,7 +8,7 @@
 //      the row's running max and sum in f32 (online softmax, base 2), write P (with dropout, bit-exact)
 //      as f16 to `ps`, and rescale their share of the f32 O accumulator, which lives in their
 //      registers, by the row's alpha;
-//   3. T = P·V in subgroup matrices, stored through `fs` in column chunks of `keys` and added to
+//   3. T = P·V in subgroup matrices, stored through `fs` in column chunks (`valueCols`) and added to
 //      the O registers.
 // So the O rescale costs no matrix round trip: the accumulator never is a subgroup matrix. Key
 // tiles outside the causal band / window / keyLengths are never visited; block-sparse tiles with
@@ -31,6 +31,11 @@ import { f32, isSoftwareAdapter, ProgramSpec, range, subgroupMinSize } from './r
 export interface F16Tiles {
   groups: number;
   keys: number;
+  /**
+   * Columns of T = P·V staged through `fs` at a time (a multiple of 16; default `keys`): wider
+   * chunks cost workgroup memory and save a barrier per chunk.
+   */
+  valueCols?: number;
 }
 
 /**
@@ -50,10 +55,14 @@ interface Layout {
   kvSize: number; qsSize: number; fsSize: number; psSize: number;
 }
 
+function chunkWidth(t: F16Tiles): number {
+  return t.valueCols ?? t.keys;
+}
+
 /** Padded strides keep matrix rows 16-byte aligned and spread rows over memory banks. */
 function layoutOf(c: AttentionConfig, plan: F16Plan, t: F16Tiles): Layout {
   const DP = roundUp(c.headDim, 16), DVP = roundUp(c.headDimV, 16);
-  const KS = DP + 8, VS = DVP + 8, QS = DP + 8, FS = t.keys + 4, PS = t.keys + 8;
+  const KS = DP + 8, VS = DVP + 8, QS = DP + 8, FS = Math.max(t.keys, chunkWidth(t)) + 4, PS = t.keys + 8;
   const rows = 16 * t.groups;
   const VOFF = t.keys * KS;
   const kvTiles = VOFF + t.keys * VS;
@@ -92,6 +101,9 @@ export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: b
   useSubgroups: boolean): ProgramSpec {
   const bindings = forwardBindings(c, withAux);
   const uniforms = [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)];
+  if (t.keys % 16 !== 0 || chunkWidth(t) % 16 !== 0) {
+    throw new Error(`flashAttention (webgpu, float16): tiles ${JSON.stringify(t)} are not multiples of 16`);
+  }
   const L = layoutOf(c, plan, t);
   const E = plan.element;
   const matrix = plan.matmul === 'subgroup-matrix';
@@ -101,8 +113,9 @@ export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: b
   // columns half + 2m (half = lane % 2).
   const cols = range(BK / 2);
   const o4 = range(L.DVP / 8);
-  const chunks = range(Math.ceil(L.DVP / BK));
-  const chunkOf = (m: number) => Math.floor((4 * (2 * m)) / BK);
+  const CW = chunkWidth(t);
+  const chunks = range(Math.ceil(L.DVP / CW));
+  const chunkOf = (m: number) => Math.floor((4 * (2 * m)) / CW);
   const d16 = range(L.DP / 16), k16 = range(BK / 16);
 
   const partner = (x: string, op: 'max' | 'add') => {
@@ -128,21 +141,21 @@ ${cols.map(k => `      s${k} += dot(qv, ${vec('kv', `(half + ${2 * k}u) * KS + d
 ${cols.map(k => `    fs[row * FS + half + ${2 * k}u] = s${k};`).join('\n')}`;
 
   // T = P·V for the columns of chunk `ch`, into fs.
-  const chunkBlocks = (ch: number) => range(L.DVP / 16).filter(n => Math.floor((n * 16) / BK) === ch);
+  const chunkBlocks = (ch: number) => range(L.DVP / 16).filter(n => Math.floor((n * 16) / CW) === ch);
   const values = (ch: number) => matrix ? chunkBlocks(ch).map(n => `{
       var acc = ${RESULT_TYPE}();
 ${k16.map(kk => `      acc = subgroupMatrixMultiplyAccumulate(pm${kk}, ${matrixLoad(rightType(E), 'kv', `${L.VOFF + kk * 16 * L.VS + n * 16}u`, false, 'VS')}, acc);`).join('\n')}
-      subgroupMatrixStore(&fs, g * 16u * FS + ${n * 16 - ch * BK}u, acc, false, FS);
+      subgroupMatrixStore(&fs, g * 16u * FS + ${n * 16 - ch * CW}u, acc, false, FS);
     }`).join('\n    ') : o4.filter(m => chunkOf(m) === ch).map(m => `{
       let col = half * 4u + ${8 * m}u;
       var acc = vec4<f32>(0.0);
       for (var kk = 0u; kk < BK; kk++) {
         acc += ${el('ps[row * PS + kk]')} * ${vec('kv', `VOFF + kk * VS + col`)};
       }
-${[0, 1, 2, 3].map(e => `      fs[row * FS + col - ${ch * BK}u + ${e}u] = acc[${e}];`).join('\n')}
+${[0, 1, 2, 3].map(e => `      fs[row * FS + col - ${ch * CW}u + ${e}u] = acc[${e}];`).join('\n')}
     }`).join('\n    ');
   const addValues = (ch: number) => o4.filter(m => chunkOf(m) === ch).map(m =>
-    `o${m} += ${`vec4<f32>(${[0, 1, 2, 3].map(e => `fs[row * FS + half * 4u + ${8 * m - ch * BK + e}u]`).join(', ')})`};`)
+    `o${m} += ${`vec4<f32>(${[0, 1, 2, 3].map(e => `fs[row * FS + half * 4u + ${8 * m - ch * CW + e}u]`).join(', ')})`};`)
     .join('\n    ');
 
   const body = () => `
