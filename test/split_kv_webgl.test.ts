@@ -89,6 +89,20 @@ describe('webgl decode shapes (split by the rule)', () => {
   }
 });
 
+describe('webgl split path: dropout', () => {
+  // v = identity reads the mask out of the output, so Nk = Dv ≤ 256: the ranges are forced.
+  test('the dropout mask is bit-exact with src/dropout.ts (keys forced into ranges)', async () => {
+    for (const [force, nq, nk, rate, seed] of [[5, 3, 40, 0.3, 1234], [5, 4, 37, 0.5, 4294967295], [16, 1, 250, 0.9, 7]]) {
+      await page.runInPage('faSplitForce', [force]);
+      const r = await page.runInPage<{ splits: number; mismatches: number; kept: number; total: number }>(
+        'faSplitDropoutMismatches', [2, 2, nq, nk, rate, seed]);
+      expect(r.splits).toBeGreaterThan(1);
+      expect(r.mismatches).toBe(0);
+      expect(Math.abs(r.kept / r.total - (1 - (rate as number)))).toBeLessThan(0.1);
+    }
+  }, 120000);
+});
+
 describe('webgl split path with half-float render targets', () => {
   test('decode shapes stay finite and within the half-float tolerance of the webgl kernel tests (5e-3)', async () => {
     const half = await openPage({ entry: ENTRY });

@@ -4,7 +4,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
 import './browser/harness';
-import { flashAttention } from '../src/index';
+import { dropoutKeep, dropoutThreshold, flashAttention } from '../src/index';
 import { normalizeAttention } from '../src/config';
 import { splitKvTuning, webglSplitPlan } from '../src/split_kv';
 import type { AttentionCase } from './cases';
@@ -91,6 +91,38 @@ async function splitVsOnePass(c: AttentionCase):
   }
 }
 
+/**
+ * The dropout mask as the split path applies it, against src/dropout.ts: with q = 0 every visible
+ * key gets P = 1/Nk, and v = identity makes output[b, h, i, j] = P·Z_ij, zero exactly when dropped.
+ * Returns the split count used and the number of (b, h, i, j) where kernel and dropoutKeep disagree.
+ */
+async function dropoutMismatches(b: number, h: number, nq: number, nk: number, rate: number, seed: number):
+    Promise<{ splits: number; mismatches: number; kept: number; total: number }> {
+  const q = tf.zeros([b, h, nq, 4]);
+  const k = tf.randomNormal([b, h, nk, 4], 0, 1, 'float32', 5);
+  const v = tf.tidy(() => tf.tile(tf.reshape(tf.eye(nk), [1, 1, nk, nk]), [b, h, 1, 1]));
+  const options = { dropout: { rate, seed } };
+  const { splits } = webglSplitPlan(normalizeAttention(q, k, v, options).config, tf.env().getNumber('WEBGL_MAX_TEXTURE_SIZE'));
+  const out = flashAttention(q, k, v, options);
+  const values = await out.data();
+  tf.dispose([q, k, v, out]);
+  const threshold = dropoutThreshold(rate);
+  let mismatches = 0, kept = 0, n = 0;
+  for (let bi = 0; bi < b; bi++) {
+    for (let hi = 0; hi < h; hi++) {
+      for (let i = 0; i < nq; i++) {
+        for (let j = 0; j < nk; j++, n++) {
+          const keep = dropoutKeep(threshold, seed, bi, hi, i, j);
+          if (keep) kept++;
+          if (keep !== (values[n] !== 0)) mismatches++;
+        }
+      }
+    }
+  }
+  return { splits, mismatches, kept, total: n };
+}
+
 expose('faSplitForce', setForce);
+expose('faSplitDropoutMismatches', dropoutMismatches);
 expose('faSplitPlan', planOf);
 expose('faSplitVsOnePass', splitVsOnePass);
