@@ -20,6 +20,9 @@ import { f16BackwardMode, hasF16SubgroupMatrix, webgpuF16BackwardTuning } from '
 import { dkdvF16Program } from '../kernels/webgpu/attention_backward_dkdv_f16';
 import { dqF16Program } from '../kernels/webgpu/attention_backward_dq_f16';
 import { auxLayout } from '../kernels/webgpu/aux';
+import { webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
+import { attentionLayouts, planBoxes, unitGeometry } from '../kernels/webgpu/chunks';
+import { normalizeAttention } from '../src/config';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import type { AttentionConfig } from '../src/config';
 import type { F16Tiles } from '../kernels/webgpu/attention_backward_dkdv_f16';
@@ -162,6 +165,42 @@ describe("precision 'float16' backward on webgpu (Dawn)", () => {
           'softcap', 'dropout', 'block sparse', 'everything'];
         expect(await caseFailures(cases.map(byName), 1e-4)).toBe('');
       })), 600000);
+
+    test('a head over the binding limit: split along query heads, rows and keys, partial sums accumulated',
+      withTiles({ rows: 16, cols: 16 }, { rows: 16, cols: 16 }, f32Tiles(async () => {
+        // 4096 bytes hold 16 rows of q or k (and of a [40, 48] bias plane) but not a head's 40 or 48
+        // (BHSD, D = 32; BSHD: one batch of 2 heads, D = 16): the dK/dV pass sums query-row and head
+        // ranges, the dQ pass key ranges, in later dispatches (chunks.ts).
+        const gqa: AttentionCase = {
+          name: 'f16 split: GQA causal dropout, full bias', b: 1, hq: 4, hkv: 2, nq: 40, nk: 48, d: 32, dv: 4,
+          grad: true, bias: [1, 4, 40, 48], causal: true, dropout: { rate: 0.2, seed: 7 },
+        };
+        const columns: AttentionCase = {
+          name: 'f16 split: bias broadcast over rows', b: 1, hq: 2, hkv: 1, nq: 40, nk: 48, d: 32, dv: 4,
+          grad: true, bias: [2, 1, 48], windowSize: [20, 3],
+        };
+        const rowSums: AttentionCase = {
+          name: 'f16 split: bias broadcast over keys, BSHD', b: 1, hq: 2, hkv: 2, nq: 40, nk: 48, d: 16, dv: 4,
+          grad: true, bias: [2, 40, 1], causal: true, layout: 'BSHD',
+        };
+        for (const k of [gqa, columns, rowSums]) {
+          const t = caseTensors(k, caseData(k));
+          const { config } = normalizeAttention(t.q, t.k, t.v, t.options);
+          tf.dispose(t.all);
+          const g = unitGeometry(config);
+          for (const accumulates of ['rows', 'keys'] as const) {
+            const boxes = planBoxes(config, g, attentionLayouts(config), 4096, g.queryHeadsPerUnit, 65535,
+              { rows: 16, keys: 16, accumulates });
+            expect(boxes.some(b => b.r1 - b.r0 < k.nq) && boxes.some(b => b.k1 - b.k0 < k.nk)).toBe(true);
+          }
+        }
+        webgpuAttentionTuning.maxBindingBytes = 4096;
+        try {
+          expect(await caseFailures([gqa, columns, rowSums], 1e-4)).toBe('');
+        } finally {
+          webgpuAttentionTuning.maxBindingBytes = undefined;
+        }
+      })), 300000);
 
     test('one strip, and a key tile wider than the query block',
       withTiles({ rows: 16, cols: 32 }, { rows: 16, cols: 32 }, f32Tiles(async () => {
