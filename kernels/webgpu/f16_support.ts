@@ -9,6 +9,11 @@
 //   'registers'        the same tiles and staging, with the products computed by each thread from
 //                      workgroup memory (f16 storage, f32 arithmetic); needs `shader-f16`.
 //   none               the float32 kernels run, and the op says so once.
+// Subgroup-matrix programs must keep every invocation of a subgroup on the same path: on the H100
+// (Dawn/Vulkan, 2026-11-26) a forward that read keyLengths or the block mask on invocation 0 and
+// broadcast it with workgroupUniformLoad gave wrong results (errors ~1·max|v|) in exactly those cases,
+// while the same program without matrices was right. Read such values in every invocation instead
+// (reads of a read-only buffer at workgroup-uniform indices are uniform for Tint).
 // A fourth, 'registers' with f32 elements, exists for tests: it runs the f16 programs' whole tile
 // logic (staging, masks, softmax, workgroup layouts) on adapters without `shader-f16` (SwiftShader
 // in CI), where it must match the float64 reference to float32 accuracy.
