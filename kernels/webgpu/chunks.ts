@@ -5,8 +5,9 @@
 //
 // A "unit" is the smallest slice whose rows are contiguous in every tensor: (batch, KV head) with
 // its query heads in BHSD, one batch in BSHD (heads interleave there). Units are grouped first.
-// When one unit is still too large, it is split along query rows and keys (runtime.ts' Chunking):
-// query blocks are independent in the forward and dQ passes and key blocks in the dK/dV pass; the
+// When one unit is still too large, it is split along the query heads of its GQA group (BHSD), query
+// rows and keys (runtime.ts' Chunking): query heads and blocks are independent in the forward and
+// dQ passes and key blocks in the dK/dV pass; the
 // other side's ranges are summed over by sequential dispatches that read what the previous one
 // wrote (the forward merges its key ranges' outputs with the log-sum-exp rule, the backward adds
 // gradients), so no float atomics and no partial buffers (which would be as large as what does
