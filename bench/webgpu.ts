@@ -224,8 +224,8 @@ async function abRounds(threads: number): Promise<void> {
   const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
   const sets: Array<{ causal: boolean; tiles: Tiles[] }> = [
     { causal: false, tiles: [G(T(192, 16, 8, 2)), G(T(128, 16, 4, 2)), P(G(T(192, 16, 8, 2)))] },
-    { causal: true, tiles: [G(T(192, 32, 4, 4)), G(T(64, 16, 4, 2)), P(G(T(64, 16, 4, 2))), P(G(T(96, 16, 4, 2))),
-      P(G(T(128, 16, 4, 2))), G(T(128, 16, 4, 2))] },
+    { causal: true, tiles: [G(T(192, 32, 4, 4)), P(G(T(192, 32, 4, 4))), G(T(128, 32, 4, 4)), G(T(64, 16, 4, 2)),
+      P(G(T(64, 16, 4, 2))), P(G(T(96, 16, 4, 2))), P(G(T(128, 16, 4, 2))), G(T(128, 16, 4, 2))] },
   ];
   for (const { causal, tiles } of sets) {
     const fit = tiles.filter(t => threadsOf(t).WG <= threads && forwardWorkgroupBytes(c, t, true) <= 49152);
