@@ -98,10 +98,10 @@ export function mergeRow(lse: ArrayLike<number>, partial: ArrayLike<number>, spl
 // four draws per block (kernels/webgl/flash_attention.ts), and inside a block one fragment per
 // query row pair loops over the block's keys for the row statistics. With few query rows those
 // loops are long and the fragments few. The webgl split path (kernels/webgl/flash_attention_split.ts)
-// runs a fixed number of draws whatever Nk: per-range statistics, weights, per-range partial outputs
-// (one fragment per (range, row pair, column pair)), and the merge; each range's loops are
-// WEBGL_SPLIT_RULE.KEYS_PER_SPLIT keys long. It holds a [B·Hq, Nq, Nk] weight texture, linear in Nk
-// because Nq ≤ MAX_QUERY_ROWS, and bounded by MAX_WEIGHT_ELEMENTS.
+// runs a fixed number of draws whatever Nk: scores, per-range statistics, weights, per-range
+// partial outputs (one fragment per (range, row pair, column pair)), and the merge; each range's
+// loops are WEBGL_SPLIT_RULE.KEYS_PER_SPLIT keys long. It holds [B·Hq, Nq, Nk] score and weight
+// textures, linear in Nk because Nq ≤ MAX_QUERY_ROWS, and bounded by MAX_WEIGHT_ELEMENTS.
 export const WEBGL_SPLIT_RULE = {
   MAX_QUERY_ROWS: 16,
   KEYS_PER_SPLIT: 256,
@@ -113,14 +113,14 @@ export const WEBGL_SPLIT_RULE = {
    * where the split's parallel ranges and fixed draw count only add to its advantage.
    */
   MIN_KEYS: 2048,
-  /** Elements of the weight texture ([B·Hq, Nq, Nk]): 128 MiB in float32, as the one-pass block budget. */
+  /** Elements of the score and of the weight texture ([B·Hq, Nq, Nk]): 128 MiB each in float32. */
   MAX_WEIGHT_ELEMENTS: 2 ** 25,
 };
 
 /**
  * The webgl split plan: `splits` key ranges of `keys` keys each (the last may be shorter); splits = 1
  * means the one-pass kernel. Ranges hold an even number of keys (a packed texel pairs two keys), so
- * the count follows from that size. `maxTextureSize` bounds the weight texture, which tfjs
+ * the count follows from that size. `maxTextureSize` bounds those textures, which tfjs
  * squarifies into at most (max − 1)² texels; `splitKvTuning.force` is honored where it fits.
  */
 export function webglSplitPlan(c: AttentionConfig, maxTextureSize: number): { splits: number; keys: number } {

@@ -2,15 +2,16 @@
 // when, by shape): with few query rows against many keys, the one-pass kernel's per-block passes
 // loop over each block's keys in a handful of fragments, block after block. Here the keys are cut
 // into ranges that run side by side in one draw per pass, and a fixed six draws serve any Nk:
-//   scores:     s for every (row, key), the one-pass scores program over all keys  [B·Hq, Nq, Nk]
+//   scores:     s for every (row, key) (the one-pass scores pass)  [B·Hq, Nq, Nk]
 //   stats:      lse of every (row, range)                         [B·Hq, Nq, splits]
 //   weights:    P̃ = exp(s − lse_range)·Z for every key            [B·Hq, Nq, Nk]
 //   accumulate: O_s = Σ_range P̃·v for every (range, row, column)  [B·Hq·splits, Nq, Dv]
 //   merge:      O = Σ_s exp(lse_s − lse)·O_s, and lse = logsumexp_s lse_s
 // Every score is computed once (a first version recomputed them in the weights pass instead of
 // storing them: 1.4× the one-pass kernel's time at Nq = 1 on SwiftShader, where work, not
-// parallelism, sets the time). Memory is linear in Nk: the score and weight textures have Nq ≤ WEBGL_SPLIT_RULE.MAX_QUERY_ROWS rows per
-// head and is bounded by MAX_WEIGHT_ELEMENTS (the rule falls back to the one-pass kernel beyond).
+// parallelism, sets the time). Memory is linear in Nk: the score and weight textures have
+// Nq ≤ WEBGL_SPLIT_RULE.MAX_QUERY_ROWS rows per head and are bounded by MAX_WEIGHT_ELEMENTS each
+// (the rule falls back to the one-pass kernel beyond).
 // Every option of SPEC §2 goes through the shared score snippet (glsl.ts), so results equal the
 // one-pass kernel's to rounding; dropout uses the same keep hash, bit for bit.
 import type { TensorInfo } from '@tensorflow/tfjs-core';
