@@ -295,7 +295,7 @@ const DEFAULT: BenchConfig = {
 };
 const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, blockSweep: [128], sweepSeq: 512, reps: 2,
   profileSeq: 256 };
-const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, blockSweep: [], sweepSeq: 1024,
+const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 1024, blockSweep: [], sweepSeq: 1024,
   budgetSeconds: 900, profileSeq: 0 };
 
 async function post(line: string): Promise<void> {

@@ -36,8 +36,8 @@
 // - Loops step a texel index with addresses an add away (row bases hoisted, no per-iteration
 //   division or odd-tail test unless N is odd): SwiftShader's Subzero JIT hoists little, and GPU
 //   compilers lose nothing by it. With the two points above and the backward's P reuse this took
-//   SwiftShader's flash/naive ratios at N = 256–1024 from 1.1–1.4× to 1.1–1.9× forward and from
-//   0.73–0.87× to 1.25–1.3× forward+backward (bench/RESULTS.md, same runs, same machine).
+//   SwiftShader's flash/naive speed ratios at N = 256–1024 from 0.9–1.6× to 1.5–2.0× forward and
+//   from 0.7–1.0× to 1.3–1.4× forward+backward (bench/RESULTS.md: two before/after pairs of runs).
 // - On the H100 the products are probably bound by texel fetches (a model, see bench/RESULTS.md):
 //   pixel shaders reportedly run on 4 of its SMs, and tfjs' own packed matMul (the same 4
 //   multiply-adds per fetch) reaches 0.24 TFLOP/s there.
