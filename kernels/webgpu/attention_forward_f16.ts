@@ -14,7 +14,8 @@
 // tiles outside the causal band / window / keyLengths are never visited; block-sparse tiles with
 // no live block are skipped. The 'registers' plan computes S and T per invocation from the same
 // workgroup tiles and writes them to `fs` at the positions the matrices would, so everything
-// around the products is the same code (and is tested on adapters without f16 in f32).
+// around the products is the same code (and is tested on adapters without f16 in f32). Configs
+// with keyLengths or a block mask take the 'registers' plan for now (matrixVerified, below).
 import { AttentionConfig } from '../../src/config';
 import type { AuxLayout } from './aux';
 import { forwardBindings, shaderConfig } from './attention_forward';
@@ -23,7 +24,8 @@ import {
   vec4V,
 } from './attention_wgsl';
 import {
-  F16Plan, f16Plan, f16Tuning, leftType, matrixDiagnostic, matrixLoad, planExtensions, RESULT_TYPE, rightType, roundUp, stageTile, SUBGROUP_SIZE,
+  F16Plan, f16Plan, f16Tuning, leftType, matrixDiagnostic, matrixLoad, planExtensions, RESULT_TYPE, rightType,
+  roundUp, stageTile, SUBGROUP_SIZE,
 } from './f16_support';
 import { f32, isSoftwareAdapter, ProgramSpec, range, subgroupMinSize } from './runtime';
 
