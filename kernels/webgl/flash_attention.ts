@@ -60,7 +60,7 @@ import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
 import { webglSplitPlan } from '../../src/split_kv';
 import { accumulateProgram } from './accumulate_program';
-import { attentionConfig } from './attrs';
+import { attentionConfig } from '../../src/config';
 import { blockStatsProgram } from './block_stats_program';
 import { splitForwardWebGL } from './flash_attention_split';
 import { optionalShapes } from './glsl';

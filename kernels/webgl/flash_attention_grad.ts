@@ -16,7 +16,7 @@ import { env } from '@tensorflow/tfjs-core';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { unpackGradInputs } from '../../src/inputs';
 import { FlashAttentionGrad } from '../../src/kernel_names';
-import { attentionConfig } from './attrs';
+import { attentionConfig } from '../../src/config';
 import { dbiasProgram } from './dbias_program';
 import { dkdvProgram } from './dkdv_program';
 import { dqProgram } from './dq_program';
