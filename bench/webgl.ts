@@ -35,8 +35,8 @@ export interface BenchConfig {
   bigReps: number;
   /** Stop starting new measurements after this many seconds. */
   budgetSeconds: number;
-  /** Per-program times at this N after the comparisons, before the risky naive sizes (0: none). */
-  profileSeq: number;
+  /** Per-program times at these N after the comparisons, before the risky naive sizes. */
+  profileSeqs: number[];
   flags?: Record<string, number | boolean>;
 }
 
@@ -174,7 +174,7 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
   const inBudget = () => (performance.now() - start) / 1000 <= config.budgetSeconds;
   await measurePlan(plan, config, inBudget, rows, report);
   // The profile goes before the risky naive sizes, which may lose the context.
-  if (config.profileSeq && inBudget()) await profile(config.profileSeq, config, report);
+  for (const n of config.profileSeqs) if (inBudget()) await profile(n, config, report);
   await measurePlan(last, config, inBudget, rows, report);
   return rows;
 }
@@ -287,16 +287,17 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
 /**
  * The GPU run (H100): every N from 256 to 16384 forward and forward+backward, flash and naive side by
  * side where naive's scores fit; naive beyond 4096 last (it may exhaust GPU memory); block sizes
- * 256 and 512 at N = 4096; stops starting measurements after 360 s (about 3 min expected).
+ * 256 and 512 at N = 4096; per-program times at N = 256 and 2048; stops starting measurements after
+ * 360 s (about 3 min expected).
  */
 const DEFAULT: BenchConfig = {
   seqs: [256, 512, 1024, 2048, 4096, 8192, 16384], heads: 12, headDim: 64, maxBackwardSeq: 16384, naiveUpTo: 4096,
-  blockSweep: [256, 512], sweepSeq: 4096, reps: 3, bigSeq: 8192, bigReps: 1, budgetSeconds: 360, profileSeq: 2048,
+  blockSweep: [256, 512], sweepSeq: 4096, reps: 3, bigSeq: 8192, bigReps: 1, budgetSeconds: 360, profileSeqs: [256, 2048],
 };
 const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, blockSweep: [128], sweepSeq: 512, reps: 2,
-  profileSeq: 256 };
+  profileSeqs: [256] };
 const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 1024, blockSweep: [], sweepSeq: 1024,
-  budgetSeconds: 900, profileSeq: 0 };
+  budgetSeconds: 900, profileSeqs: [] };
 
 async function post(line: string): Promise<void> {
   await fetch('/result', { method: 'POST', body: line });
