@@ -14,11 +14,10 @@ import { splitForwardGrid, splitForwardProgram } from './attention_forward_split
 import { NEG_INF_BITS } from './attention_wgsl';
 import { planDispatches } from './flash_attention';
 import { mergeGrid, mergeProgram } from './merge_splits';
-import { attentionInputBuffers, makeOutput, runPrograms, scratchBuffer } from './runtime';
+import { attentionInputBuffers, makeOutput, runPrograms } from './runtime';
 
 export function splitForwardWebGPU(backend: WebGPUBackend, c: AttentionConfig, t: AttentionInputs<TensorInfo>,
   splits: number): TensorInfo[] {
-  const device = backend.device;
   const rows = c.batch * c.headsQ * c.seqQ;
   const dv4 = Math.ceil(c.headDimV / 4);
   const buffers = attentionInputBuffers(backend, t);
@@ -26,10 +25,14 @@ export function splitForwardWebGPU(backend: WebGPUBackend, c: AttentionConfig, t
   const lse = makeOutput(backend, [c.batch, c.headsQ, c.seqQ]);
   const withAux = auxNeeded(c, false);
   const aux = auxLayout(c, false);
+  // Scratch from tfjs' buffer pool rather than createBuffer/destroy per call: a decode step runs this
+  // every token with the same sizes. Stale contents are fine: every (range, row) partial is written.
+  const pooled = (bytes: number) => backend.bufferManager.acquireBuffer(Math.max(16, Math.ceil(bytes / 16) * 16),
+    GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC);
   const scratch = [
-    scratchBuffer(device, splits * rows * dv4 * 16),
-    scratchBuffer(device, splits * rows * 4),
-    ...(withAux ? [scratchBuffer(device, aux.size * 4)] : []),
+    pooled(splits * rows * dv4 * 16),
+    pooled(splits * rows * 4),
+    ...(withAux ? [pooled(aux.size * 4)] : []),
   ];
   const [partialOut, partialLse, auxBuffer] = scratch;
   try {
@@ -60,7 +63,8 @@ export function splitForwardWebGPU(backend: WebGPUBackend, c: AttentionConfig, t
     backend.disposeData(lse.info.dataId);
     throw error;
   } finally {
-    for (const b of scratch) b.destroy();
+    // Later users of these buffers are queued after this call's submit, so the GPU reads them first.
+    for (const b of scratch) backend.bufferManager.releaseBuffer(b);
   }
   return [out.info, lse.info];
 }
