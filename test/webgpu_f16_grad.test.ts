@@ -145,8 +145,8 @@ describe("precision 'float16' backward on webgpu (Dawn)", () => {
   });
 
   describe('the tile logic in f32 (scalar tiles) matches the float64 reference to 1e-4', () => {
-    beforeAll(() => { webgpuF16BackwardTuning.float32Tiles = true; webgpuF16BackwardTuning.noSubgroupMatrix = true; });
-    afterAll(() => { webgpuF16BackwardTuning.float32Tiles = false; webgpuF16BackwardTuning.noSubgroupMatrix = false; });
+    beforeAll(() => { webgpuF16BackwardTuning.float32Tiles = true; });
+    afterAll(() => { webgpuF16BackwardTuning.float32Tiles = false; });
     const f32Tiles = (body: () => Promise<void>) => async () => {
       if (device.features.has('shader-f16')) {
         console.log('skipped: this adapter has shader-f16, where the f16 element type is used (tests below)');
@@ -160,7 +160,8 @@ describe("precision 'float16' backward on webgpu (Dawn)", () => {
     // partial tiles and empty rows, in one or the other.
     test('two strips and two staging rounds per workgroup: every option and bias-gradient mode',
       withTiles({ rows: 32, cols: 16 }, { rows: 32, cols: 16 }, f32Tiles(async () => {
-        const cases = ['D=7 Dv=5', 'Nq>Nk', 'MQA 3:1', 'causal Nq>Nk (empty rows)', 'window+causal', 'bias full',
+        // D=64 and D=80 stage the strips' own rows in 2 and 3 rounds (the last one partial).
+        const cases = ['D=7 Dv=5', 'N=129 D=64', 'D=80', 'MQA 3:1', 'causal Nq>Nk (empty rows)', 'window+causal', 'bias full',
           'bias broadcast rows', 'bias per head', 'mask int32 fully masked rows', 'keyLengths zero', 'alibi [B,H]',
           'softcap', 'dropout', 'block sparse', 'everything'];
         expect(await caseFailures(cases.map(byName), 1e-4)).toBe('');
@@ -204,16 +205,26 @@ describe("precision 'float16' backward on webgpu (Dawn)", () => {
 
     test('one strip, and a key tile wider than the query block',
       withTiles({ rows: 16, cols: 32 }, { rows: 16, cols: 32 }, f32Tiles(async () => {
-        const cases = ['plain', 'D=80', 'BSHD', 'Nq<Nk', 'GQA 4:2'];
+        const cases = ['plain', 'Nq>Nk', 'BSHD', 'Nq<Nk', 'GQA 4:2'];
         expect(await caseFailures(cases.map(byName), 1e-4)).toBe('');
       })), 300000);
   });
 
-  test('real f16 programs: the shared case list within the float16 tolerance', async () => {
+  test('real f16 programs: the shared case list within the float16 tolerance (scalar tiles, and subgroup matrices where offered)', async () => {
     if (!device.features.has('shader-f16')) {
       console.log('skipped: the adapter has no shader-f16 (SwiftShader has neither it nor subgroup matrices)');
       return;
     }
     expect(await caseFailures(GRAD_CASES, F16_GRAD_TOLERANCE)).toBe('');
+    if (!hasF16SubgroupMatrix(device)) {
+      console.log('subgroup-matrix part skipped: the adapter has no 16×16×16 f16 subgroup matrices with subgroups of 32');
+      return;
+    }
+    webgpuF16BackwardTuning.subgroupMatrix = true;
+    try {
+      expect(await caseFailures(GRAD_CASES, F16_GRAD_TOLERANCE)).toBe('');
+    } finally {
+      webgpuF16BackwardTuning.subgroupMatrix = false;
+    }
   }, 600000);
 });

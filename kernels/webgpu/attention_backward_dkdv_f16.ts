@@ -10,11 +10,14 @@
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  blockSkip, COMMON_UNIFORMS, constants, queryRange, queryScale, scoreFunctions, storageBinding, tensorAccess,
+  COMMON_UNIFORMS, constants, queryRange, queryScale, scoreFunctions, storageBinding, tensorAccess,
   vec4Q, vec4V,
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
-import { elementIndex, F16Mode, f16Extensions, matrixOps, stageRowsF16, STRIP_THREADS, TILE, tilesOf } from './attention_backward_f16_matrix';
+import {
+  elementIndex, F16Mode, f16Extensions, liveTileTest, matrixOps, ownTilesCapacity, ownTilesWgsl, stageRowsF16, STRIP_THREADS,
+  TILE, tilesOf,
+} from './attention_backward_f16_matrix';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
 
 /** `rows`: keys per workgroup (16 per strip); `cols`: query rows per tile. Both multiples of 16. */
@@ -33,7 +36,8 @@ export type DkdvF16Mode = 'dkdv' | 'biasColumns';
 export function dkdvF16WorkgroupBytes(c: AttentionConfig, t: F16Tiles, mode: F16Mode): number {
   const { QS, VS, SS, PS } = f16Strides(c, t);
   const e = mode.element === 'f16' ? 2 : 4;
-  return e * (t.cols * (QS + VS) + 2 * t.rows * PS) + 4 * 2 * t.rows * SS + 4 * 3 * t.cols + 16;
+  const staged = ownTilesCapacity(t.rows, t.cols * QS) + ownTilesCapacity(t.rows, t.cols * VS);
+  return e * (staged + 2 * t.rows * PS) + 4 * 2 * t.rows * SS + 4 * 3 * t.cols + 16;
 }
 
 function bindings(c: AttentionConfig, program: DkdvF16Mode): BindingSpec[] {
@@ -62,23 +66,19 @@ export function dkdvF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, 
   const E = mode.element;
   const { QS, VS, SS, PS } = f16Strides(c, t);
   const D16 = tilesOf(c.headDim), DV16 = tilesOf(c.headDimV), Q16 = t.cols / TILE;
-  const strips = t.rows / TILE, WG = strips * STRIP_THREADS, rounds = Math.ceil(t.rows / t.cols);
+  const strips = t.rows / TILE, WG = strips * STRIP_THREADS;
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
   const stage = (dst: string, stride: string, name: string, first: string, limit: string, head: string,
     cols4: number, tiles: number, scale?: string) => stageRowsF16({
-    dst, stride, cols4, paddedCols4: tiles * 4, rows: 'BQ', first, limit, load: `load_${name}`, head, scale, element: E,
+    dst, stride, cols4, width4: tiles * 4, rows: 'BQ', first, limit, load: `load_${name}`, head, scale, element: E,
   });
 
-  // K and V rows of each strip become left tiles, staged through qs/dos `cols` rows at a time.
-  const ownRows = range(rounds).map(r => `  workgroupBarrier();
-  ${stage('qs', 'QS', 'k', `j0 + ${r * t.cols}u`, 'SEQK', 'hk', dk4, D16)}
-  ${stage('dos', 'VS', 'v', `j0 + ${r * t.cols}u`, 'SEQK', 'hk', dv4, DV16)}
-  workgroupBarrier();
-  if (sg * 16u / BQ == ${r}u) {
-    let at = sg * 16u - ${r * t.cols}u;
-${range(D16).map(x => `    ${ops.loadLeft(`kf[${x}]`, 'qs', `at * QS + ${x * TILE}u`, 'QS')}`).join('\n')}
-${range(DV16).map(x => `    ${ops.loadLeft(`vf[${x}]`, 'dos', `at * VS + ${x * TILE}u`, 'VS')}`).join('\n')}
-  }`).join('\n');
+  // K and V rows of each strip become left tiles, staged through qs/dos.
+  const qsSize = ownTilesCapacity(t.rows, t.cols * QS), dosSize = ownTilesCapacity(t.rows, t.cols * VS);
+  const ownRows = ownTilesWgsl(ops, E, t.rows, 'j0', 'SEQK', [
+    { name: 'kf', buffer: 'qs', capacity: qsSize, tiles: D16, cols4: dk4, load: 'load_k', head: 'hk' },
+    { name: 'vf', buffer: 'dos', capacity: dosSize, tiles: DV16, cols4: dv4, load: 'load_v', head: 'hk' },
+  ]);
 
   const strip = (dst: string, lefts: string, src: string, stride: string, tiles: number) => range(Q16).map(q => `      ${ops.zero('acc[0]')}
 ${range(tiles).map(x => `      ${ops.multiplyAdd('acc[0]', `${lefts}[${x}]`, src, `${q * TILE}u * ${stride} + ${x * TILE}u`, stride, true)}`).join('\n')}
@@ -132,8 +132,8 @@ const VS = ${VS}u;
 const SS = ${SS}u;
 const PS = ${PS}u;
 const QSCALE = ${f32(queryScale(c))};
-var<workgroup> qs: array<${E}, ${t.cols * QS}>;
-var<workgroup> dos: array<${E}, ${t.cols * VS}>;
+var<workgroup> qs: array<${E}, ${qsSize}>;
+var<workgroup> dos: array<${E}, ${dosSize}>;
 var<workgroup> st: array<f32, ${t.rows * SS}>;
 var<workgroup> dpt: array<f32, ${t.rows * SS}>;
 var<workgroup> pt: array<${E}, ${t.rows * PS}>;
@@ -141,7 +141,6 @@ var<workgroup> dst: array<${E}, ${t.rows * PS}>;
 var<workgroup> lses: array<f32, ${t.cols}>;
 var<workgroup> dterms: array<f32, ${t.cols}>;
 var<workgroup> drows: array<u32, ${t.cols}>;
-var<workgroup> flag: u32;
 ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
@@ -158,9 +157,7 @@ ${ops.entryAttributes}fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
   let kb = u.key_start / BK + wid.x;
   if (kb * BK >= u.key_end) { return; }
   let j0 = kb * BK;
-  ${c.hasKeyLengths
-    ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
-    : 'let kl = SEQK;'}
+  let kl = keyLimitOf(b);
   let jFirst = j0;
   let jLast = min(min(j0 + BK, SEQK), max(kl, 1u)) - 1u;
   ${queryRange(c)}
@@ -179,7 +176,7 @@ ${ownRows}
 ${columns ? '    var dbcol = 0.0;' : ''}
     for (var t = tFirst; t < tEnd; t++) {
       let i0 = t * BQ;
-      ${blockSkip(c, 'i0', 'min(i0 + BQ, SEQQ) - 1u', 'jFirst', 'jLast')}
+      ${liveTileTest(c.blockSize, 'i0', 'min(i0 + BQ, SEQQ) - 1u', 'jFirst', 'jLast')}
       workgroupBarrier();
       ${stage('qs', 'QS', 'q', 'i0', 'SEQQ', 'h', dk4, D16, 'QSCALE')}
       ${stage('dos', 'VS', 'dout', 'i0', 'SEQQ', 'h', dv4, DV16)}

@@ -9,11 +9,14 @@
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  biasGradMode, blockSkip, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions,
+  biasGradMode, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions,
   storageBinding, tensorAccess, vec4Q, vec4V,
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
-import { elementIndex, F16Mode, f16Extensions, matrixOps, stageRowsF16, STRIP_THREADS, TILE, tilesOf } from './attention_backward_f16_matrix';
+import {
+  elementIndex, F16Mode, f16Extensions, liveTileTest, matrixOps, ownTilesCapacity, ownTilesWgsl, stageRowsF16, STRIP_THREADS,
+  TILE, tilesOf,
+} from './attention_backward_f16_matrix';
 import type { F16Tiles } from './attention_backward_dkdv_f16';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
 
@@ -25,7 +28,8 @@ function strides(c: AttentionConfig, t: F16Tiles): { KS: number; VS: number; SS:
 export function dqF16WorkgroupBytes(c: AttentionConfig, t: F16Tiles, mode: F16Mode): number {
   const { KS, VS, SS, PS } = strides(c, t);
   const e = mode.element === 'f16' ? 2 : 4;
-  return e * (t.cols * (KS + VS) + t.rows * PS) + 4 * 2 * t.rows * SS + 4 * 3 * t.rows + 16;
+  const staged = ownTilesCapacity(t.rows, t.cols * KS) + ownTilesCapacity(t.rows, t.cols * VS);
+  return e * (staged + t.rows * PS) + 4 * 2 * t.rows * SS + 4 * 3 * t.rows + 16;
 }
 
 function bindings(c: AttentionConfig): BindingSpec[] {
@@ -48,24 +52,20 @@ export function dqF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mo
   const E = mode.element;
   const { KS, VS, SS, PS } = strides(c, t);
   const D16 = tilesOf(c.headDim), DV16 = tilesOf(c.headDimV), K16 = t.cols / TILE;
-  const strips = t.rows / TILE, WG = strips * STRIP_THREADS, rounds = Math.ceil(t.rows / t.cols);
+  const strips = t.rows / TILE, WG = strips * STRIP_THREADS;
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
   const rowSums = biasGradMode(c) === 'rows', fullBias = biasGradMode(c) === 'full';
   const stage = (dst: string, stride: string, name: string, first: string, limit: string, head: string,
     cols4: number, tiles: number, scale?: string) => stageRowsF16({
-    dst, stride, cols4, paddedCols4: tiles * 4, rows: 'BK', first, limit, load: `load_${name}`, head, scale, element: E,
+    dst, stride, cols4, width4: tiles * 4, rows: 'BK', first, limit, load: `load_${name}`, head, scale, element: E,
   });
 
-  // Q and dO rows of each strip become left tiles, staged through ks/vs `cols` rows at a time.
-  const ownRows = range(rounds).map(r => `  workgroupBarrier();
-  ${stage('ks', 'KS', 'q', `i0 + ${r * t.cols}u`, 'SEQQ', 'h', dk4, D16, 'QSCALE')}
-  ${stage('vs', 'VS', 'dout', `i0 + ${r * t.cols}u`, 'SEQQ', 'h', dv4, DV16)}
-  workgroupBarrier();
-  if (sg * 16u / BK == ${r}u) {
-    let at = sg * 16u - ${r * t.cols}u;
-${range(D16).map(x => `    ${ops.loadLeft(`qf[${x}]`, 'ks', `at * KS + ${x * TILE}u`, 'KS')}`).join('\n')}
-${range(DV16).map(x => `    ${ops.loadLeft(`dof[${x}]`, 'vs', `at * VS + ${x * TILE}u`, 'VS')}`).join('\n')}
-  }`).join('\n');
+  // Q and dO rows of each strip become left tiles, staged through ks/vs.
+  const ksSize = ownTilesCapacity(t.rows, t.cols * KS), vsSize = ownTilesCapacity(t.rows, t.cols * VS);
+  const ownRows = ownTilesWgsl(ops, E, t.rows, 'i0', 'SEQQ', [
+    { name: 'qf', buffer: 'ks', capacity: ksSize, tiles: D16, cols4: dk4, load: 'load_q', head: 'h', scale: 'QSCALE' },
+    { name: 'dof', buffer: 'vs', capacity: vsSize, tiles: DV16, cols4: dv4, load: 'load_dout', head: 'h' },
+  ]);
 
   const strip = (dst: string, lefts: string, src: string, stride: string, tiles: number) => range(K16).map(k => `    ${ops.zero('acc[0]')}
 ${range(tiles).map(x => `    ${ops.multiplyAdd('acc[0]', `${lefts}[${x}]`, src, `${k * TILE}u * ${stride} + ${x * TILE}u`, stride, true)}`).join('\n')}
@@ -114,15 +114,14 @@ const VS = ${VS}u;
 const SS = ${SS}u;
 const PS = ${PS}u;
 const QSCALE = ${f32(queryScale(c))};
-var<workgroup> ks: array<${E}, ${t.cols * KS}>;
-var<workgroup> vs: array<${E}, ${t.cols * VS}>;
+var<workgroup> ks: array<${E}, ${ksSize}>;
+var<workgroup> vs: array<${E}, ${vsSize}>;
 var<workgroup> st: array<f32, ${t.rows * SS}>;
 var<workgroup> dpt: array<f32, ${t.rows * SS}>;
 var<workgroup> dsh: array<${E}, ${t.rows * PS}>;
 var<workgroup> lses: array<f32, ${t.rows}>;
 var<workgroup> dterms: array<f32, ${t.rows}>;
 var<workgroup> drows: array<u32, ${t.rows}>;
-var<workgroup> flag: u32;
 ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
@@ -138,9 +137,7 @@ ${ops.entryAttributes}fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
   let h = bh % HQ;
   let hk = h / GROUP;
   let i0 = qb * BQ;
-  ${c.hasKeyLengths
-    ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
-    : 'let kl = SEQK;'}
+  let kl = keyLimitOf(b);
   let iFirst = i0;
   let iLast = min(i0 + BQ, SEQQ) - 1u;
   ${keyRange(c)}
@@ -162,7 +159,7 @@ ${rowSums ? '  var dbsum = 0.0;' : ''}
 ${ownRows}
   for (var t = tFirst; t < tEnd; t++) {
     let j0 = t * BK;
-    ${blockSkip(c, 'iFirst', 'iLast', 'j0', 'min(j0 + BK, SEQK) - 1u')}
+    ${liveTileTest(c.blockSize, 'iFirst', 'iLast', 'j0', 'min(j0 + BK, SEQK) - 1u')}
     workgroupBarrier();
     ${stage('ks', 'KS', 'k', 'j0', 'SEQK', 'hk', dk4, D16)}
     ${stage('vs', 'VS', 'v', 'j0', 'SEQK', 'hk', dv4, DV16)}

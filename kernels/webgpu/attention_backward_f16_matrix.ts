@@ -97,23 +97,96 @@ export function matrixOps(mode: F16Mode): MatrixOps {
 
 /**
  * A loop in which the workgroup's WG invocations copy `rows` rows of a tensor into workgroup array
- * `dst` of the element type (row stride `stride`, `cols16` tiles wide, zero past the head size and
- * past `limit`), times `scale`. `load` is a tensorAccess loader (vec4 columns, zero past the head size).
+ * `dst` of the element type (row stride `stride`), vec4 columns firstCol4 … firstCol4 + width4 − 1,
+ * zero past the head's `cols4` vec4 columns and past row `limit`, times `scale`. `load` is a
+ * tensorAccess loader.
  */
-export function stageRowsF16(o: { dst: string; stride: string; cols4: number; paddedCols4: number; rows: string;
-  first: string; limit: string; load: string; head: string; scale?: string; element: F16Mode['element'] }): string {
+export function stageRowsF16(o: { dst: string; stride: string; cols4: number; width4: number; firstCol4?: number;
+  rows: string; first: string; limit: string; load: string; head: string; scale?: string;
+  element: F16Mode['element'] }): string {
   const E = o.element;
-  return `for (var e = lidx; e < ${o.rows} * ${o.paddedCols4}u; e += WG) {
-      let r = e / ${o.paddedCols4}u;
-      let c = e % ${o.paddedCols4}u;
+  const col = o.firstCol4 ? `${o.firstCol4}u + c` : 'c';
+  return `for (var e = lidx; e < ${o.rows} * ${o.width4}u; e += WG) {
+      let r = e / ${o.width4}u;
+      let c = e % ${o.width4}u;
       var x = vec4<f32>(0.0);
-      if ((${o.first} + r < ${o.limit}) & (c < ${o.cols4}u)) { x = ${o.load}(b, ${o.head}, ${o.first} + r, c)${o.scale ? ` * ${o.scale}` : ''}; }
+      if ((${o.first} + r < ${o.limit}) & (${col} < ${o.cols4}u)) { x = ${o.load}(b, ${o.head}, ${o.first} + r, ${col})${o.scale ? ` * ${o.scale}` : ''}; }
       let at = r * ${o.stride} + c * 4u;
       ${o.dst}[at] = ${E}(x.x);
       ${o.dst}[at + 1u] = ${E}(x.y);
       ${o.dst}[at + 2u] = ${E}(x.z);
       ${o.dst}[at + 3u] = ${E}(x.w);
     }`;
+}
+
+/** One set of left tiles a strip keeps for the whole walk (K and V, or Q and dO), and where it is staged. */
+export interface OwnTiles {
+  /** The function-scope array of left tiles, and the workgroup array (of `capacity` elements) it is staged through. */
+  name: string;
+  buffer: string;
+  capacity: number;
+  /** 16-column tiles of the head, and its vec4 columns. */
+  tiles: number;
+  cols4: number;
+  load: string;
+  head: string;
+  scale?: string;
+}
+
+/** Elements a staging buffer needs so that at least one 16-column tile of all `rows` rows fits. */
+export function ownTilesCapacity(rows: number, elements: number): number {
+  return Math.max(elements, rows * TILE);
+}
+
+/**
+ * WGSL loading every strip's own rows (`rows` rows from `first`, zero past `limit`) as left tiles,
+ * staged through a workgroup buffer that holds fewer rows than the workgroup owns: in each round all
+ * rows are staged for as many 16-column tiles as fit (row stride = those columns), and every strip
+ * loads its tiles of that round at its own rows. No strip branches, so the subgroup-matrix loads
+ * run in workgroup-uniform control flow.
+ */
+export function ownTilesWgsl(ops: MatrixOps, element: F16Mode['element'], rows: number, first: string, limit: string,
+  sets: OwnTiles[]): string {
+  const perRound = sets.map(t => Math.min(t.tiles, Math.floor(t.capacity / (rows * TILE))));
+  const rounds = Math.max(...sets.map((t, i) => Math.ceil(t.tiles / perRound[i])));
+  const out: string[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const staged = sets.map((t, i) => {
+      const from = r * perRound[i], count = Math.max(0, Math.min(t.tiles, from + perRound[i]) - from);
+      return { t, from, count, width: perRound[i] * TILE };
+    }).filter(x => x.count > 0);
+    out.push('  workgroupBarrier();');
+    for (const { t, from, count, width } of staged) {
+      out.push(`  ${stageRowsF16({ dst: t.buffer, stride: `${width}u`, cols4: t.cols4, width4: count * 4, firstCol4: from * 4,
+        rows: `${rows}u`, first, limit, load: t.load, head: t.head, scale: t.scale, element })}`);
+    }
+    out.push('  workgroupBarrier();');
+    for (const { t, from, count, width } of staged) {
+      for (let x = 0; x < count; x++) {
+        out.push(`  ${ops.loadLeft(`${t.name}[${from + x}]`, t.buffer, `sg * 16u * ${width}u + ${x * TILE}u`, `${width}u`)}`);
+      }
+    }
+  }
+  return out.join('\n');
+}
+
+/**
+ * Block-sparse: WGSL that skips (continue) the tile of rows [rFirst, rLast] × keys [kFirst, kLast]
+ * of head h when none of its mask blocks is live. Every invocation reads the few blockMask entries
+ * itself (reads of a read-only buffer at workgroup-uniform indices are uniform), and keyLengths is
+ * read the same way (keyLimitOf): on the H100 the float16 forward gave wrong results next to
+ * subgroup-matrix operations when one invocation read them and broadcast them with
+ * workgroupUniformLoad (f16_support.ts), so these programs never branch on one invocation.
+ */
+export function liveTileTest(blockSize: number, rFirst: string, rLast: string, kFirst: string, kLast: string): string {
+  if (blockSize === 0) return '';
+  return `var live = false;
+      for (var qb2 = (${rFirst}) / BLOCK; qb2 <= (${rLast}) / BLOCK; qb2++) {
+        for (var kb2 = (${kFirst}) / BLOCK; kb2 <= (${kLast}) / BLOCK; kb2++) {
+          live = live | blockLive(b, h, qb2, kb2);
+        }
+      }
+      if (!live) { continue; }`;
 }
 
 /** Element offset of (b, h, i, d) in a q/k/v-shaped tensor of the config's layout, as WGSL. */
