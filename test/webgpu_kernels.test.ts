@@ -15,7 +15,7 @@ import { initDawnWebGPU } from './setup/webgpu_node';
 import { referenceForward } from './reference';
 import { compareForward, maxAbs } from './compare';
 import { pickTiles, webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
-import { forwardProgram, forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
+import { forwardPlan, forwardProgram, forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
 import { auxLayout } from '../kernels/webgpu/aux';
 import { attentionLayouts, Box, planBoxes, unitGeometry } from '../kernels/webgpu/chunks';
 import { normalizeAttention } from '../src/config';
@@ -93,7 +93,7 @@ describe('webgpu kernels with subgroups', () => {
     const { tiles, useSubgroups } = pickTiles(device, (t, sg) => forwardWorkgroupBytes(plainConfig({}), t, sg),
       FORWARD_TILES);
     const c = plainConfig({});
-    const source = forwardProgram(c, auxLayout(c, false), false, tiles, useSubgroups).body();
+    const source = forwardProgram(c, auxLayout(c, false), false, tiles, useSubgroups, forwardPlan(c, webgpuAttentionTuning.forwardSchedule)).body();
     expect(useSubgroups).toBe(hasSubgroups);
     expect(source.includes('subgroupShuffleXor')).toBe(hasSubgroups);
     await expectCasesPass(SUBSET);
@@ -262,7 +262,7 @@ describe('webgpu kernels without subgroups', () => {
     const c = plainConfig({});
     const { tiles, useSubgroups } = pickTiles(device, (t, sg) => forwardWorkgroupBytes(c, t, sg), FORWARD_TILES);
     expect(useSubgroups).toBe(false);
-    expect(forwardProgram(c, auxLayout(c, false), false, tiles, useSubgroups).body()).not.toContain('subgroup');
+    expect(forwardProgram(c, auxLayout(c, false), false, tiles, useSubgroups, forwardPlan(c, webgpuAttentionTuning.forwardSchedule)).body()).not.toContain('subgroup');
     await expectCasesPass(SUBSET);
   });
 });

@@ -4,17 +4,70 @@
 // stream through workgroup memory; each thread keeps its rowsPerThread × colsPerThread scores, its
 // rows' running max and partial sum, and its slice of the output accumulator in registers (online
 // softmax with exp2). Key tiles outside the window / causal band or past keyLengths are never
-// visited (loop bounds), block-sparse tiles with no live block are skipped. The output and the
-// log-sum-exp are written once at the end. No Nq × Nk buffer exists.
-import { AttentionConfig, layoutStrides } from '../../src/config';
+// visited (loop bounds), block-sparse tiles with no live block are skipped, and only tiles that
+// cross a band edge or the key limit evaluate the visibility mask. The output and the log-sum-exp
+// are written once at the end. No Nq × Nk buffer exists. Under a causal band a workgroup may run
+// two query blocks, i and n−1−i, one after the other (ForwardPlan.paired), so all do equal work.
+import { AttentionConfig, layoutStrides, queryOffset } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, stageRows, storageBinding,
-  tensorAccess, vec4Q, vec4V,
+  broadcastIndex, COMMON_UNIFORMS, constants, keyRange, queryBlockGrid, queryBlockIds, queryScale, scoreFunctions,
+  stageRows, storageBinding, tensorAccess, vec4Q, vec4V,
 } from './attention_wgsl';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
-import { rowReduce, threadsOf, Tiles } from './tiles';
+import { isBanded, rowReduce, threadsOf, Tiles } from './tiles';
+import type { ForwardSchedule } from './tuning';
 
+/** The forward program's schedule for one problem (ForwardSchedule resolved against the config). */
+export interface ForwardPlan {
+  paired: boolean;
+  maskEdgeTilesOnly: boolean;
+  sparseFromBits: boolean;
+}
+
+export function forwardPlan(c: AttentionConfig, s: ForwardSchedule): ForwardPlan {
+  const paired = s.pairBlocks === 'always' || (s.pairBlocks === 'banded' && isBanded(c));
+  return { paired, maskEdgeTilesOnly: s.maskEdgeTilesOnly, sparseFromBits: s.sparseFromBits };
+}
+
+/** Workgroup grid of the forward: one workgroup per (query head, query block or pair of blocks). */
+export function forwardGrid(c: AttentionConfig, rows: number, heads: number, plan: ForwardPlan): [number, number, number] {
+  return plan.paired ? [Math.ceil(Math.ceil(c.seqQ / rows) / 2), heads, 1] : queryBlockGrid(c, rows, heads);
+}
+
+/**
+ * WGSL of a paired grid: the dispatch's query blocks [qbFirst, qbEnd) (its rows, chunks.ts) are
+ * paired from both ends, pair p = blocks qbEnd−1−p (run first: the heavier under a causal band)
+ * and qbFirst + p; the middle block of an odd count runs alone. Defines qbHeavy, qbLight, blocks, bh.
+ */
+function pairedIds(c: AttentionConfig, rows: number): string {
+  const perUnit = c.layout === 'BHSD' ? 'GROUP' : 'HQ';
+  return `let qbFirst = u.row_start / ${rows}u;
+  let qbCount = (u.row_end + ${rows - 1}u) / ${rows}u - qbFirst;
+  if ((2u * wid.x >= qbCount) | (wid.y >= u.heads_in_chunk)) { return; }
+  let qbHeavy = qbFirst + qbCount - 1u - wid.x;
+  let qbLight = qbFirst + wid.x;
+  let blocks = select(2u, 1u, qbHeavy == qbLight);
+  let bh = u.unit_start * ${perUnit} + u.group_start + wid.y;`;
+}
+
+/**
+ * A WGSL bool, uniform over the workgroup, that is true when every key of tile [j0, j0 + BK) is
+ * visible to every row [iFirst, iLast] (so the tile may skip the mask); undefined when no key is
+ * ever hidden by position. Block-sparse tiles are wholly live only when they lie inside one mask
+ * block (rows and cols dividing the block size); an elementwise mask always needs the test.
+ */
+function tileVisibleTest(c: AttentionConfig, t: Tiles): string | undefined {
+  const off = queryOffset(c);
+  const terms: string[] = [];
+  if (c.hasKeyLengths || c.seqK % t.cols !== 0) terms.push('(j0 + BK <= kl)');
+  if (c.windowRight >= 0) terms.push(`(i32(j0 + BK) - 1 <= i32(iFirst) + ${off + c.windowRight})`);
+  if (c.windowLeft >= 0) terms.push(`(i32(j0) >= i32(iLast) + ${off - c.windowLeft})`);
+  if (c.maskShape.length) terms.push('false');
+  if (c.blockSize > 0 && (c.blockSize % t.rows !== 0 || c.blockSize % t.cols !== 0)) terms.push('false');
+  if (terms.length === 0 && c.blockSize === 0) return undefined;
+  return terms.length ? terms.join(' & ') : 'true';
+}
 /** Workgroup memory of the forward program for these tiles, in bytes. */
 export function forwardWorkgroupBytes(c: AttentionConfig, t: Tiles, useSubgroups: boolean): number {
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
@@ -73,8 +126,9 @@ export function forwardBindings(c: AttentionConfig, withAux: boolean): BindingSp
  * each run of TILE_LIST are tested in parallel and the live ones listed in order by thread 0, so a
  * dead tile costs no barrier and no serial mask read.
  */
-function tileLoop(c: AttentionConfig, body: string): string {
+function tileLoop(c: AttentionConfig, plan: ForwardPlan, body: string): string {
   if (c.blockSize === 0) return `for (var t = tFirst; t < tEnd; t++) {${body}  }`;
+  if (plan.sparseFromBits) return liveBlockLoop(body);
   return `for (var base = tFirst; base < tEnd; base += ${TILE_LIST}u) {
     workgroupBarrier();
     for (var e = lidx; e < ${TILE_LIST}u; e += WG) {
@@ -103,8 +157,49 @@ function tileLoop(c: AttentionConfig, body: string): string {
   }`;
 }
 
+/**
+ * The block-sparse loop over live key blocks: thread 0 reads the liveness of 32 key blocks at once
+ * from the packed mask bits (OR over the mask rows the query block covers), and the workgroup runs
+ * the key tiles of each live block; a tile across two live blocks runs once (tNext).
+ */
+function liveBlockLoop(body: string): string {
+  return `var tNext = tFirst;
+  let kbFirst = tFirst * BK / BLOCK;
+  let kbEnd = select(kbFirst, (min(tEnd * BK, SEQK) + BLOCK - 1u) / BLOCK, tEnd > tFirst);
+  for (var kw = kbFirst; kw < kbEnd; kw += 32u) {
+    workgroupBarrier();
+    if (lidx == 0u) {
+      var any = 0u;
+      for (var qb2 = iFirst / BLOCK; qb2 <= iLast / BLOCK; qb2++) { any = any | liveBits(b, h, qb2, kw, min(32u, kbEnd - kw)); }
+      flag = any;
+    }
+    var bits = workgroupUniformLoad(&flag);
+    while (bits != 0u) {
+      let kb = kw + countTrailingZeros(bits);
+      bits = bits & (bits - 1u);
+      let tA = max(tNext, kb * BLOCK / BK);
+      let tB = min(tEnd, ((kb + 1u) * BLOCK + BK - 1u) / BK);
+      for (var t = tA; t < tB; t++) {${body}    }
+      tNext = max(tNext, tB);
+    }
+  }`;
+}
+
+/** liveBits(b, h, qb, kb0, count): bit k = liveness of key block kb0 + k of mask row qb (count ≤ 32). */
+function liveBitsFunction(c: AttentionConfig, aux: AuxLayout): string {
+  // A mask row's key blocks are consecutive bits (kb is the innermost index), from any bit offset.
+  return `fn liveBits(b: u32, h: u32, qb: u32, kb0: u32, count: u32) -> u32 {
+  let e = ${broadcastIndex(c.blockMaskShape, 'b', 'h', 'qb', 'kb0')};
+  let at = ${aux.blockMask}u + (e >> 5u);
+  let s = e & 31u;
+  var bits = aux[at] >> s;
+  if (s + count > 32u) { bits = bits | (aux[at + 1u] << (32u - s)); }
+  return select(bits & ((1u << count) - 1u), bits, count == 32u);
+}`;
+}
+
 export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: boolean, t: Tiles,
-  useSubgroups: boolean): ProgramSpec {
+  useSubgroups: boolean, plan: ForwardPlan): ProgramSpec {
   if (t.probsVec4 && t.cols % 4 !== 0) throw new Error('flashAttention (webgpu): probsVec4 tiles need cols % 4 == 0');
   const bindings = forwardBindings(c, withAux);
   const uniforms = [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)];
@@ -132,6 +227,15 @@ ${oxX.map(x => `      let v${x} = vs[kk * VS + ${vCol(x)}];`).join('\n')}
 ${rowsR.map(r => oxX.map(x => `      ${O(r, x)} += p${r} * v${x};`).join('\n')).join('\n')}
     }`);
 
+  const scoreOf = (f: 'score2' | 'scoreValue2') => rowsR.map(r => colsC.map(k => `    ${S(r, k)} = ${f}(${S(r, k)}` +
+    `${t.rowsFromGlobal ? ' * QSCALE' : ''}, b, h, i_${r}, j0 + tc + ${k * TC}u${f === 'score2' ? ', kl' : ''});`)
+    .join('\n')).join('\n');
+  const visible = plan.maskEdgeTilesOnly ? tileVisibleTest(c, t) : undefined;
+  const scoreLines = () => (visible === undefined ? scoreOf('score2') : `    if (${visible}) {
+${scoreOf('scoreValue2')}
+    } else {
+${scoreOf('score2')}
+    }`);
   const body = () => `
 ${constants(c)}
 const BQ = ${t.rows}u;
@@ -144,7 +248,7 @@ const VS = DV4 + 1u;
 const PS = ${probsStride(t)}u;
 const QSCALE = ${f32(queryScale(c))};
 ${t.rowsFromGlobal ? '' : `var<workgroup> qs: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDim / 4) + 1)}>;`}
-${c.blockSize > 0 ? `var<workgroup> tileFlags: array<u32, ${TILE_LIST}>;` : ''}
+${c.blockSize > 0 && !plan.sparseFromBits ? `var<workgroup> tileFlags: array<u32, ${TILE_LIST}>;` : ''}
 var<workgroup> ks: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDim / 4) + 1)}>;
 var<workgroup> vs: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDimV / 4) + 1)}>;
 ${t.probsVec4 ? `var<workgroup> ps: array<vec4<f32>, ${t.rows * probsStride(t) / 4}>;`
@@ -157,21 +261,26 @@ ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
 ${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'store')}
 ${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${scoreFunctions(c, aux, t.cols)}
+${c.blockSize > 0 && plan.sparseFromBits ? liveBitsFunction(c, aux) : ''}
 ${MERGE_WEIGHTS}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
   let tr = lidx / TC;
   let tc = lidx % TC;
-  ${queryBlockIds(c, t.rows)}
+  ${plan.paired ? pairedIds(c, t.rows) : queryBlockIds(c, t.rows)}
   let b = bh / HQ;
   let h = bh % HQ;
   let hk = h / GROUP;
-  let i0 = qb * BQ;
-  ${t.rowsFromGlobal ? '' : stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'let kl = SEQK;'}
+  ${plan.paired ? `for (var slot = 0u; slot < blocks; slot++) {
+  let qb = select(qbLight, qbHeavy, slot == 0u);
+  // The previous block's last readers of workgroup memory are done before this one stages into it.
+  workgroupBarrier();` : ''}
+  let i0 = qb * BQ;
+  ${t.rowsFromGlobal ? '' : stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
   let iFirst = i0;
   let iLast = min(i0 + BQ, SEQQ) - 1u;
   ${keyRange(c)}
@@ -181,7 +290,7 @@ ${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
   var m_${r} = negInf();
   var l_${r} = 0.0;
 ${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}
-  ${tileLoop(c, `
+  ${tileLoop(c, plan, `
     let j0 = t * BK;
     workgroupBarrier();
     for (var e = lidx; e < BK * DK4; e += WG) {
@@ -205,7 +314,7 @@ ${rowsR.map(r => `      let q${r} = ${queryOperand(r)};`).join('\n')}
 ${colsC.map(k => `      let k${k} = ks[(tc + ${k * TC}u) * QS + d];`).join('\n')}
 ${rowsR.map(r => colsC.map(k => `      ${S(r, k)} += dot(q${r}, k${k});`).join('\n')).join('\n')}
     }
-${rowsR.map(r => colsC.map(k => `    ${S(r, k)} = score2(${S(r, k)}${t.rowsFromGlobal ? ' * QSCALE' : ''}, b, h, i_${r}, j0 + tc + ${k * TC}u, kl);`).join('\n')).join('\n')}
+${scoreLines()}
 ${rowsR.map(r => `    var mt_${r} = ${colsC.map(k => S(r, k)).reduce((a, bb) => `max(${a}, ${bb})`)};`).join('\n')}
     ${rowReduce(t, useSubgroups, 'max', rowsR.map(r => `mt_${r}`), rowOf)}
 ${rowsR.map(r => `    {
@@ -255,10 +364,11 @@ ${oxX.map(x => `      if (${colOk(x)}) {
       if (tc == 0u) { lse[bh * SEQQ + i_${r} - u.off_lse] = w.z; }
     }
   }`).join('\n')}
+${plan.paired ? '  }' : ''}
 }
 `;
   return {
-    key: JSON.stringify({ program: 'attention_forward', config: shaderConfig(c), tiles: t, useSubgroups, withAux }),
+    key: JSON.stringify({ program: 'attention_forward', config: shaderConfig(c), tiles: t, useSubgroups, withAux, plan }),
     bindings, uniforms, body, chunking: { rows: t.rows, keys: t.cols, accumulates: 'keys' },
     extensions: useSubgroups ? ['subgroups'] : [],
   };

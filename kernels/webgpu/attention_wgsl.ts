@@ -96,7 +96,7 @@ ${lanes}
 }
 
 /** Row-major index into a rank-4 broadcast shape [B', H', N', M'] at (b, h, i, j). */
-function broadcastIndex(shape: number[], b: string, h: string, i: string, j: string): string {
+export function broadcastIndex(shape: number[], b: string, h: string, i: string, j: string): string {
   const [sb, sh, si] = [shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3]];
   const terms: string[] = [];
   if (shape[0] > 1) terms.push(`${b} * ${sb}u`);
@@ -109,7 +109,8 @@ function broadcastIndex(shape: number[], b: string, h: string, i: string, j: str
 /**
  * The score functions:
  *   keyLimit(b)                      keys ≥ this are hidden (keyLengths[b], clamped to SEQK)
- *   score2(dot, b, h, i, j, kl) → f32  base-2 score of a pre-scaled dot product, −∞ when hidden
+ *   score2(dot, b, h, i, j, kl) → f32  base-2 score of a pre-scaled dot product, −∞ when hidden;
+ *                                    scoreValue2(dot, b, h, i, j) the same without the visibility test
  *                                    (every key of the loops' key range is < SEQK unless keyTile says so)
  *   softcapDerivative(dot) → f32     d(capped)/d(uncapped) for the backward (1 without softcap)
  *   dropoutRow(b, h, i) → u32, dropoutKeep(row, j) → bool   (src/dropout.ts, bit for bit)
@@ -160,10 +161,14 @@ const BLOCK = ${c.blockSize}u;`);
     extra.push(`-${slope} * abs(f32(i32(i) + OFF - i32(j)))`);
   }
   if (extra.length) body += `\n  s += LOG2E * (${extra.join(' + ')});`;
-  out.push(`fn score2(dot: f32, b: u32, h: u32, i: u32, j: u32, kl: u32) -> f32 {
+  // scoreValue2: the score of a key known to be visible (the forward's tiles inside the band).
+  out.push(`fn scoreValue2(dot: f32, b: u32, h: u32, i: u32, j: u32) -> f32 {
   ${body}
+  return s;
+}
+fn score2(dot: f32, b: u32, h: u32, i: u32, j: u32, kl: u32) -> f32 {
   let hidden = ${hidden.length ? hidden.join(' | ') : 'false'};
-  return select(s, negInf(), hidden);
+  return select(scoreValue2(dot, b, h, i, j), negInf(), hidden);
 }`);
   out.push(c.softcap > 0
     ? 'fn softcapDerivative(dot: f32) -> f32 { let t = tanh(clamp(dot, -15.0, 15.0)); return 1.0 - t * t; }'

@@ -8,7 +8,7 @@ import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
 import { keySplits } from '../../src/split_kv';
 import { auxLayout, auxNeeded, encodeAuxCopies } from './aux';
-import { forwardProgram, forwardWorkgroupBytes } from './attention_forward';
+import { forwardGrid, forwardPlan, forwardProgram, forwardWorkgroupBytes } from './attention_forward';
 import { forwardF16 } from './attention_forward_f16';
 import { NEG_INF_BITS, queryBlockGrid } from './attention_wgsl';
 import { attentionLayouts, boxDispatches, planBoxes, UnitGeometry, unitGeometry } from './chunks';
@@ -91,14 +91,20 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   const auxBuffer = withAux ? scratchBuffer(device, aux.size * 4) : undefined;
   try {
     if (auxBuffer) buffers.aux = auxBuffer;
-    const { spec, rows } = (c.precision === 'float16' ? forwardF16(device, c, aux, withAux) : undefined) ?? (() => {
-      const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
-        forwardTileCandidates(c),
-        webgpuAttentionTuning.forwardTiles);
-      return { spec: forwardProgram(c, aux, withAux, tiles, useSubgroups), rows: tiles.rows };
-    })();
+    const f16 = c.precision === 'float16' ? forwardF16(device, c, aux, withAux) : undefined;
+    const { spec, grid } = f16
+      ? { spec: f16.spec, grid: (heads: number) => queryBlockGrid(c, f16.rows, heads) }
+      : (() => {
+        const plan = forwardPlan(c, webgpuAttentionTuning.forwardSchedule);
+        const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
+          forwardTileCandidates(c, plan.paired), webgpuAttentionTuning.forwardTiles);
+        return {
+          spec: forwardProgram(c, aux, withAux, tiles, useSubgroups, plan),
+          grid: (heads: number) => forwardGrid(c, tiles.rows, heads, plan),
+        };
+      })();
     const dispatches = planDispatches(backend, c, buffers,
-      (units, g) => queryBlockGrid(c, rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit, spec.chunking);
+      (units, g) => grid(units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit, spec.chunking);
     runPrograms(backend, [{ spec, dispatches }], encoder => {
       if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
     });

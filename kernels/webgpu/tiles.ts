@@ -61,10 +61,27 @@ const FORWARD_TILES_WIDE: readonly Tiles[] = [G(192, 16, 4, 2), G(128, 16, 4, 2)
  */
 const FORWARD_TILES_BANDED: readonly Tiles[] = [G(192, 32, 4, 4), G(128, 16, 4, 2), G(64, 16, 4, 2), ...FALLBACK_TILES];
 
-/** The forward candidates for this problem (block-sparse reordering included). */
-export function forwardTileCandidates(c: AttentionConfig): Tiles[] {
-  const banded = c.windowRight >= 0 && c.windowLeft < 0;
-  const list = banded ? FORWARD_TILES_BANDED : c.headDim > 64 || c.headDimV > 64 ? FORWARD_TILES_WIDE : FORWARD_TILES;
+/**
+ * Causal-like bands with paired query blocks (i with n−1−i in one workgroup, attention_forward.ts):
+ * every workgroup does about (n + 1) blocks of keys, so the count should fill the GPU evenly.
+ * 96-row blocks at N = 4096 give 43 blocks → 22 pairs × 12 heads = 264 workgroups, two per SM of
+ * the H100's 132 in one wave, each with half the rows of the full forward's 192-row blocks and
+ * 4224 keys (192 threads, as there). 4×4 per thread on 32-key tiles loads the fewest operands per
+ * score; 4×2 on 16 keys is the other candidate (bench --ab). Not yet measured: see bench/RESULTS.md.
+ */
+const FORWARD_TILES_PAIRED: readonly Tiles[] = [G(96, 32, 4, 4), G(96, 16, 4, 2), G(64, 16, 4, 2), ...FALLBACK_TILES];
+const FORWARD_TILES_PAIRED_WIDE: readonly Tiles[] = [G(96, 16, 4, 2), G(64, 16, 4, 2), ...FALLBACK_TILES];
+
+/** Whether the forward band is causal-like: bounded right and unbounded left (blocks of unequal work). */
+export function isBanded(c: AttentionConfig): boolean {
+  return c.windowRight >= 0 && c.windowLeft < 0;
+}
+
+/** The forward candidates for this problem (block-sparse reordering included); `paired`: see attention_forward.ts. */
+export function forwardTileCandidates(c: AttentionConfig, paired = false): Tiles[] {
+  const wide = c.headDim > 64 || c.headDimV > 64;
+  const list = paired && isBanded(c) ? (wide ? FORWARD_TILES_PAIRED_WIDE : FORWARD_TILES_PAIRED)
+    : isBanded(c) ? FORWARD_TILES_BANDED : wide ? FORWARD_TILES_WIDE : FORWARD_TILES;
   return forBlockSize(list, c.blockSize);
 }
 

@@ -3,15 +3,38 @@
 // helpers (aux.ts) can honor the binding limit without importing the kernel.
 import type { Tiles } from './tiles';
 
+/** How the float32 forward program walks its work (bench/webgpu.ts --ab times each against the other). */
+export interface ForwardSchedule {
+  /**
+   * Two query blocks per workgroup, i and n−1−i (heavy one first), each with its own online softmax
+   * and output write: under a causal-like band every workgroup then does about the same number of
+   * key tiles. 'banded' pairs only bands bounded right and unbounded left (causal); 'always' pairs
+   * every problem (tests); 'never' runs one block per workgroup, heaviest blocks first.
+   */
+  pairBlocks: 'banded' | 'always' | 'never';
+  /**
+   * Evaluate the visibility mask only on key tiles that cross a band edge, the key limit or a
+   * block-sparse boundary; tiles every key of which is visible take the unmasked score.
+   */
+  maskEdgeTilesOnly: boolean;
+  /**
+   * Block-sparse: walk the live key blocks from the packed mask bits, 32 blocks per read by one
+   * thread (true), instead of testing runs of 128 key tiles in parallel and listing the live ones
+   * serially (false).
+   */
+  sparseFromBits: boolean;
+}
+
 export const webgpuAttentionTuning: {
   forwardTiles?: Tiles;
+  forwardSchedule: ForwardSchedule;
   dkdvTiles?: Tiles;
   dqTiles?: Tiles;
   /** Use subgroup reductions when the device has `subgroups` (true) or never (false). */
   subgroups: boolean;
   /** A binding limit below the device's, to exercise dispatch splitting in tests. */
   maxBindingBytes?: number;
-} = { subgroups: true };
+} = { subgroups: true, forwardSchedule: { pairBlocks: 'banded', maskEdgeTilesOnly: true, sparseFromBits: true } };
 
 export function maxBindingBytes(device: GPUDevice): number {
   return Math.min(device.limits.maxStorageBufferBindingSize, webgpuAttentionTuning.maxBindingBytes ?? Infinity);
