@@ -5,8 +5,9 @@
 //
 //   /work/shared/gpu/pack.sh bench/webgpu.ts   then on the GPU machine:   bash .gpu/run.sh webgpu.mjs
 //   (--final: the headline table with default tiles; --sweep / --sweep-causal: the wide forward tile
-//   sweep; --ab: interleaved rounds of the forward candidates; --split-check: dispatch splitting under a
-//   2 MiB binding limit vs unsplit; --quick)
+//   sweep; --ab: interleaved rounds of the forward candidates; --ab-schedule: interleaved rounds of the
+//   forward schedules, old against new (paired causal blocks, mask on edge tiles only, block-sparse
+//   from mask bits); --split-check: dispatch splitting under a 2 MiB binding limit vs unsplit; --quick)
 // Results: a table on stdout and JSON in $OUT/webgpu_bench.json (when OUT is set).
 //
 // Timing: after a warm-up (compilation), one run is timed to size the batch, then `iters` runs are
@@ -22,6 +23,7 @@ import { forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
 import { dkdvWorkgroupBytes } from '../kernels/webgpu/attention_backward_dkdv';
 import { dqWorkgroupBytes } from '../kernels/webgpu/attention_backward_dq';
 import { webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
+import type { ForwardSchedule } from '../kernels/webgpu/tuning';
 import { flushTfjs } from '../kernels/webgpu/runtime';
 import { threadsOf, Tiles } from '../kernels/webgpu/tiles';
 import type { AttentionConfig } from '../src/config';
@@ -247,6 +249,100 @@ async function abRounds(threads: number): Promise<void> {
   }
 }
 
+/** Median, minimum and maximum of a list of times. */
+function stats(ms: number[]): { median: number; min: number; max: number } {
+  const sorted = [...ms].sort((a, b) => a - b);
+  return { median: sorted[Math.floor(sorted.length / 2)], min: sorted[0], max: sorted[sorted.length - 1] };
+}
+
+/**
+ * `--ab-schedule`: the forward's schedules at N = 4096, D = 64, B = 1, H = 12, in 7 interleaved
+ * rounds (each round in a rotated order), medians with min–max. Causal: the old schedule (one
+ * query block per workgroup, heaviest first, 192×32 4×4) with and without the edge-tile mask,
+ * against paired blocks with each candidate tile; block-sparse (10 % live blocks of 64): the tile
+ * list against the mask-bits walk, each with and without the edge-tile mask. The dense forward
+ * runs in every round, so speedups are medians of same-round ratios. Results also in
+ * $OUT/webgpu_ab_schedule.json.
+ */
+async function abSchedule(limit: number, threads: number): Promise<void> {
+  const n = quick ? 256 : 4096, d = 64, c = benchConfig(n, d);
+  const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
+  const OLD: ForwardSchedule = { pairBlocks: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
+  const NEW: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
+  const paired = (t?: Tiles) => ({ schedule: { ...NEW, pairBlocks: 'banded' as const }, tiles: t });
+  const values = new Int32Array((n / 64) ** 2);
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  for (let i = 0; i < values.length; i++) values[i] = rand() < 0.1 ? 1 : 0;
+  const blockMask = tf.tensor4d(values, [1, 1, n / 64, n / 64], 'int32');
+  const sparse = { blockSparse: { blockMask, blockSize: 64 } };
+  interface Variant { name: string; options: FlashAttentionOptions; schedule: ForwardSchedule; tiles?: Tiles }
+  const variants: Variant[] = [
+    { name: 'full (default)', options: {}, schedule: NEW },
+    { name: 'causal old: one block per workgroup, 192x32 4x4', options: { causal: true }, schedule: OLD },
+    { name: 'causal old + edge-tile mask', options: { causal: true }, schedule: { ...OLD, maskEdgeTilesOnly: true } },
+    { name: 'causal paired, default tiles', options: { causal: true }, ...paired() },
+    ...[G(T(96, 32, 4, 4)), G(T(96, 16, 4, 2)), G(T(96, 16, 8, 2)), G(T(128, 16, 8, 2)), G(T(128, 32, 4, 4)),
+      G(T(64, 16, 4, 2)), G(T(192, 32, 4, 4))]
+      .filter(t => threadsOf(t).WG <= threads && forwardWorkgroupBytes(c, t, true) <= limit)
+      .map(t => ({ name: `causal paired ${t.rows}x${t.cols} ${t.rowsPerThread}x${t.colsPerThread}`,
+        options: { causal: true }, ...paired(t) })),
+    { name: 'sparse old: tile list, mask everywhere', options: sparse, schedule: OLD },
+    { name: 'sparse tile list + edge-tile mask', options: sparse, schedule: { ...OLD, maskEdgeTilesOnly: true } },
+    { name: 'sparse mask bits, mask everywhere', options: sparse, schedule: { ...OLD, sparseFromBits: true } },
+    { name: 'sparse new: mask bits + edge-tile mask', options: sparse, schedule: { ...NEW } },
+  ];
+  // Each variant's output against the old schedule's on the same inputs (max |diff| / max |old|).
+  const [q, k, v] = [21, 22, 23].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
+  const reference = new Map<boolean, tf.Tensor>();
+  for (const options of [{ causal: true }, sparse]) {
+    webgpuAttentionTuning.forwardSchedule = OLD;
+    reference.set('causal' in options, flashAttention(q, k, v, options));
+  }
+  for (const variant of variants.slice(1)) {
+    webgpuAttentionTuning.forwardSchedule = variant.schedule;
+    webgpuAttentionTuning.forwardTiles = variant.tiles;
+    const diff = tf.tidy(() => {
+      const old = reference.get(variant.options.causal === true) as tf.Tensor;
+      return tf.div(tf.max(tf.abs(tf.sub(flashAttention(q, k, v, variant.options), old))), tf.max(tf.abs(old)));
+    });
+    console.log(`ab-schedule check ${variant.name}: max|this−old|/max|old| ${(await diff.data())[0].toExponential(2)}`);
+    diff.dispose();
+  }
+  tf.dispose([q, k, v, ...reference.values()]);
+
+  const times = variants.map(() => [] as number[]);
+  const rounds = quick ? 2 : 7;
+  for (let round = 0; round < rounds; round++) {
+    for (let k = 0; k < variants.length; k++) {
+      const index = (k + round) % variants.length;
+      const v = variants[index];
+      webgpuAttentionTuning.forwardSchedule = v.schedule;
+      webgpuAttentionTuning.forwardTiles = v.tiles;
+      const r = await measure({ impl: 'flash', pass: 'fwd', n, d, causal: v.options.causal === true,
+        note: `ab-schedule round ${round}: ${v.name}` }, flash(v.options), 400, false);
+      times[index].push(r.ms ?? NaN);
+    }
+  }
+  webgpuAttentionTuning.forwardSchedule = NEW;
+  webgpuAttentionTuning.forwardTiles = undefined;
+  blockMask.dispose();
+  const full = times[0];
+  const lines = variants.map((v, i) => {
+    const t = stats(times[i]);
+    const speedup = stats(times[i].map((x, r) => full[r] / x)).median;
+    return `ab-schedule ${v.name}: median ${t.median.toFixed(3)} ms (min ${t.min.toFixed(3)}, max ${t.max.toFixed(3)}); ` +
+      `full/this median of rounds ${speedup.toFixed(2)}x; all ${times[i].map(x => x.toFixed(3)).join(' ')}`;
+  });
+  console.log(`\nab-schedule summary (N=${n} D=${d} H=${H} fwd, ${rounds} rounds; targets: causal >= 1.7x, sparse >= 5x)`);
+  for (const line of lines) console.log(line);
+  const out = process.env.OUT;
+  if (out) {
+    fs.writeFileSync(path.join(out, 'webgpu_ab_schedule.json'),
+      JSON.stringify(variants.map((v, i) => ({ ...v, options: Object.keys(v.options), ms: times[i] })), null, 1));
+  }
+}
+
 /**
  * `--split-check`: the problem at N = 16384 under a 2 MiB binding limit (one head's q and k are
  * 4 MiB, so every unit is split along rows and keys) against the unsplit kernel: max relative
@@ -351,6 +447,11 @@ async function main(): Promise<void> {
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   console.log(`adapter: ${description}; subgroups ${device.features.has('subgroups')}; workgroup memory ${limit} B; ` +
     `max binding ${device.limits.maxStorageBufferBindingSize} B`);
+  if (process.argv.includes('--ab-schedule')) {
+    await abSchedule(limit, device.limits.maxComputeInvocationsPerWorkgroup);
+    if (process.argv.includes('--final')) await final();
+    return;
+  }
   if (process.argv.includes('--final')) {
     await final();
     return;

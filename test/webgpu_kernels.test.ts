@@ -15,12 +15,13 @@ import { initDawnWebGPU } from './setup/webgpu_node';
 import { referenceForward } from './reference';
 import { compareForward, maxAbs } from './compare';
 import { pickTiles, webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
-import { forwardPlan, forwardProgram, forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
+import { forwardGrid, forwardPlan, forwardProgram, forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
 import { auxLayout } from '../kernels/webgpu/aux';
 import { attentionLayouts, Box, planBoxes, unitGeometry } from '../kernels/webgpu/chunks';
 import { normalizeAttention } from '../src/config';
 import type { AttentionConfig } from '../src/config';
 import { FORWARD_TILES, Tiles } from '../kernels/webgpu/tiles';
+import type { ForwardSchedule } from '../kernels/webgpu/tuning';
 
 const byName = (name: string): AttentionCase => {
   const c = CASES.find(x => x.name === name);
@@ -61,6 +62,42 @@ function withTiles(t: Tiles | undefined, body: () => Promise<void>): () => Promi
     }
   };
 }
+
+/** Runs `body` with a forward schedule (and forward tiles), restoring the defaults after. */
+function withSchedule(schedule: ForwardSchedule, t: Tiles | undefined, body: () => Promise<void>): () => Promise<void> {
+  return async () => {
+    const saved = webgpuAttentionTuning.forwardSchedule;
+    webgpuAttentionTuning.forwardSchedule = schedule;
+    webgpuAttentionTuning.forwardTiles = t;
+    try {
+      await body();
+    } finally {
+      webgpuAttentionTuning.forwardSchedule = saved;
+      webgpuAttentionTuning.forwardTiles = undefined;
+    }
+  };
+}
+
+const NEW_SCHEDULE: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
+const OLD_SCHEDULE: ForwardSchedule = { pairBlocks: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
+
+/** Forward-only cases for pairing and the block-sparse walk (8-row SwiftShader blocks). */
+const PAIRING_CASES: AttentionCase[] = [
+  // 5 query blocks: two pairs and a middle block alone.
+  { name: 'causal, odd block count', b: 1, hq: 2, hkv: 1, nq: 40, nk: 40, d: 8, dv: 4, grad: true, causal: true },
+  { name: 'causal Nq < Nk', b: 1, hq: 2, hkv: 2, nq: 24, nk: 56, d: 8, dv: 4, grad: false, causal: true },
+  { name: 'causal Nq > Nk, BSHD', b: 2, hq: 2, hkv: 1, nq: 56, nk: 24, d: 8, dv: 4, grad: false, causal: true,
+    layout: 'BSHD' },
+  { name: 'causal window, keyLengths', b: 2, hq: 2, hkv: 2, nq: 36, nk: 44, d: 8, dv: 4, grad: false,
+    windowSize: [9, 0], keyLengths: [30, 44] },
+  // Key tiles (8) across two mask blocks (3, 12), and mask rows starting mid-word.
+  { name: 'block sparse, blocks of 3', b: 1, hq: 2, hkv: 1, nq: 40, nk: 100, d: 8, dv: 4, grad: false,
+    blockSparse: { blockSize: 3 } },
+  { name: 'block sparse causal, blocks of 12', b: 2, hq: 2, hkv: 1, nq: 40, nk: 100, d: 8, dv: 4, grad: false,
+    causal: true, blockSparse: { blockSize: 12 } },
+  { name: 'block sparse broadcast, blocks of 16', b: 2, hq: 2, hkv: 2, nq: 33, nk: 70, d: 8, dv: 4, grad: false,
+    blockSparse: { blockSize: 16, broadcast: true } },
+];
 
 /** The forward's dispatch boxes for a case under a binding limit (SwiftShader tiles: 8 × 8). */
 function planFor(k: AttentionCase, limit: number): Box[] {
@@ -118,6 +155,53 @@ describe('webgpu kernels with subgroups', () => {
     withTiles({ rows: 24, cols: 16, rowsPerThread: 8, colsPerThread: 2, rowsFromGlobal: true }, async () => {
       await expectCasesPass(['GQA 4:2', 'causal Nq>Nk (empty rows)'].map(byName));
     }));
+
+  test('paired query blocks (i with n−1−i in one workgroup) on every option, and the grid halves',
+    withSchedule({ ...NEW_SCHEDULE, pairBlocks: 'always' }, { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 },
+      async () => {
+        const c = plainConfig({ seqQ: 40, seqK: 40, windowRight: 0 });
+        const tiles: Tiles = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 };
+        const paired = forwardPlan(c, webgpuAttentionTuning.forwardSchedule);
+        expect(paired.paired).toBe(true);
+        expect(forwardGrid(c, 8, 2, paired)).toEqual([3, 2, 1]);
+        expect(forwardProgram(c, auxLayout(c, false), false, tiles, false, paired).body()).toContain('qbHeavy');
+        await expectCasesPass([...SUBSET, ...PAIRING_CASES]);
+      }));
+
+  test('paired query blocks of 16 rows, 4×4 per thread, with query rows split over dispatches (pairs per row range)',
+    withSchedule({ ...NEW_SCHEDULE, pairBlocks: 'always' },
+      { rows: 16, cols: 16, rowsPerThread: 4, colsPerThread: 4, rowsFromGlobal: true }, async () => {
+        // 72 rows = 5 blocks of 16; a [72, 80] bias plane per head (23 KiB) exceeds 16 KiB, so row
+        // ranges of 3 and 2 blocks run in separate dispatches, each pairing its own blocks.
+        const k: AttentionCase = { name: 'paired causal, rows split', b: 1, hq: 2, hkv: 1, nq: 72, nk: 80, d: 8, dv: 4,
+          grad: false, causal: true, bias: [1, 2, 72, 80], dropout: { rate: 0.2, seed: 5 } };
+        const limit = 16384;
+        expect(planFor(k, limit).some(b => b.r1 - b.r0 < k.nq)).toBe(true);
+        webgpuAttentionTuning.maxBindingBytes = limit;
+        try {
+          await expectCasesPass([k, byName('causal Nq>Nk (empty rows)')]);
+        } finally {
+          webgpuAttentionTuning.maxBindingBytes = undefined;
+        }
+      }));
+
+  test('the old schedule (one block per workgroup, mask on every tile, block-sparse tile lists) stays correct',
+    withSchedule(OLD_SCHEDULE, { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 }, async () => {
+      await expectCasesPass([...SUBSET, ...PAIRING_CASES.filter(k => k.blockSparse)]);
+    }));
+
+  test('the mask is evaluated only where a tile crosses a band edge or the key limit', () => {
+    const tiles: Tiles = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 };
+    const source = (over: Partial<AttentionConfig>, schedule = NEW_SCHEDULE) => {
+      const c = plainConfig(over);
+      return forwardProgram(c, auxLayout(c, false), false, tiles, false, forwardPlan(c, schedule)).body();
+    };
+    expect(source({ windowRight: 0 })).toMatch(/if \(\(i32\(j0 \+ BK\) - 1 <= i32\(iFirst\) \+ 0\)\) \{\s*s_0_0 = scoreValue2/);
+    expect(source({ windowRight: 0 }, OLD_SCHEDULE)).not.toContain('scoreValue2(s_');
+    // Full attention over whole tiles hides nothing by position: no test at all.
+    expect(source({})).not.toContain('scoreValue2(s_');
+    expect(source({ seqK: 20 })).toContain('(j0 + BK <= kl)');
+  });
 
   test('problems larger than the binding limit are split over dispatches', async () => {
     const c: AttentionCase = {
