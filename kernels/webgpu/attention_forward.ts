@@ -53,9 +53,10 @@ function pairedIds(c: AttentionConfig, rows: number): string {
 
 /**
  * A WGSL bool, uniform over the workgroup, that is true when every key of tile [j0, j0 + BK) is
- * visible to every row [iFirst, iLast] (so the tile may skip the mask); undefined when no key is
- * ever hidden by position. Block-sparse tiles are wholly live only when they lie inside one mask
- * block (rows and cols dividing the block size); an elementwise mask always needs the test.
+ * visible to every row [iFirst, iLast] (so the tile may skip the mask); undefined when every tile
+ * takes the same path: no key is hidden by position, or an elementwise mask (or block-sparse tiles
+ * across mask blocks) needs the test everywhere. A visited block-sparse tile inside one mask block
+ * (rows and cols dividing the block size) is wholly live.
  */
 function tileVisibleTest(c: AttentionConfig, t: Tiles): string | undefined {
   const off = queryOffset(c);
@@ -63,10 +64,10 @@ function tileVisibleTest(c: AttentionConfig, t: Tiles): string | undefined {
   if (c.hasKeyLengths || c.seqK % t.cols !== 0) terms.push('(j0 + BK <= kl)');
   if (c.windowRight >= 0) terms.push(`(i32(j0 + BK) - 1 <= i32(iFirst) + ${off + c.windowRight})`);
   if (c.windowLeft >= 0) terms.push(`(i32(j0) >= i32(iLast) + ${off - c.windowLeft})`);
-  if (c.maskShape.length) terms.push('false');
-  if (c.blockSize > 0 && (c.blockSize % t.rows !== 0 || c.blockSize % t.cols !== 0)) terms.push('false');
-  if (terms.length === 0 && c.blockSize === 0) return undefined;
-  return terms.length ? terms.join(' & ') : 'true';
+  const sparseInside = c.blockSize > 0 && c.blockSize % t.rows === 0 && c.blockSize % t.cols === 0;
+  if (c.maskShape.length || (c.blockSize > 0 && !sparseInside)) return undefined;
+  if (terms.length === 0) return sparseInside ? 'true' : undefined;
+  return terms.join(' & ');
 }
 /** Workgroup memory of the forward program for these tiles, in bytes. */
 export function forwardWorkgroupBytes(c: AttentionConfig, t: Tiles, useSubgroups: boolean): number {
@@ -231,11 +232,15 @@ ${rowsR.map(r => oxX.map(x => `      ${O(r, x)} += p${r} * v${x};`).join('\n')).
     `${t.rowsFromGlobal ? ' * QSCALE' : ''}, b, h, i_${r}, j0 + tc + ${k * TC}u${f === 'score2' ? ', kl' : ''});`)
     .join('\n')).join('\n');
   const visible = plan.maskEdgeTilesOnly ? tileVisibleTest(c, t) : undefined;
-  const scoreLines = () => (visible === undefined ? scoreOf('score2') : `    if (${visible}) {
+  const scoreLines = () => {
+    if (visible === undefined) return scoreOf('score2');
+    if (visible === 'true') return scoreOf('scoreValue2');
+    return `    if (${visible}) {
 ${scoreOf('scoreValue2')}
     } else {
 ${scoreOf('score2')}
-    }`);
+    }`;
+  };
   const body = () => `
 ${constants(c)}
 const BQ = ${t.rows}u;
