@@ -20,6 +20,8 @@ const USAGE = `Trains a GPT-2 on Moby-Dick with flash attention, then compares n
   --preset NAME       model size preset of gpt2() (default tiny)
   --layers N          transformer blocks, overriding the preset's (default: 1 with the tiny
                       preset, which learns fastest on a CPU; the preset's otherwise)
+  --channels N        width, overriding the preset's (default: 32 with the tiny preset, for the
+                      same reason; the preset's otherwise)
   --context N         tokens per sequence (default 64)
   --batch N           sequences per step (default 16)
   --steps N           training steps (default: as many as fit in --minutes)
@@ -30,7 +32,7 @@ const USAGE = `Trains a GPT-2 on Moby-Dick with flash attention, then compares n
                       bpe-full (all 50257 GPT-2 tokens) (default char)
   --backend NAME      auto | webgpu | cpu (default auto: GPU, else SwiftShader, else cpu)
   --attention KIND    flash | naive: the model that trains (default flash)
-  --compare-steps N   timed steps of the other attention after training, 0 to skip (default 2)
+  --compare-steps N   timed steps of each attention after training, in turns, 0 to skip (default 3)
   --sample N          tokens to generate at the end (default 200)
   --save DIR          write the trained model to DIR (model.json + weights.bin)
   --load DIR          start from a model saved with --save (its preset, context, tokenizer)
@@ -41,6 +43,8 @@ interface Metadata {
   preset: string;
   /** Blocks when they differ from the preset's. */
   layers?: number;
+  /** Width when it differs from the preset's. */
+  channels?: number;
   context: number;
   attention: Attention;
   tokenizer: TokenizerSpec;
@@ -51,6 +55,7 @@ function parseFlags() {
     options: {
       preset: { type: 'string', default: 'tiny' },
       layers: { type: 'string' },
+      channels: { type: 'string' },
       context: { type: 'string', default: '64' },
       batch: { type: 'string', default: '16' },
       steps: { type: 'string' },
@@ -59,7 +64,7 @@ function parseFlags() {
       tokenizer: { type: 'string', default: 'char' },
       backend: { type: 'string', default: 'auto' },
       attention: { type: 'string', default: 'flash' },
-      'compare-steps': { type: 'string', default: '2' },
+      'compare-steps': { type: 'string', default: '3' },
       sample: { type: 'string', default: '200' },
       save: { type: 'string' },
       load: { type: 'string' },
@@ -84,6 +89,7 @@ function parseFlags() {
     help: values.help,
     preset: values.preset,
     layers: values.layers === undefined ? (values.preset === 'tiny' ? 1 : undefined) : int('layers', values.layers, 1),
+    channels: values.channels === undefined ? (values.preset === 'tiny' ? 32 : undefined) : int('channels', values.channels, 1),
     context: int('context', values.context, 1),
     batch: int('batch', values.batch, 1),
     steps: values.steps === undefined ? undefined : int('steps', values.steps, 0),
@@ -111,7 +117,8 @@ async function loadOrBuild(flags: Flags, text: string): Promise<{ model: tfl.Lay
   }
   const tokenizer = tokenizerFor(flags.tokenizer, text);
   const meta: Metadata = {
-    preset: flags.preset, layers: flags.layers, context: flags.context, attention: flags.attention, tokenizer: tokenizer.spec(),
+    preset: flags.preset, layers: flags.layers, channels: flags.channels, context: flags.context, attention: flags.attention,
+    tokenizer: tokenizer.spec(),
   };
   return { model: buildModel(modelOptions(meta, tokenizer, flags.attention)), tokenizer, meta };
 }
@@ -121,7 +128,8 @@ async function loadOrBuild(flags: Flags, text: string): Promise<{ model: tfl.Lay
 // unlearn predicting the input character (measured: loss 2.83 vs 3.05 after 60 steps).
 function modelOptions(meta: Metadata, tokenizer: Tokenizer, attention: Attention): ModelOptions {
   return {
-    preset: meta.preset, layers: meta.layers, vocabSize: tokenizer.vocabSize, context: meta.context, attention,
+    preset: meta.preset, layers: meta.layers, channels: meta.channels, vocabSize: tokenizer.vocabSize, context: meta.context,
+    attention,
     tiedEmbeddings: tokenizer.kind !== 'char',
   };
 }
@@ -200,7 +208,7 @@ async function main(): Promise<void> {
   console.log(`corpus: ${CORPUS_SOURCE}: ${text.length.toLocaleString()} characters, ` +
     `${tokens.length.toLocaleString()} ${tokenizer.kind} tokens, vocabulary ${tokenizer.vocabSize}`);
   console.log(`model: gpt2 preset '${meta.preset}'${flags.load ? ` loaded from ${flags.load}` : ''}, ` +
-    `${meta.layers === undefined ? '' : `${meta.layers} block(s), `}` +
+    `${meta.layers === undefined ? '' : `${meta.layers} block(s), `}${meta.channels === undefined ? '' : `${meta.channels} channels, `}` +
     `${model.countParams().toLocaleString()} parameters, context ${context}, ${meta.attention} attention, ` +
     `batch ${flags.batch}`);
 
@@ -223,18 +231,24 @@ async function main(): Promise<void> {
     console.log(`\nsample:\n${sample}\n`);
   }
 
-  if (flags.compareSteps > 0 && run.tokensPerSecond > 0) {
-    const other: Attention = meta.attention === 'flash' ? 'naive' : 'flash';
-    const twin = buildModel(modelOptions(meta, tokenizer, other));
-    twin.setWeights(model.getWeights());
-    const twinTrainer = new Trainer(twin, tokenizer.vocabSize, flags.lr);
-    const otherSpeed = await measureTokensPerSecond(twinTrainer, dataset, flags.batch, context, 1, flags.compareSteps);
-    twinTrainer.dispose();
-    twin.dispose();
-    const [flash, naive] = meta.attention === 'flash' ? [run.tokensPerSecond, otherSpeed] : [otherSpeed, run.tokensPerSecond];
-    console.log(`training speed on ${backend.name}, batch ${flags.batch} × context ${context}:`);
+  if (flags.compareSteps > 0 && run.steps > 0) {
+    // Copies of the trained weights with each attention, timed in turns on the same batches: the
+    // training run's own tokens/s spans minutes of a machine whose load may change.
+    const twins = (['flash', 'naive'] as const).map(attention => {
+      const twin = buildModel(modelOptions(meta, tokenizer, attention));
+      twin.setWeights(model.getWeights());
+      return { twin, trainer: new Trainer(twin, tokenizer.vocabSize, flags.lr) };
+    });
+    const [flash, naive] = await measureTokensPerSecond(twins.map(t => t.trainer), dataset, flags.batch, context, 1,
+      flags.compareSteps);
+    for (const { twin, trainer: twinTrainer } of twins) {
+      twinTrainer.dispose();
+      twin.dispose();
+    }
+    console.log(`training speed on ${backend.name}, batch ${flags.batch} × context ${context} ` +
+      `(copies of the trained model, ${flags.compareSteps} steps each after 1 warm-up, in turns):`);
     console.log(`  flash attention: ${flash.toFixed(0)} tokens/s`);
-    console.log(`  naive attention: ${naive.toFixed(0)} tokens/s (same model, ${flags.compareSteps} steps after 1 warm-up)`);
+    console.log(`  naive attention: ${naive.toFixed(0)} tokens/s`);
     console.log(`  speed-up: ${(flash / naive).toFixed(2)}×`);
   }
   trainer.dispose();

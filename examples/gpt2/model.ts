@@ -12,6 +12,8 @@ export interface ModelOptions {
   attention: Attention;
   /** Overrides the preset's number of transformer blocks. */
   layers?: number;
+  /** Overrides the preset's width (channels of the residual stream). */
+  channels?: number;
   /** Output head tied to the token embedding (GPT-2; the default) or a separate matrix. */
   tiedEmbeddings?: boolean;
 }
@@ -27,6 +29,7 @@ export function buildModel(options: ModelOptions): LayersModel {
     contextLength: options.context,
     attention: options.attention,
     numLayers: options.layers,
+    channels: options.channels,
     tiedEmbeddings: options.tiedEmbeddings,
     dropout: 0,
   });

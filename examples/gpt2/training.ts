@@ -144,24 +144,29 @@ export class Trainer {
   }
 }
 
-/** Steps `count` times on fresh batches and returns tokens/s over the steps after `warmup`. */
-export async function measureTokensPerSecond(trainer: Trainer, dataset: TokenDataset, batchSize: number,
-  context: number, warmup: number, count: number): Promise<number> {
-  let tokens = 0;
-  let milliseconds = 0;
+/**
+ * Tokens/s of each trainer over `count` steps after `warmup` steps, the trainers taking turns on
+ * the same fresh batch each round, so that a machine whose load changes slows them alike.
+ */
+export async function measureTokensPerSecond(trainers: Trainer[], dataset: TokenDataset, batchSize: number,
+  context: number, warmup: number, count: number): Promise<number[]> {
+  const tokens = trainers.map(() => 0);
+  const milliseconds = trainers.map(() => 0);
   for (let i = 0; i < warmup + count; i++) {
     const batch = dataset.batch(batchSize, context);
     try {
-      const result = await trainer.step(batch);
-      if (i >= warmup) {
-        tokens += result.tokens;
-        milliseconds += result.milliseconds;
+      for (const [t, trainer] of trainers.entries()) {
+        const result = await trainer.step(batch);
+        if (i >= warmup) {
+          tokens[t] += result.tokens;
+          milliseconds[t] += result.milliseconds;
+        }
       }
     } finally {
       tf.dispose([batch.x, batch.y]);
     }
   }
-  return tokens / (milliseconds / 1000);
+  return tokens.map((n, t) => n / (milliseconds[t] / 1000));
 }
 
 /** Mean loss over `batches` fixed batches of the validation split. */
