@@ -87,7 +87,8 @@ function flash(options: FlashAttentionOptions): Impl {
   return (q, k, v) => flashAttention(q, k, v, options);
 }
 
-async function measure(row: Row, impl: Impl, budgetMs: number, withMemory = true): Promise<Row> {
+/** Times `impl` for `row`; `report` false: neither printed nor kept for the summary (--ab-schedule rounds). */
+async function measure(row: Row, impl: Impl, budgetMs: number, withMemory = true, report = true): Promise<Row> {
   const { n, d } = row;
   const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
   const step = row.pass === 'fwd'
@@ -109,8 +110,10 @@ async function measure(row: Row, impl: Impl, budgetMs: number, withMemory = true
   await settle();
   const invalid = await device.popErrorScope();
   if (invalid) row.error = `WebGPU validation error: ${invalid.message.split('\n')[0]}`;
-  rows.push(row);
-  console.log(format(row));
+  if (report || row.error) {
+    rows.push(row);
+    console.log(format(row));
+  }
   return row;
 }
 
@@ -283,7 +286,7 @@ async function abSchedule(limit: number, threads: number): Promise<void> {
     { name: 'D=128 full (default)', options: {}, schedule: NEW, d: 128 },
     { name: 'D=128 causal old: one block per workgroup', options: { causal: true }, schedule: OLD, d: 128 },
     { name: 'D=128 causal paired, default tiles', options: { causal: true }, ...paired(), d: 128 },
-    { name: 'causal old: one block per workgroup, 192x32 4x4', options: { causal: true }, schedule: OLD },
+    { name: 'causal old: one block per workgroup, heaviest first, default tiles (192x32 4x4 on the H100)', options: { causal: true }, schedule: OLD },
     { name: 'causal old + edge-tile mask', options: { causal: true }, schedule: { ...OLD, maskEdgeTilesOnly: true } },
     { name: 'causal paired, default tiles', options: { causal: true }, ...paired() },
     ...[G(T(96, 32, 4, 4)), G(T(96, 16, 4, 2)), G(T(96, 16, 8, 2)), G(T(128, 16, 8, 2)), G(T(128, 32, 4, 4)),
@@ -327,9 +330,10 @@ async function abSchedule(limit: number, threads: number): Promise<void> {
       webgpuAttentionTuning.forwardSchedule = v.schedule;
       webgpuAttentionTuning.forwardTiles = v.tiles;
       const r = await measure({ impl: 'flash', pass: 'fwd', n, d: v.d ?? d, causal: v.options.causal === true,
-        note: `ab-schedule round ${round}: ${v.name}` }, flash(v.options), 400, false);
+        note: `ab-schedule round ${round}: ${v.name}` }, flash(v.options), 400, false, false);
       times[index].push(r.ms ?? NaN);
     }
+    console.log(`ab-schedule round ${round + 1}/${rounds} done`);
   }
   webgpuAttentionTuning.forwardSchedule = NEW;
   webgpuAttentionTuning.forwardTiles = undefined;
