@@ -221,7 +221,8 @@ async function sweep(limit: number, threads: number, causal: boolean): Promise<v
 
 /**
  * `--ab`: the forward tile candidates at N = 4096, D = 64 timed in interleaved rounds (machine
- * noise moves single runs by 10 % and more), full and causal, with medians.
+ * noise moves single runs by 10 % and more), full and causal, with medians, under the default
+ * forward schedule (causal blocks paired unless tuning.ts says otherwise; --ab-schedule compares).
  */
 async function abRounds(threads: number): Promise<void> {
   const c = benchConfig(4096, 64);
