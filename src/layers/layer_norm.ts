@@ -23,8 +23,8 @@ const NAME = 'LayerNorm';
 
 /**
  * y = n · gamma + beta with n = (x − mean) · r, r = 1/√(var + ε), over the last axis, with the
- * closed-form gradient dx = r · (g − mean(g) − n · mean(g · n)), g = dy · gamma: a third of the
- * kernels tfjs' autograd runs through the same ops, and gamma's and beta's sums over rows as
+ * closed-form gradient dx = r · (g − mean(g) − n · mean(g · n)), g = dy · gamma: fewer kernels
+ * than tfjs' autograd runs back through the forward ops, and gamma's and beta's sums over rows as
  * matrix products (`columnSums`).
  */
 function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, epsilon: number): Tensor {
