@@ -2,7 +2,7 @@
 // the identity-on-V ablation (`gpt2_ablation.ts`), on the best backend Node has
 // (`../examples/gpt2/backend.ts`). Random token ids: the data does not change the work.
 //
-//   node gpt2_step.mjs [--preset small] [--configs 1024x4:8,2048x2,4096x1,1024x1,2048x1,2048x4]
+//   node gpt2_step.mjs [--preset small] [--configs 1024x4:10,2048x2,4096x1,1024x1,2048x1,2048x4]
 //     [--rounds 4] [--profile 1024x4] [--longest flash:8192,naive:8192,flash:16384] [--cap-s 420]
 //     [--layers N] [--vocab N] [--backend auto|webgpu|cpu]
 //
@@ -379,7 +379,7 @@ async function main(): Promise<void> {
       preset: { type: 'string', default: 'small' },
       layers: { type: 'string' },
       vocab: { type: 'string' },
-      configs: { type: 'string', default: '1024x4:8,2048x2,4096x1,1024x1,2048x1,2048x4' },
+      configs: { type: 'string', default: '1024x4:10,2048x2,4096x1,1024x1,2048x1,2048x4' },
       rounds: { type: 'string', default: '4' },
       profile: { type: 'string', default: '1024x4' },
       longest: { type: 'string', default: 'flash:8192,naive:8192,flash:16384' },
