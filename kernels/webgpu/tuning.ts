@@ -34,7 +34,13 @@ export const webgpuAttentionTuning: {
   subgroups: boolean;
   /** A binding limit below the device's, to exercise dispatch splitting in tests. */
   maxBindingBytes?: number;
-} = { subgroups: true, forwardSchedule: { pairBlocks: 'banded', maskEdgeTilesOnly: true, sparseFromBits: true } };
+} = {
+  subgroups: true,
+  // The H100 (bench/RESULTS.md, webgpu, 17:25 UTC, --ab-schedule medians of 7 rounds): causal one
+  // block per workgroup 1.37 ms against 1.47–2.61 paired; block-sparse tile list 0.58 ms against
+  // 1.09–1.30 from mask bits; the edge-tile mask bought nothing measurable.
+  forwardSchedule: { pairBlocks: 'never', maskEdgeTilesOnly: false, sparseFromBits: false },
+};
 
 export function maxBindingBytes(device: GPUDevice): number {
   return Math.min(device.limits.maxStorageBufferBindingSize, webgpuAttentionTuning.maxBindingBytes ?? Infinity);
