@@ -215,7 +215,7 @@ async function measureConfig(context: number, batch: number, variants: Variant[]
     }
     for (let round = 0; round < options.rounds && live.size > 0; round++) {
       const order = variants.map((_, i) => variants[(i + round) % variants.length]).filter(v => live.has(v));
-      if (!order.every(fits)) {
+      if (Date.now() + order.reduce((ms, v) => ms + (estimateMs.get(v) ?? 0), 0) > options.deadline) {
         result.stoppedByCap = true;
         break;
       }
