@@ -9,6 +9,7 @@ import { FlashAttention, MultiHeadAttention, gpt2 } from '../src/index';
 import type { Gpt2Options } from '../src/index';
 import { initDawnWebGPU } from './setup/webgpu_node';
 import { kerasMultiHeadAttention, maxAbsDiffAsync } from './layers_reference';
+import { addToEveryBatch } from '../src/layers/row_ops';
 
 const VOCAB = 17;
 const TINY: Gpt2Options = { vocabSize: VOCAB, contextLength: 8, numLayers: 1, channels: 16, numHeads: 2, dropout: 0 };
@@ -85,3 +86,23 @@ test('MultiHeadAttention equals Keras\' formula on webgpu (mask, causal, Tq ≠ 
   tf.dispose([query, value, mask, out, expected]);
   layer.dispose();
 }, 300000);
+
+test('row ops run where one row of the summed tensor holds more than 65535 workgroups of columns', async () => {
+  // At GPT-2 small's 4096-token context the position table's gradient sums [batch, 4096·768]
+  // over the batch: a single product of that width exceeded the dispatch limit on the H100.
+  // [2, 1, 2.2 M] has as many columns (T·C) past the limit, with fewer elements for SwiftShader.
+  const [batch, seq, channels] = [2, 1, 2_200_000];
+  const before = tf.memory().numTensors;
+  const values = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37 + seed));
+  const x = tf.tensor3d(values(batch * seq * channels, 1), [batch, seq, channels]);
+  const table = tf.tensor2d(values(seq * channels, 2), [seq, channels]);
+  const dyValues = values(batch * seq * channels, 3);
+  const dy = tf.tensor3d(dyValues, [batch, seq, channels]);
+  const [, dTable] = tf.grads((a: Tensor, b: Tensor) => addToEveryBatch(a as Tensor3D, b as tf.Tensor2D))([x, table], dy);
+  const got = await dTable.data();
+  let worst = 0;
+  for (let j = 0; j < seq * channels; j++) worst = Math.max(worst, Math.abs(got[j] - (dyValues[j] + dyValues[seq * channels + j])));
+  expect(worst).toBeLessThan(1e-6);
+  tf.dispose([x, table, dy, dTable]);
+  expect(tf.memory().numTensors).toBe(before);
+});

@@ -45,12 +45,15 @@ export function affine(x: Tensor2D, kernel: Tensor, bias: Tensor | null): Tensor
   return affineWithBias(x, kernel, bias) as Tensor2D;
 }
 
-/** x [B, T, C] + table [T, C], the table's gradient by `columnSums`. */
+/**
+ * x [B, T, C] + table [T, C]; the table's gradient adds the B slices of dy. Not `columnSums`: as one
+ * product [1, B] · [B, T·C] its T·C columns exceed WebGPU's 65535 workgroups per dimension from
+ * T·C ≈ 2.1 M (GPT-2 small at 4096 tokens), and B is a handful of elementwise adds.
+ */
 export const addToEveryBatch = tf.customGrad((...args: Array<Tensor | tf.GradSaveFunc>) => {
   const [x, table] = args as [Tensor3D, Tensor2D];
-  const [batch, seq, channels] = x.shape;
   return {
     value: tf.add(x, table),
-    gradFunc: (dy: Tensor) => [dy, tf.reshape(columnSums(tf.reshape(dy, [batch, seq * channels])), [seq, channels])],
+    gradFunc: (dy: Tensor) => [dy, x.shape[0] === 1 ? tf.squeeze(dy, [0]) : tf.addN(tf.unstack(dy))],
   };
 });
