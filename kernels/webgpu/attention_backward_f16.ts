@@ -1,6 +1,6 @@
 // Which `precision: 'float16'` backward the device can run, and its two programs:
 //   - `shader-f16` and subgroup matrices with a 16×16×16 f16 → f32 configuration, subgroups of 32:
-//     the matrix-unit programs (opt-in until checked on a GPU: webgpuF16BackwardTuning.subgroupMatrix);
+//     the matrix-unit programs (checked on the H100: bench/RESULTS.md, float16 backward);
 //   - `shader-f16` only: the same programs with their 16×16 tiles computed by the invocations;
 //   - neither: none (the float32 kernels run; the forward kernel says so once).
 // The scalar tiles in f32 can be forced (`float32Tiles`) so that CI, on an adapter with neither,
@@ -18,16 +18,11 @@ import type { ProgramSpec } from './runtime';
 export const webgpuF16BackwardTuning: {
   dkdvTiles?: F16Tiles;
   dqTiles?: F16Tiles;
-  /**
-   * Run the subgroup-matrix programs where the device has them. Off until they pass the case check
-   * of bench/f16_backward.ts on a GPU (not yet run there, bench/RESULTS.md): a float16 program right
-   * in emulation was wrong on the H100's driver before, and a wrong gradient is worse than a slow one.
-   * Off, devices with shader-f16 run the scalar f16 tiles (checked on the H100).
-   */
+  /** Run the subgroup-matrix programs where the device has them (false: the scalar f16 tiles). */
   subgroupMatrix: boolean;
   /** Without shader-f16, run the scalar tiles in f32 instead of the float32 kernels (tests). */
   float32Tiles: boolean;
-} = { subgroupMatrix: false, float32Tiles: false };
+} = { subgroupMatrix: true, float32Tiles: false };
 
 /**
  * Fastest first where they fit (rows: the workgroup's own rows; cols: the tile it walks). The

@@ -14,8 +14,10 @@
 // tiles outside the causal band / window / keyLengths are never visited; block-sparse tiles with
 // no live block are skipped. The 'registers' plan computes S and T per invocation from the same
 // workgroup tiles and writes them to `fs` at the positions the matrices would, so everything
-// around the products is the same code (and is tested on adapters without f16 in f32). Configs
-// with keyLengths or a block mask take the 'registers' plan for now (matrixVerified, below).
+// around the products is the same code (and is tested on adapters without f16 in f32). keyLengths
+// and block liveness are read by every invocation, never by one and broadcast: with a thread-0
+// branch before the matrix products the H100 gave wrong outputs for exactly those cases; without
+// it all 35 cases of test/cases.ts pass there (bench/RESULTS.md, float16 forward).
 import { AttentionConfig } from '../../src/config';
 import type { AuxLayout } from './aux';
 import { forwardBindings, shaderConfig } from './attention_forward';
@@ -24,7 +26,7 @@ import {
   vec4V,
 } from './attention_wgsl';
 import {
-  F16Plan, f16Plan, f16Tuning, leftType, matrixDiagnostic, matrixLoad, planExtensions, RESULT_TYPE, rightType,
+  F16Plan, f16Plan, leftType, matrixDiagnostic, matrixLoad, planExtensions, RESULT_TYPE, rightType,
   roundUp, stageTile, SUBGROUP_SIZE,
 } from './f16_support';
 import { f32, isSoftwareAdapter, ProgramSpec, range, subgroupMinSize } from './runtime';
@@ -271,17 +273,6 @@ ${o4.map(x => {
   };
 }
 
-/**
- * Configurations whose subgroup-matrix program has been checked on a GPU. On the H100 (2026-11-26)
- * keyLengths and block-sparse cases came out wrong with the subgroup-matrix plan while every other
- * case of the list was right; the program has since lost the thread-0 branches suspected of it
- * (liveTileTest) but has not been run there again, so those configurations take the f16
- * registers plan (right on the H100) until the bench's case check passes with matrices.
- */
-function matrixVerified(c: AttentionConfig): boolean {
-  return !c.hasKeyLengths && c.blockSize === 0;
-}
-
 /** Tiles for a CPU adapter (tests): compile time dominates there. */
 const SOFTWARE_F16_TILES: F16Tiles = { groups: 1, keys: 16 };
 
@@ -294,9 +285,8 @@ export const f16ForwardTuning: { tiles?: F16Tiles; subgroups: boolean } = { subg
  */
 export function forwardF16(device: GPUDevice, c: AttentionConfig, aux: AuxLayout, withAux: boolean):
     { spec: ProgramSpec; rows: number } | undefined {
-  const devicePlan = f16Plan(device, 'forward');
-  if (!devicePlan) return undefined;
-  const plan = matrixVerified(c) || f16Tuning.plan ? devicePlan : { ...devicePlan, matmul: 'registers' as const };
+  const plan = f16Plan(device, 'forward');
+  if (!plan) return undefined;
   const useSubgroups = f16ForwardTuning.subgroups && device.features.has('subgroups') &&
     subgroupMinSize(device) >= 2;
   const limit = device.limits.maxComputeWorkgroupStorageSize;
