@@ -36,9 +36,10 @@ export const webgpuAttentionTuning: {
   maxBindingBytes?: number;
 } = {
   subgroups: true,
-  // The H100 (bench/RESULTS.md, webgpu, 17:25 UTC, --ab-schedule medians of 7 rounds): causal one
-  // block per workgroup 1.37 ms against 1.47–2.61 paired; block-sparse tile list 0.58 ms against
-  // 1.09–1.30 from mask bits; the edge-tile mask bought nothing measurable.
+  // The H100 (bench/RESULTS.md, webgpu, 17:02 UTC, --ab-schedule medians of 7 rounds, D = 64): causal
+  // one block per workgroup 1.37 ms against 1.40–2.61 paired; block-sparse tile list 0.58 ms against
+  // 1.09–1.30 from mask bits; the edge-tile mask bought nothing measurable. (At D = 128 the paired
+  // causal schedule measured 2.94 ms against 4.26 once; not yet a default: see RESULTS.)
   forwardSchedule: { pairBlocks: 'never', maskEdgeTilesOnly: false, sparseFromBits: false },
 };
 
