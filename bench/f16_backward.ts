@@ -23,13 +23,12 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-core/dist/register_all_gradients';
-import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { flashAttention } from '../src/index';
 import { FlashAttentionOptions, normalizeAttention, Precision } from '../src/config';
 import { gradInputNames, packInputs } from '../src/inputs';
 import { FlashAttentionGrad } from '../src/kernel_names';
 import { initDawn } from '../src/node';
-import { flushTfjs, ProgramSpec, wgslBindings } from '../kernels/webgpu/runtime';
+import { ProgramSpec, wgslBindings } from '../kernels/webgpu/runtime';
 import { f16Tuning } from '../kernels/webgpu/f16_support';
 import { dkdvF16Program } from '../kernels/webgpu/attention_backward_dkdv_f16';
 import { dqF16Program } from '../kernels/webgpu/attention_backward_dq_f16';
@@ -39,36 +38,13 @@ import type { F16Tiles } from '../kernels/webgpu/attention_backward_dkdv_f16';
 import { AttentionCase, CASES, CaseData, caseData } from '../test/cases';
 import { caseTensors, toTensor } from '../test/case_tensors';
 import { referenceGrads } from '../test/reference';
+import { backend, settle, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = new Set(process.argv.slice(2));
 const all = !['check', 'sweep', 'numerics', 'bench'].some(a => args.has(a));
 const quick = args.has('quick');
 const results: Record<string, unknown> = {};
-
-function backend(): WebGPUBackend {
-  return tf.backend() as WebGPUBackend;
-}
-
-async function settle(): Promise<void> {
-  flushTfjs(backend());
-  await backend().device.queue.onSubmittedWorkDone();
-}
-
-async function timeMs(run: () => void, budgetMs: number): Promise<number> {
-  run();
-  await settle();
-  let t0 = performance.now();
-  run();
-  await settle();
-  const once = performance.now() - t0;
-  if (once > 1000) return once;
-  const iters = Math.max(2, Math.min(50, Math.ceil(budgetMs / Math.max(once, 0.01))));
-  t0 = performance.now();
-  for (let i = 0; i < iters; i++) run();
-  await settle();
-  return (performance.now() - t0) / iters;
-}
 
 /** Runs `body` inside a validation error scope; a shader or pipeline error becomes a thrown Error. */
 async function validated<T>(body: () => Promise<T>): Promise<T> {
@@ -246,7 +222,7 @@ async function measure(row: Row, budgetMs = 200): Promise<Row> {
         tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => flashAttention(a, b, c, options))([q, k, v], dy);
       });
   try {
-    row.ms = await validated(() => timeMs(step, budgetMs));
+    row.ms = await validated(() => timeMs(step, budgetMs, 2));
     const fwd = 4 * H * n * n * d * (row.causal ? 0.5 : 1);
     row.tflops = (row.pass === 'fwd' ? fwd : row.pass === 'bwd' ? 2.5 * fwd : 3.5 * fwd) / (row.ms * 1e9);
   } catch (e) {

@@ -16,10 +16,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
-import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { flashAttention } from '../src/index';
 import type { FlashAttentionOptions } from '../src/config';
-import { flushTfjs, wgslBindings } from '../kernels/webgpu/runtime';
+import { wgslBindings } from '../kernels/webgpu/runtime';
 import { auxLayout } from '../kernels/webgpu/aux';
 import { F16Plan, f16Capabilities, f16Tuning, matrixPathFits, subgroupMatrixConfigs } from '../kernels/webgpu/f16_support';
 import {
@@ -31,6 +30,7 @@ import { caseTensors } from '../test/case_tensors';
 import { maxAbs } from '../test/compare';
 import { referenceForward } from '../test/reference';
 import type { AttentionConfig } from '../src/config';
+import { backend, settle, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = process.argv.slice(2);
@@ -39,30 +39,6 @@ const noRobustness = args.includes('--no-robustness');
 const maxN = Number(args[args.indexOf('--max-n') + 1]) || 65536;
 const log: string[] = [];
 const say = (line: string) => { log.push(line); console.log(line); };
-
-function backend(): WebGPUBackend {
-  return tf.backend() as WebGPUBackend;
-}
-
-async function settle(): Promise<void> {
-  flushTfjs(backend());
-  await backend().device.queue.onSubmittedWorkDone();
-}
-
-async function timeMs(run: () => void, budgetMs: number): Promise<number> {
-  run();
-  await settle();
-  let t0 = performance.now();
-  run();
-  await settle();
-  const once = performance.now() - t0;
-  if (once > 1000) return once;
-  const iters = Math.max(2, Math.min(50, Math.ceil(budgetMs / Math.max(once, 0.01))));
-  t0 = performance.now();
-  for (let i = 0; i < iters; i++) run();
-  await settle();
-  return (performance.now() - t0) / iters;
-}
 
 const withPlan = async <T>(plan: F16Plan | undefined, tiles: F16Tiles | undefined, body: () => Promise<T>): Promise<T> => {
   f16Tuning.plan = plan;
@@ -245,7 +221,7 @@ async function measure(row: Row, options: FlashAttentionOptions, budgetMs: numbe
   const device = backend().device;
   device.pushErrorScope('validation');
   try {
-    row.ms = await timeMs(() => tf.tidy(() => { flashAttention(q, k, v, { ...options, causal: row.causal, precision: row.precision as 'float16' }); }), budgetMs);
+    row.ms = await timeMs(() => tf.tidy(() => { flashAttention(q, k, v, { ...options, causal: row.causal, precision: row.precision as 'float16' }); }), budgetMs, 2);
     row.tflops = (4 * H * n * n * d * (row.causal ? 0.5 : 1)) / (row.ms * 1e9);
   } catch (e) {
     row.error = (e as Error).message.slice(0, 300);

@@ -16,7 +16,6 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
-import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { flashAttention } from '../src/index';
 import type { FlashAttentionOptions } from '../src/config';
 import { forwardWorkgroupBytes } from '../kernels/webgpu/attention_forward';
@@ -24,10 +23,10 @@ import { dkdvWorkgroupBytes } from '../kernels/webgpu/attention_backward_dkdv';
 import { dqWorkgroupBytes } from '../kernels/webgpu/attention_backward_dq';
 import { webgpuAttentionTuning } from '../kernels/webgpu/flash_attention';
 import type { ForwardSchedule } from '../kernels/webgpu/tuning';
-import { flushTfjs } from '../kernels/webgpu/runtime';
 import { threadsOf, Tiles } from '../kernels/webgpu/tiles';
 import type { AttentionConfig } from '../src/config';
 import { initDawn } from '../src/node';
+import { backend, settle, timeMs } from './webgpu_timing';
 
 const H = 12;
 const quick = process.argv.includes('--quick');
@@ -37,30 +36,6 @@ interface Row {
   ms?: number; tflops?: number; peakMiB?: number; error?: string;
 }
 const rows: Row[] = [];
-
-function backend(): WebGPUBackend {
-  return tf.backend() as WebGPUBackend;
-}
-
-async function settle(): Promise<void> {
-  flushTfjs(backend());
-  await backend().device.queue.onSubmittedWorkDone();
-}
-
-async function timeMs(run: () => void, budgetMs: number): Promise<number> {
-  run();
-  await settle();
-  let t0 = performance.now();
-  run();
-  await settle();
-  const once = performance.now() - t0;
-  if (once > 1000) return once;
-  const iters = Math.max(1, Math.min(50, Math.ceil(budgetMs / Math.max(once, 0.01))));
-  t0 = performance.now();
-  for (let i = 0; i < iters; i++) run();
-  await settle();
-  return (performance.now() - t0) / iters;
-}
 
 function flops(n: number, d: number, causal: boolean, pass: Row['pass']): number {
   const fwd = 4 * H * n * n * d * (causal ? 0.5 : 1);
