@@ -6,7 +6,7 @@
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  blockSkip, COMMON_UNIFORMS, constants, queryRange, queryScale, scoreFunctions, stageRows, storageBinding,
+  backwardInputAccess, blockSkip, COMMON_UNIFORMS, constants, queryRange, queryScale, scoreFunctions, stageRows, storageBinding,
   tensorAccess, vec4Q, vec4V,
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
@@ -113,10 +113,7 @@ var<workgroup> lses: array<f32, ${t.cols}>;
 var<workgroup> dterms: array<f32, ${t.cols}>;
 var<workgroup> flag: u32;
 ${columns ? `var<workgroup> red: array<f32, ${t.rows * TC}>;` : ''}
-${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
-${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
-${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
-${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
+${backwardInputAccess(c)}
 ${columns ? '' : tensorAccess(c, 'dk', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'store')}
 ${columns ? '' : tensorAccess(c, 'dv', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'store')}
 ${columns ? '' : tensorAccess(c, 'dk', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}

@@ -10,7 +10,7 @@
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  COMMON_UNIFORMS, constants, queryRange, queryScale, scoreFunctions, storageBinding, tensorAccess,
+  backwardInputAccess, COMMON_UNIFORMS, constants, queryRange, queryScale, scoreFunctions, storageBinding,
   vec4Q, vec4V,
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
@@ -141,10 +141,7 @@ var<workgroup> dst: array<${E}, ${t.rows * PS}>;
 var<workgroup> lses: array<f32, ${t.cols}>;
 var<workgroup> dterms: array<f32, ${t.cols}>;
 var<workgroup> drows: array<u32, ${t.cols}>;
-${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
-${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
-${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
-${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
+${backwardInputAccess(c)}
 ${scoreFunctions(c, aux, 0)}
 
 @compute @workgroup_size(${WG})

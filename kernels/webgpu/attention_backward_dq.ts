@@ -8,7 +8,7 @@
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  biasGradMode, blockSkip, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, stageRows,
+  backwardInputAccess, biasGradMode, blockSkip, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, stageRows,
   storageBinding, tensorAccess, vec4Q, vec4V,
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
@@ -81,10 +81,7 @@ var<workgroup> vs: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDimV / 4) + 1)}>
 var<workgroup> dss: array<f32, ${t.rows * (t.cols + 1)}>;
 ${rowSums && !useSubgroups ? `var<workgroup> red: array<f32, ${t.rows * TC}>;` : ''}
 var<workgroup> flag: u32;
-${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
-${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
-${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
-${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
+${backwardInputAccess(c)}
 ${tensorAccess(c, 'dq', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'store')}
 ${tensorAccess(c, 'dq', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${scoreFunctions(c, aux, t.cols)}

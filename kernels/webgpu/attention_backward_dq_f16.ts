@@ -9,8 +9,8 @@
 import { AttentionConfig, layoutStrides } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
-  biasGradMode, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions,
-  storageBinding, tensorAccess, vec4Q, vec4V,
+  backwardInputAccess, biasGradMode, COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions,
+  storageBinding, vec4Q, vec4V,
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
 import {
@@ -122,10 +122,7 @@ var<workgroup> dsh: array<${E}, ${t.rows * PS}>;
 var<workgroup> lses: array<f32, ${t.rows}>;
 var<workgroup> dterms: array<f32, ${t.rows}>;
 var<workgroup> drows: array<u32, ${t.rows}>;
-${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
-${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
-${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
-${tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
+${backwardInputAccess(c)}
 ${scoreFunctions(c, aux, 0)}
 
 @compute @workgroup_size(${WG})

@@ -95,6 +95,16 @@ ${lanes}
 }\n`;
 }
 
+/** The loads every backward pass reads: q, k, v and dO (load_q, load_k, load_v, load_dout). */
+export function backwardInputAccess(c: AttentionConfig): string {
+  return [
+    tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load'),
+    tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load'),
+    tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load'),
+    tensorAccess(c, 'dout', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load'),
+  ].join('\n');
+}
+
 /** Row-major index into a rank-4 broadcast shape [B', H', N', M'] at (b, h, i, j). */
 export function broadcastIndex(shape: number[], b: string, h: string, i: string, j: string): string {
   const [sb, sh, si] = [shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3]];
