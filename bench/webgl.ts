@@ -1,12 +1,14 @@
 // WebGL benchmark page: flash attention (this package's webgl kernels) against naive tfjs webgl
 // attention (matMul → softmax → matMul) in the same page on the same inputs, forward and
-// forward+backward, B=1, H=12, D=64 (SPEC §6's reference shape): milliseconds (best of `reps`,
-// alternating flash and naive), TFLOP/s (forward 4·B·H·N²·D FLOPs, forward+backward 3.5× that) and
-// the peak texture memory each needed beyond its inputs (sampled after every WebGL program).
+// forward+backward, B=1, H=12, D=64 (SPEC §6's reference shape): milliseconds per call (median of
+// interleaved rounds; see measureSet), flash's speed-up over naive (median of the rounds' ratios),
+// TFLOP/s (forward 4·B·H·N²·D FLOPs, forward+backward 3.5× that) and the peak texture memory each
+// needed beyond its inputs (sampled after every WebGL program). Flash variants (tuning candidates,
+// VARIANTS) run in the same rounds.
 //
 // Bundle: npx esbuild bench/webgl.ts --bundle --format=iife --outfile=.benchbuild/webgl.js
 // Run:    HASH=quick node bench/webgl_serve.mjs .benchbuild/webgl.js /usr/bin/chromium \
-//           --use-angle=swiftshader --enable-unsafe-swiftshader          (SwiftShader, N = 256, 512)
+//           --use-angle=swiftshader --enable-unsafe-swiftshader          (SwiftShader, N = 256)
 //         on the GPU machine: see bench/RESULTS.md (Chromium from ../shared/gpu/pack-chromium.sh).
 // The page runs on load and POSTs each result line to /result, then DONE; `#quick` picks small sizes,
 // `#swiftshader` the sizes measured on SwiftShader, `#profile=N` only the per-program times at N;
@@ -16,7 +18,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-webgl';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
 import { flashAttention } from '../src/index';
-import { setWebGLBlockKeys } from '../kernels/webgl/flash_attention';
+import { setWebGLFuseWeights } from '../kernels/webgl/flash_attention';
 
 export interface BenchConfig {
   seqs: number[];
@@ -26,13 +28,20 @@ export interface BenchConfig {
   maxBackwardSeq: number;
   /** Naive attention beyond this N runs last, as it may exhaust GPU memory and lose the context. */
   naiveUpTo: number;
-  /** Key block sizes to time flash with (forward and forward+backward) at N = sweepSeq. */
-  blockSweep: number[];
-  sweepSeq: number;
-  reps: number;
-  /** Repetitions from this N on (large N: seconds per run, little noise). */
+  /** Flash variants timed beside the default up to this N (they are A/B candidates, see VARIANTS). */
+  variantsUpTo: number;
+  variants: string[];
+  /** Interleaved rounds per (N, pass); the median round is reported. */
+  rounds: number;
+  /** Rounds from this N on (large N: seconds per round, little noise). */
   bigSeq: number;
-  bigReps: number;
+  bigRounds: number;
+  /**
+   * Each timed sample queues calls back to back until about this many milliseconds of work (from the
+   * warm-up call's time), then waits once: the readback's fence polling (setTimeout-scheduled, a few
+   * ms per wait) would otherwise dominate small N.
+   */
+  sampleMs: number;
   /** Stop starting new measurements after this many seconds. */
   budgetSeconds: number;
   /** Per-program times at these N after the comparisons, before the risky naive sizes. */
@@ -43,8 +52,16 @@ export interface BenchConfig {
 export interface BenchRow {
   n: number;
   pass: 'forward' | 'forward+backward';
-  impl: 'flash' | 'naive';
+  /** 'naive', 'flash' (the defaults) or a flash variant's name. */
+  impl: string;
+  /** Median over rounds of the per-call time, and the fastest and slowest rounds. */
   ms?: number;
+  msMin?: number;
+  msMax?: number;
+  /** Median over rounds of naive's time / this one's in the same round (flash and variants). */
+  speedup?: number;
+  rounds?: number;
+  callsPerSample?: number;
   tflops?: number;
   peakMiB?: number;
   error?: string;
@@ -54,6 +71,14 @@ function naiveAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tens
   const scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(q.shape[3]));
   return tf.matMul(tf.softmax(scores), v);
 }
+
+/**
+ * Flash variants that the bench can time beside the default: each sets the kernels' tuning knobs for
+ * its calls and restores the defaults afterwards.
+ */
+const VARIANTS: Record<string, (on: boolean) => void> = {
+  'fused weights': on => setWebGLFuseWeights(on),
+};
 
 function webgl(): MathBackendWebGL {
   return tf.backend() as MathBackendWebGL;
@@ -80,54 +105,87 @@ async function withPeak<T>(f: () => Promise<T>): Promise<{ value: T; peak: numbe
   }
 }
 
-/** Times flash and naive on the same inputs, alternating repetitions so that drift hits both alike. */
-async function measurePair(n: number, pass: BenchRow['pass'], impls: Array<BenchRow['impl']>,
-  config: BenchConfig): Promise<BenchRow[]> {
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+/**
+ * Times naive, flash and flash variants on the same inputs in interleaved rounds (the order rotating
+ * from round to round, so that drift and the GPU's clocks hit all alike) and reports medians. q, k, v
+ * and dy are packed textures, as the outputs of the projections' matMuls that feed attention in a
+ * model are (unpacked inputs would add a pack program per input and call to both sides).
+ */
+async function measureSet(n: number, pass: BenchRow['pass'], impls: string[], config: BenchConfig): Promise<BenchRow[]> {
   const shape: [number, number, number, number] = [1, config.heads, n, config.headDim];
-  const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal(shape, 0, 1, 'float32', seed) as tf.Tensor4D);
-  const once = async (impl: BenchRow['impl']) => {
-    const attend = impl === 'flash'
-      ? (a: tf.Tensor4D, b: tf.Tensor4D, c: tf.Tensor4D) => flashAttention(a, b, c)
-      : naiveAttention;
-    // tidy: naive attention's intermediates (scores, softmax) must not outlive the call.
-    const outs = pass === 'forward'
-      ? [tf.tidy(() => attend(q, k, v))]
-      : tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
-        tf.sum(tf.mul(attend(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D), dy)))([q, k, v]);
+  const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.tidy(() =>
+    tf.add(tf.randomNormal(shape, 0, 1, 'float32', seed), tf.zeros(shape)) as tf.Tensor4D));
+  const call = (impl: string): tf.Tensor[] => {
+    const attend = impl === 'naive' ? naiveAttention
+      : (a: tf.Tensor4D, b: tf.Tensor4D, c: tf.Tensor4D) => flashAttention(a, b, c);
+    VARIANTS[impl]?.(true);
+    try {
+      // tidy: naive attention's intermediates (scores, softmax) must not outlive the call.
+      return pass === 'forward'
+        ? [tf.tidy(() => attend(q, k, v))]
+        : tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+          tf.sum(tf.mul(attend(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D), dy)))([q, k, v]);
+    } finally {
+      VARIANTS[impl]?.(false);
+    }
+  };
+  /** Milliseconds per call of `calls` calls queued back to back, waited for once at the end. */
+  const sample = async (impl: string, calls: number) => {
+    const t0 = performance.now();
+    let outs: tf.Tensor[] = [];
+    for (let c = 0; c < calls; c++) {
+      tf.dispose(outs);
+      outs = call(impl);
+    }
     const total = tf.tidy(() => outs.map(o => tf.sum(o)).reduce((a, b) => tf.add(a, b)));
     await total.data();
+    const ms = (performance.now() - t0) / calls;
     tf.dispose([...outs, total]);
+    return ms;
   };
   const flops = 4 * config.heads * n * n * config.headDim * (pass === 'forward' ? 1 : 3.5);
   const rows: BenchRow[] = [];
-  const times = new Map<BenchRow['impl'], number[]>();
-  const peaks = new Map<BenchRow['impl'], number>();
+  const times = new Map<string, number[]>();
+  const peaks = new Map<string, number>();
   try {
     const sums = [q, k, v, dy].map(t => tf.sum(t));
     await Promise.all(sums.map(t => t.data()));
     tf.dispose(sums);
-    const live = [...impls];
+    const live: string[] = [];
+    let slowest = 0;
     for (const impl of impls) {
       try {
-        peaks.set(impl, (await withPeak(() => once(impl))).peak);
+        peaks.set(impl, (await withPeak(() => sample(impl, 1))).peak);
+        slowest = Math.max(slowest, await sample(impl, 1));
         times.set(impl, []);
+        live.push(impl);
       } catch (error) {
         rows.push({ n, pass, impl, error: String(error).slice(0, 200) });
-        live.splice(live.indexOf(impl), 1);
       }
     }
-    for (let r = 0; r < (n >= config.bigSeq ? config.bigReps : config.reps); r++) {
-      for (const impl of live) {
-        const t0 = performance.now();
-        await once(impl);
-        times.get(impl)?.push(performance.now() - t0);
+    const calls = Math.max(1, Math.min(16, Math.round(config.sampleMs / slowest)));
+    const rounds = n >= config.bigSeq ? config.bigRounds : config.rounds;
+    for (let r = 0; r < rounds; r++) {
+      for (let m = 0; m < live.length; m++) {
+        const impl = live[(m + r) % live.length];
+        times.get(impl)?.push(await sample(impl, calls));
       }
     }
+    const naive = times.get('naive');
     for (const impl of live) {
-      const ts = (times.get(impl) ?? []).sort((a, b) => a - b);
-      const ms = ts[0];
-      rows.push({ n, pass, impl, ms: +ms.toFixed(2), tflops: +(flops / ms / 1e9).toPrecision(3),
-        peakMiB: +((peaks.get(impl) ?? 0) / 2 ** 20).toFixed(1) });
+      const ts = times.get(impl) ?? [];
+      const ms = median(ts);
+      rows.push({
+        n, pass, impl, ms: +ms.toFixed(3), msMin: +Math.min(...ts).toFixed(3), msMax: +Math.max(...ts).toFixed(3),
+        speedup: naive && impl !== 'naive' ? +median(ts.map((t, r) => naive[r] / t)).toFixed(3) : undefined,
+        rounds, callsPerSample: calls, tflops: +(flops / ms / 1e9).toPrecision(3),
+        peakMiB: +((peaks.get(impl) ?? 0) / 2 ** 20).toFixed(1),
+      });
     }
   } catch (error) {
     rows.push({ n, pass, impl: impls[0], error: String(error).slice(0, 200) });
@@ -156,20 +214,20 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
   const rows: BenchRow[] = [];
   // The comparisons that matter first; then flash alone where naive cannot run; naive at the sizes
   // where it may exhaust GPU memory (and lose the context) last.
-  const plan: Array<[BenchRow['pass'], number, Array<BenchRow['impl']>]> = [];
+  type Entry = [BenchRow['pass'], number, string[]];
+  const plan: Entry[] = [];
   const passes = (n: number) => (n <= config.maxBackwardSeq ? ['forward', 'forward+backward'] as const : ['forward'] as const);
   const risky = (n: number) => !naiveFits(n, config) || n > config.naiveUpTo;
-  for (const n of config.seqs) for (const pass of passes(n)) plan.push([pass, n, risky(n) ? ['flash'] : ['flash', 'naive']]);
-  const sweepAt = plan.findIndex(([, n]) => n > config.sweepSeq);
-  const sweep: typeof plan = config.blockSweep.flatMap(keys =>
-    (['forward', 'forward+backward'] as const).map(pass => [pass, -keys, ['flash']] as [BenchRow['pass'], number, Array<BenchRow['impl']>]));
-  plan.splice(sweepAt < 0 ? plan.length : sweepAt, 0, ...sweep);
-  const last: typeof plan = [];
+  for (const n of config.seqs) {
+    for (const pass of passes(n)) {
+      const variants = n <= config.variantsUpTo ? config.variants : [];
+      plan.push([pass, n, ['flash', ...variants, ...(risky(n) ? [] : ['naive'])]]);
+    }
+  }
+  const last: Entry[] = [];
   for (const n of config.seqs) {
     if (!risky(n)) continue;
-    for (const pass of passes(n)) {
-      last.push([pass, n, naiveFits(n, config) ? ['naive'] : []]);
-    }
+    for (const pass of passes(n)) last.push([pass, n, naiveFits(n, config) ? ['naive'] : []]);
   }
   const inBudget = () => (performance.now() - start) / 1000 <= config.budgetSeconds;
   await measurePlan(plan, config, inBudget, rows, report);
@@ -179,22 +237,18 @@ async function bench(config: BenchConfig, report: (line: string) => Promise<void
   return rows;
 }
 
-async function measurePlan(plan: Array<[BenchRow['pass'], number, Array<BenchRow['impl']>]>, config: BenchConfig,
+async function measurePlan(plan: Array<[BenchRow['pass'], number, string[]]>, config: BenchConfig,
   inBudget: () => boolean, rows: BenchRow[], report: (line: string) => Promise<void>): Promise<void> {
   for (const [pass, n, impls] of plan) {
     if (!inBudget()) {
       await report(`# budget of ${config.budgetSeconds} s spent: stopped before N=${n} ${pass} ${impls.join('+')}`);
       return;
     }
-    // A negative N in the plan is a block-size sweep entry: flash at N = sweepSeq with -n keys per block.
-    if (n < 0) setWebGLBlockKeys(-n);
-    const measured = impls.length ? await measurePair(n < 0 ? config.sweepSeq : n, pass, impls, config)
-      : [{ n, pass, impl: 'naive' as const, error: 'scores [1, H, N, N] exceed MAX_TEXTURE_SIZE²: not run' }];
-    if (n < 0) setWebGLBlockKeys(1024);
+    const measured = impls.length ? await measureSet(n, pass, impls, config)
+      : [{ n, pass, impl: 'naive', error: 'scores [1, H, N, N] exceed MAX_TEXTURE_SIZE²: not run' }];
     for (const row of measured) {
-      const labeled = n < 0 ? { ...row, blockKeys: -n } : row;
-      rows.push(labeled);
-      await report(JSON.stringify(labeled));
+      rows.push(row);
+      await report(JSON.stringify(row));
     }
   }
 }
@@ -234,6 +288,14 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
   // Naive too, for its draw count and where its time goes.
   const passes: Array<[string, () => tf.Tensor[]]> = [
     ['forward', () => [flash(q, k, v)]],
+    ...Object.entries(VARIANTS).map(([name, set]): [string, () => tf.Tensor[]] => [`${name} forward`, () => {
+      set(true);
+      try {
+        return [flash(q, k, v)];
+      } finally {
+        set(false);
+      }
+    }]),
     ['forward+backward', () => tf.grads(loss(flash))([q, k, v])],
     ['naive forward', () => [tf.tidy(() => naiveAttention(q, k, v))]],
     ['naive forward+backward', () => tf.grads(loss(naiveAttention))([q, k, v])],
@@ -273,9 +335,13 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
       await report(`#   ${ms.toFixed(1)} ms, ${draws} draws: ${kind}`);
     }
     // Each product over a head dimension (q·k; P̃·V; in the backward also dO·v, dS·K, dSᵀ·Q, P̃ᵀ·dO)
-    // is 2·H·N²·D FLOPs in all: its rate is what a fragment-shader matrix product reaches here.
+    // is 2·H·N²·D FLOPs in all: its rate is what a fragment-shader matrix product reaches here. In
+    // the forwards, naive's two matMuls are the same products.
     const productFlops = 2 * config.heads * n * n * config.headDim;
-    const products: Array<[string, string]> = [['q·k (scores)', 'Q,K ->'], ['P̃·V (accumulate)', 'Weights,V,']];
+    const products: Array<[string, string]> = pass.endsWith('backward') ? [] : [['q·k (scores)', 'Q,K ->'],
+      ['P̃·V (accumulate)', 'Weights,V,'], ['exp(s − lse)·V (fused accumulate)', 'Scores,V,'],
+      ['naive q·kᵀ matMul', `matrixA,matrixB -> [${config.heads},${n},${n}]`],
+      ['naive P·V matMul', `matrixA,matrixB -> [${config.heads},${n},${config.headDim}]`]];
     for (const [name, prefix] of products) {
       const ms = [...times].filter(([kind]) => kind.startsWith(prefix)).reduce((sum, [, t]) => sum + t.ms, 0);
       if (ms > 0) await report(`#   ${name}: ${(productFlops / ms / 1e9).toPrecision(3)} TFLOP/s`);
@@ -285,19 +351,18 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
 }
 
 /**
- * The GPU run (H100): every N from 256 to 16384 forward and forward+backward, flash and naive side by
- * side where naive's scores fit; naive beyond 4096 last (it may exhaust GPU memory); block sizes
- * 256 and 512 at N = 4096; per-program times at N = 256 and 2048; stops starting measurements after
- * 360 s (about 3 min expected).
+ * The GPU run (H100): N = 256 … 4096 forward and forward+backward, naive, flash and the flash variants
+ * in interleaved rounds (9 rounds below N = 2048, 5 from there), then flash forward at 8192; per-program
+ * times at N = 256 and 2048; stops starting measurements after 240 s (about 1.5 min expected).
  */
 const DEFAULT: BenchConfig = {
-  seqs: [256, 512, 1024, 2048, 4096, 8192, 16384], heads: 12, headDim: 64, maxBackwardSeq: 16384, naiveUpTo: 4096,
-  blockSweep: [256, 512], sweepSeq: 4096, reps: 3, bigSeq: 8192, bigReps: 1, budgetSeconds: 360, profileSeqs: [256, 2048],
+  seqs: [256, 512, 1024, 2048, 4096, 8192], heads: 12, headDim: 64, maxBackwardSeq: 4096, naiveUpTo: 4096,
+  variantsUpTo: 4096, variants: Object.keys(VARIANTS), rounds: 9, bigSeq: 2048, bigRounds: 5, sampleMs: 60,
+  budgetSeconds: 240, profileSeqs: [256, 2048],
 };
-const QUICK: BenchConfig = { ...DEFAULT, seqs: [256, 512], maxBackwardSeq: 256, blockSweep: [128], sweepSeq: 512, reps: 2,
-  profileSeqs: [256] };
-const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 1024, blockSweep: [], sweepSeq: 1024,
-  budgetSeconds: 900, profileSeqs: [] };
+const QUICK: BenchConfig = { ...DEFAULT, seqs: [256], maxBackwardSeq: 256, rounds: 3, profileSeqs: [] };
+const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, rounds: 5, bigSeq: 1024,
+  bigRounds: 3, sampleMs: 0, budgetSeconds: 900, profileSeqs: [] };
 
 async function post(line: string): Promise<void> {
   await fetch('/result', { method: 'POST', body: line });

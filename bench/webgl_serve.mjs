@@ -13,25 +13,20 @@ let child;
 
 const fmt = (x, digits) => (x === undefined ? '–' : x >= 1 ? x.toFixed(digits) : x.toPrecision(2));
 
-/** One table row per (N, pass, block size): flash and naive side by side. */
+/** One table row per (N, pass, implementation): median ms per call, its range, speed over naive. */
 function table() {
-  const groups = new Map();
-  for (const r of rows) {
-    const key = `${r.n}|${r.pass}|${r.blockKeys ?? ''}`;
-    if (!groups.has(key)) groups.set(key, { n: r.n, pass: r.pass, blockKeys: r.blockKeys });
-    groups.get(key)[r.impl] = r;
-  }
   const lines = [
-    '| N | pass | flash ms | flash TFLOP/s | naive ms | naive TFLOP/s | flash speed / naive | flash peak MiB | naive peak MiB |',
+    '| N | pass | impl | ms per call (median) | min–max over rounds | rounds × calls | TFLOP/s | speed / naive (median of rounds) | peak MiB |',
     '|---|---|---|---|---|---|---|---|---|',
   ];
-  for (const g of groups.values()) {
-    const f = g.flash ?? {}, v = g.naive ?? {};
-    const label = g.blockKeys ? `${g.n} (blocks of ${g.blockKeys} keys)` : `${g.n}`;
-    const cell = (r, key, digits) => (r.error ? `error: ${r.error.slice(0, 60)}` : fmt(r[key], digits));
-    const ratio = f.ms && v.ms ? `${(v.ms / f.ms).toFixed(2)}×` : '–';
-    lines.push(`| ${label} | ${g.pass} | ${cell(f, 'ms', 1)} | ${fmt(f.tflops, 3)} | ${cell(v, 'ms', 1)} | ` +
-      `${fmt(v.tflops, 3)} | ${ratio} | ${fmt(f.peakMiB, 1)} | ${fmt(v.peakMiB, 1)} |`);
+  for (const r of rows) {
+    if (r.error) {
+      lines.push(`| ${r.n} | ${r.pass} | ${r.impl} | error: ${r.error.slice(0, 80)} | | | | | |`);
+      continue;
+    }
+    const speed = r.speedup === undefined ? '–' : `${r.speedup.toFixed(2)}×`;
+    lines.push(`| ${r.n} | ${r.pass} | ${r.impl} | ${fmt(r.ms, 2)} | ${fmt(r.msMin, 2)}–${fmt(r.msMax, 2)} | ` +
+      `${r.rounds} × ${r.callsPerSample} | ${fmt(r.tflops, 3)} | ${speed} | ${fmt(r.peakMiB, 1)} |`);
   }
   return lines.join('\n');
 }

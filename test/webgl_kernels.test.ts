@@ -6,7 +6,7 @@ import * as path from 'path';
 import type { BackendInfo } from './browser/harness';
 import { BenchPage, decodeFloats, openPage } from './browser/page';
 import type { AttentionCase } from './cases';
-import { caseData } from './cases';
+import { CASES, caseData } from './cases';
 import { checkCase, failures } from './setup/check_case';
 import type { CaseResult } from './setup/run_case';
 import { compareForward, compareGrad, compareLse, maxAbs } from './compare';
@@ -163,6 +163,19 @@ describe('webgl kernels in headless Chromium', () => {
       expect(await scaledCase(page, 'GQA 4:2', { nq: 130, nk: 150, layout: 'BSHD' }, 1e-3)).toBe('');
     });
   }, 120000);
+
+  test('forward with the weights pass fused into accumulate (a tuning knob): the case list, with gradients', async () => {
+    await withPage({}, async page => {
+      await page.runInPage('faWebglSetFuseWeights', [true]);
+      const failed: string[] = [];
+      for (const c of CASES) failed.push(await scaledCase(page, c.name, {}, 1e-3));
+      // Several blocks, some skipped whole by the causal mask.
+      await page.runInPage('faWebglSetBlockKeys', [64]);
+      failed.push(await scaledCase(page, 'causal', { nq: 200, nk: 300 }, 1e-3));
+      failed.push(await scaledCase(page, 'GQA 4:2', { nq: 130, nk: 150, layout: 'BSHD' }, 1e-3));
+      expect(failed.filter(x => x).join('\n')).toBe('');
+    });
+  }, 300000);
 
   test('the dropout mask is bit-exact with src/dropout.ts', async () => {
     await withPage({}, async page => {

@@ -90,6 +90,17 @@ export function setWebGLBlockKeys(keys: number): void {
   blockKeysTarget = keys;
 }
 
+/**
+ * Whether the forward, without dropout, takes P̃ = exp(s − lse) inside the accumulate pass instead of
+ * a weights pass of its own (3 draws per key block instead of 4; see the header).
+ */
+let fuseWeights = false;
+
+/** Tuning knob for benchmarks: the forward's weights pass fused into accumulate (when no dropout). */
+export function setWebGLFuseWeights(on: boolean): void {
+  fuseWeights = on;
+}
+
 const evenFloor = (n: number) => n - (n % 2);
 
 /**
@@ -175,6 +186,7 @@ const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   const { Q, K, V } = packed.info;
   const textures = packed.textures;
 
+  const fused = fuseWeights && c.dropoutRate === 0;
   let stats: TensorInfo | undefined;
   let sum: TensorInfo | undefined;
   for (let start = 0; start < c.seqK; start += keys) {
@@ -186,11 +198,12 @@ const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
     const nextStats = run(backend, blockStatsProgram(c, textures, start, keys, !stats),
       [scores, ...(stats ? [stats] : []), ...optional]);
     textures.Stats = texShapeOf(backend, nextStats);
-    const weights = run(backend, weightsProgram(c, textures, start, keys), [scores, nextStats, ...optional]);
-    textures.Weights = texShapeOf(backend, weights);
+    // What accumulate reads: P̃ from a weights pass, or the scores themselves when it takes the exp.
+    const weights = fused ? undefined : run(backend, weightsProgram(c, textures, start, keys), [scores, nextStats, ...optional]);
+    if (weights) textures.Weights = texShapeOf(backend, weights);
     if (sum) textures.Previous = texShapeOf(backend, sum);
-    const nextSum = run(backend, accumulateProgram(c, textures, start, keys, !sum),
-      [weights, V, nextStats, ...(sum ? [sum] : []), ...optional]);
+    const nextSum = run(backend, accumulateProgram(c, textures, start, keys, !sum, fused),
+      [weights ?? scores, V, nextStats, ...(sum ? [sum] : []), ...optional]);
     for (const t of [scores, weights, stats, sum]) if (t) backend.disposeIntermediateTensorInfo(t);
     stats = nextStats;
     sum = nextSum;
