@@ -3,14 +3,16 @@
 // against float32, in one run.
 //
 //   /work/shared/gpu/pack.sh bench/f16_backward.ts   then on the GPU machine:
-//   bash .gpu/run.sh f16_backward.mjs [check] [sweep] [numerics] [bench] [quick|lean|full|tiny] [scalar]   (none of the
+//   bash .gpu/run.sh f16_backward.mjs [check] [programs] [numerics] [bench] [quick|lean|full|tiny] [scalar]   (none of the
 //   first four: all; `full`: N = 1024, 2048, 4096, 8192, 16384 instead of 1024, 4096, 16384, `lean`: bench 4096 and 16384, numerics 1024 and 4096; `tiny`: bench N = 256, D = 64 only (a smoke test); `scalar`: the
 //   check also runs the scalar f16 tiles)
 //
 //   check     the shared case list's gradients with precision 'float16' against the float64
 //             reference, on the device's path (and the scalar f16 tiles with `scalar`) (max error relative
 //             to max|ref| per tensor); a run with any non-finite or missing value fails loudly.
-//   sweep     backward tiles at B=1 H=12 N=4096 D=64 (forward+backward time).
+//   programs  each backward program alone, per tile/staging variant, at B=1 H=12 N=4096 D=64, every
+//             variant checked on the GPU first; the fastest correct tiles then run the case list and
+//             forward+backward against the defaults (see programs()).
 //   numerics  dq, dk, dv max and RMS error (relative to max|ref| and RMS(ref)), H=1 D=64, random
 //             normal inputs and the same with 1 % of q/k entries ×10: against float64 at N = 1024
 //             (float32 kernel alongside), against the float32 kernel (itself within 1e-4 of float64)
@@ -28,12 +30,20 @@ import { FlashAttentionOptions, normalizeAttention, Precision } from '../src/con
 import { gradInputNames, packInputs } from '../src/inputs';
 import { FlashAttentionGrad } from '../src/kernel_names';
 import { initDawn } from '../src/node';
-import { ProgramSpec, wgslBindings } from '../kernels/webgpu/runtime';
+import {
+  Dispatch, gpuBuffer, makeOutput, ProgramSpec, range, runPrograms, scratchBuffer, wgslBindings,
+} from '../kernels/webgpu/runtime';
 import { f16Tuning } from '../kernels/webgpu/f16_support';
-import { dkdvF16Program } from '../kernels/webgpu/attention_backward_dkdv_f16';
-import { dqF16Program } from '../kernels/webgpu/attention_backward_dq_f16';
+import { dkdvF16Program, dkdvF16WorkgroupBytes } from '../kernels/webgpu/attention_backward_dkdv_f16';
+import { dqF16Program, dqF16WorkgroupBytes } from '../kernels/webgpu/attention_backward_dq_f16';
+import type { F16Mode } from '../kernels/webgpu/attention_backward_f16_matrix';
 import { auxLayout } from '../kernels/webgpu/aux';
-import { f16BackwardMode, hasF16SubgroupMatrix, webgpuF16BackwardTuning } from '../kernels/webgpu/attention_backward_f16';
+import {
+  f16BackwardMode, f16BackwardPasses, hasF16SubgroupMatrix, webgpuF16BackwardTuning,
+} from '../kernels/webgpu/attention_backward_f16';
+import { planDispatches } from '../kernels/webgpu/flash_attention';
+import { queryBlockGrid } from '../kernels/webgpu/attention_wgsl';
+import { ROW_DOT_ROWS, rowDotProgram } from '../kernels/webgpu/row_dot';
 import type { F16Tiles } from '../kernels/webgpu/attention_backward_dkdv_f16';
 import { AttentionCase, CASES, CaseData, caseData } from '../test/cases';
 import { caseTensors, toTensor } from '../test/case_tensors';
@@ -42,9 +52,12 @@ import { backend, settle, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = new Set(process.argv.slice(2));
-const all = !['check', 'sweep', 'numerics', 'bench'].some(a => args.has(a));
+const all = !['check', 'programs', 'numerics', 'bench'].some(a => args.has(a));
 const quick = args.has('quick');
 const results: Record<string, unknown> = {};
+/** The float16 gradient tolerance of test/webgpu_f16_grad.test.ts (max error relative to max|ref| per tensor). */
+const F16_TOLERANCE = 1e-2;
+const MATRIX_MODE: F16Mode = { path: 'subgroupMatrix', element: 'f16' };
 
 /** Runs `body` inside a validation error scope; a shader or pipeline error becomes a thrown Error. */
 async function validated<T>(body: () => Promise<T>): Promise<T> {
@@ -235,38 +248,202 @@ async function measure(row: Row, budgetMs = 200): Promise<Row> {
   return row;
 }
 
-/** The sweep's fastest tiles, used by the bench at D=64. */
-const best: { dkdv?: F16Tiles; dq?: F16Tiles } = {};
+/** One backward tile/staging variant: the tiles of both passes (webgpuF16BackwardTuning). */
+interface Variant { name: string; dkdv: F16Tiles; dq: F16Tiles }
 
-async function sweep(): Promise<void> {
-  const candidates: F16Tiles[] = [{ rows: 64, cols: 32 }, { rows: 32, cols: 32 }, { rows: 64, cols: 16 },
-    { rows: 128, cols: 16 }, { rows: 32, cols: 16 }];
-  const limit = backend().device.limits.maxComputeWorkgroupStorageSize;
-  const rows: Row[] = [];
-  let bestKv: { t: F16Tiles; ms: number } | undefined;
-  for (const t of candidates) {
-    webgpuF16BackwardTuning.dkdvTiles = t;
-    webgpuF16BackwardTuning.dqTiles = { rows: 64, cols: 32 };
-    const r = await measure({ precision: 'float16', pass: 'bwd', n: 4096, d: 64, causal: false,
-      note: `dkdv ${JSON.stringify(t)} dq 64x32 (limit ${limit} B)` }, 150);
-    rows.push(r);
-    if (r.ms !== undefined && (!bestKv || r.ms < bestKv.ms)) bestKv = { t, ms: r.ms };
+const tiles = (rows: number, cols: number, stage: F16Tiles['stage'], chains = false): F16Tiles => ({ rows, cols, stage, chains });
+const VARIANTS: Variant[] = [
+  ['64x32 loop', tiles(64, 32, 'loop')], ['64x32 batched', tiles(64, 32, 'batched')],
+  ['64x32 prefetch', tiles(64, 32, 'prefetch')], ['64x32 loop chains', tiles(64, 32, 'loop', true)],
+  ['64x32 batched chains', tiles(64, 32, 'batched', true)], ['64x32 prefetch chains', tiles(64, 32, 'prefetch', true)],
+  ['32x32 loop', tiles(32, 32, 'loop')], ['32x32 prefetch', tiles(32, 32, 'prefetch')],
+  ['64x16 prefetch', tiles(64, 16, 'prefetch')], ['128x16 batched', tiles(128, 16, 'batched')],
+  ['128x16 prefetch', tiles(128, 16, 'prefetch')],
+].map(([name, t]) => ({ name: name as string, dkdv: t as F16Tiles, dq: t as F16Tiles }));
+
+function useVariant(v: Variant | undefined): void {
+  webgpuF16BackwardTuning.dkdvTiles = v?.dkdv;
+  webgpuF16BackwardTuning.dqTiles = v?.dq;
+}
+
+/** Cases every variant is checked on (the whole list runs for the winners): multi-tile walks, every staging corner. */
+const VARIANT_CASES: AttentionCase[] = [
+  ...['N=129 D=64', 'D=80', 'D=7 Dv=5', 'everything', 'block sparse', 'dropout'].map(n => {
+    const c = CASES.find(x => x.name === n);
+    if (!c) throw new Error(`no case ${n}`);
+    return c;
+  }),
+  { name: 'N=300 GQA causal dropout', b: 1, hq: 4, hkv: 2, nq: 300, nk: 300, d: 64, dv: 64, grad: true, causal: true,
+    dropout: { rate: 0.1, seed: 3 } },
+];
+
+/** Worst max relative error (per tensor, vs float64) of the backward alone over `cases`; Infinity on non-finite or failure. */
+async function worstCaseError(cases: AttentionCase[], refs: Map<string, ReturnType<typeof referenceGrads>>,
+  log: (line: string) => void): Promise<number> {
+  let worst = 0;
+  for (const c of cases) {
+    const data = caseData(c);
+    let ref = refs.get(c.name);
+    if (!ref) { ref = referenceGrads(c, data); refs.set(c.name, ref); }
+    try {
+      const got = await validated(() => caseBackwardF16(c, data));
+      const names = ['dq', 'dk', 'dv', 'dbias'] as const;
+      const cells: string[] = [];
+      got.forEach((g, i) => {
+        const r = ref?.[names[i]];
+        if (!r) return;
+        const e = relError(g, r);
+        worst = Math.max(worst, e.nonFinite > 0 ? Infinity : e.max);
+        cells.push(`${names[i]} ${fmt(e.max)}${e.nonFinite ? ' NONFINITE' : ''}`);
+      });
+      log(`${c.name}: ${cells.join(' ')}`);
+    } catch (e) {
+      worst = Infinity;
+      log(`${c.name}: FAILED ${(e as Error).message.slice(0, 300)}`);
+    }
   }
-  webgpuF16BackwardTuning.dkdvTiles = bestKv?.t;
-  let bestQ: { t: F16Tiles; ms: number } | undefined;
-  for (const t of candidates) {
-    webgpuF16BackwardTuning.dqTiles = t;
-    const r = await measure({ precision: 'float16', pass: 'bwd', n: 4096, d: 64, causal: false,
-      note: `dkdv ${JSON.stringify(bestKv?.t)} dq ${JSON.stringify(t)}` }, 150);
-    rows.push(r);
-    if (r.ms !== undefined && (!bestQ || r.ms < bestQ.ms)) bestQ = { t, ms: r.ms };
+  return worst;
+}
+
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN; };
+
+/**
+ * Each backward program alone, per variant, at B=1 H=12 N=4096 D=64: `reps` dispatches of one
+ * program back to back in one command buffer, host-timed from its submission to
+ * onSubmittedWorkDone on an idle GPU (encoding is not inside the window), rounds interleaved in
+ * rotating order, medians. Before timing, every variant is checked: VARIANT_CASES against float64,
+ * and at the timed size against the float32 kernel's gradients. Then the fastest correct dK/dV and
+ * dQ tiles run the whole case list, and forward+backward (tf.grads, float16) is timed against the
+ * defaults, interleaved.
+ */
+async function programs(): Promise<void> {
+  const n = 4096, d = 64;
+  const device = backend().device;
+  const limit = device.limits.maxComputeWorkgroupStorageSize;
+  const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
+  const dLse = tf.zeros([1, H, n]);
+  const { output, lse } = flashAttention(q, k, v, { returnLse: true });
+  const { config } = normalizeAttention(q, k, v, { precision: 'float16' });
+  const f32Grads = await Promise.all(tf.tidy(() => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+    flashAttention(a, b, c))([q, k, v], dy)).map(async g => { const x = await g.data(); g.dispose(); return x; }));
+  const gradInputs = packInputs(gradInputNames(config), { q, k, v, output, lse, dOutput: dy, dLse });
+
+  // The passes' buffers as the kernel binds them; the row statistics are written once by row_dot.
+  const b = backend();
+  const made = [makeOutput(b, [1, H, n, d]), makeOutput(b, [1, H, n, d]), makeOutput(b, [1, H, n, d])];
+  const aux = auxLayout(config, true);
+  const buffers: Record<string, GPUBuffer> = {
+    q: gpuBuffer(b, q), k: gpuBuffer(b, k), v: gpuBuffer(b, v), out: gpuBuffer(b, output), dout: gpuBuffer(b, dy),
+    lse: gpuBuffer(b, lse), dlse: gpuBuffer(b, dLse), dq: made[0].buffer, dk: made[1].buffer, dv: made[2].buffer,
+    aux: scratchBuffer(device, aux.size * 4),
+  };
+  const pick = (names: string[]) => Object.fromEntries(names.map(x => [x, buffers[x]]));
+  const rowDot = rowDotProgram(config, aux);
+  const rowDotRun = { spec: rowDot, dispatches: planDispatches(b, config, pick(['out', 'dout', 'lse', 'dlse', 'aux']),
+    (units, g) => [Math.ceil(n / ROW_DOT_ROWS), units * g.queryHeadsPerUnit, 1], g => g.queryHeadsPerUnit, rowDot.chunking) };
+  runPrograms(b, [rowDotRun]);
+  await settle();
+
+  type Run = { spec: ProgramSpec; dispatches: Dispatch[] };
+  const passRuns = (): { dkdv: Run; dq: Run } => {
+    const f16 = f16BackwardPasses(device, config, aux);
+    if (!f16) throw new Error('no float16 backward on this device');
+    return {
+      dkdv: { spec: f16.dkdv, dispatches: planDispatches(b, config, pick(['q', 'k', 'v', 'dout', 'dk', 'dv', 'aux']),
+        (units, g) => [Math.ceil(n / f16.dkdvRows), units * g.kvHeadsPerUnit, 1], g => g.kvHeadsPerUnit, f16.dkdv.chunking) },
+      dq: { spec: f16.dq, dispatches: planDispatches(b, config, pick(['q', 'k', 'v', 'dout', 'dq', 'aux']),
+        (units, g) => queryBlockGrid(config, f16.dqRows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit, f16.dq.chunking) },
+    };
+  };
+  const timeRun = async (run: Run, reps: number): Promise<number> => {
+    await settle();
+    const dispatches = range(reps).flatMap(() => run.dispatches);
+    runPrograms(b, [{ spec: run.spec, dispatches }]);
+    const t0 = performance.now();
+    await device.queue.onSubmittedWorkDone();
+    return (performance.now() - t0) / reps;
+  };
+
+  // Correctness of every variant, and its programs (those that do not fit are left out).
+  const refs = new Map<string, ReturnType<typeof referenceGrads>>();
+  const ok: Array<Variant & { runs: { dkdv: Run; dq: Run } }> = [];
+  const checks: Record<string, unknown> = {};
+  for (const variant of VARIANTS) {
+    const fits = dkdvF16WorkgroupBytes(config, variant.dkdv, MATRIX_MODE) <= limit &&
+      dqF16WorkgroupBytes(config, variant.dq, MATRIX_MODE) <= limit;
+    if (!fits) { console.log(`variant ${variant.name}: does not fit ${limit} B of workgroup memory`); continue; }
+    useVariant(variant);
+    const cases = await worstCaseError(VARIANT_CASES, refs, line => console.log(`  ${variant.name.padEnd(22)} ${line}`));
+    const big = await validated(async () => {
+      const grads = tf.engine().runKernel(FlashAttentionGrad, gradInputs, { ...config }) as tf.Tensor[];
+      const values = await Promise.all(grads.map(g => g.data()));
+      tf.dispose(grads);
+      return values;
+    }).then(values => Math.max(...values.map((x, i) => { const e = relError(x, f32Grads[i]); return e.nonFinite ? Infinity : e.max; })),
+      () => Infinity);
+    const passes = cases <= F16_TOLERANCE && big <= F16_TOLERANCE;
+    console.log(`variant ${variant.name}: cases worst ${fmt(cases)}, N=${n} vs float32 kernel ${fmt(big)} -> ${passes ? 'ok' : 'WRONG'}`);
+    checks[variant.name] = { cases, big, passes };
+    if (passes) ok.push({ ...variant, runs: passRuns() });
   }
-  webgpuF16BackwardTuning.dkdvTiles = undefined;
-  webgpuF16BackwardTuning.dqTiles = undefined;
-  best.dkdv = bestKv?.t;
-  best.dq = bestQ?.t;
-  console.log(`sweep best: dkdv ${JSON.stringify(bestKv)}, dq ${JSON.stringify(bestQ)}`);
-  results.sweep = { rows, bestKv, bestQ };
+
+  // Timing: rounds over (variant, program) in rotating order.
+  const samples: Record<string, number[]> = {};
+  const jobs = [{ name: 'row_dot', run: rowDotRun }, ...ok.flatMap(v => [
+    { name: `dkdv ${v.name}`, run: v.runs.dkdv }, { name: `dq ${v.name}`, run: v.runs.dq }])];
+  const reps = new Map<string, number>();
+  for (const job of jobs) {
+    const once = await timeRun(job.run, 1);
+    reps.set(job.name, Math.max(3, Math.min(40, Math.ceil(60 / Math.max(once, 0.05)))));
+  }
+  const rounds = quick ? 3 : 7;
+  for (let r = 0; r < rounds; r++) {
+    for (let x = 0; x < jobs.length; x++) {
+      const job = jobs[(x + r * 3) % jobs.length];
+      (samples[job.name] ??= []).push(await timeRun(job.run, reps.get(job.name) ?? 3));
+    }
+  }
+  const table = jobs.map(j => ({ name: j.name, ms: median(samples[j.name]), min: Math.min(...samples[j.name]),
+    max: Math.max(...samples[j.name]) }));
+  console.log(`\nprograms alone, B=1 H=${H} N=${n} D=${d}, ms per dispatch (median of ${rounds} interleaved rounds; min..max):`);
+  for (const t of table) console.log(`  ${t.name.padEnd(32)} ${t.ms.toFixed(3)}  (${t.min.toFixed(3)}..${t.max.toFixed(3)})`);
+  const best = (prefix: string) => ok.map(v => ({ v, ms: median(samples[`${prefix} ${v.name}`]) })).sort((a, c) => a.ms - c.ms)[0];
+  const bestKv = best('dkdv'), bestQ = best('dq');
+  const base = ok.find(v => v.name === VARIANTS[0].name);
+  console.log(`fastest correct: dkdv ${bestKv?.v.name} ${bestKv?.ms.toFixed(3)} ms, dq ${bestQ?.v.name} ${bestQ?.ms.toFixed(3)} ms`);
+  tf.dispose([q, k, v, dy, dLse, output, lse]);
+  for (const m of made) b.disposeData(m.info.dataId);
+  buffers.aux.destroy();
+
+  // The winners together: the whole case list, then forward+backward against the defaults, interleaved.
+  const winner: Variant | undefined = bestKv && bestQ ? { name: 'winner', dkdv: bestKv.v.dkdv, dq: bestQ.v.dq } : undefined;
+  let winnerCases = NaN;
+  if (winner) {
+    useVariant(winner);
+    winnerCases = await worstCaseError(CASES.filter(c => c.grad), refs, line => console.log(`  winner ${line}`));
+    console.log(`winner (dkdv ${JSON.stringify(winner.dkdv)}, dq ${JSON.stringify(winner.dq)}): worst over the case list ${fmt(winnerCases)}`);
+  }
+  const e2e: Record<string, number[]> = {};
+  const contenders: Array<Variant | undefined> = [undefined, ...(base ? [base] : []), ...(winner && winnerCases <= F16_TOLERANCE ? [winner] : [])];
+  for (let r = 0; r < Math.min(rounds, 5); r++) {
+    for (let x = 0; x < contenders.length; x++) {
+      const v = contenders[(x + r) % contenders.length];
+      useVariant(v);
+      for (const pass of ['fwd', 'fwd+bwd'] as const) {
+        const row = await measure({ precision: 'float16', pass, n, d, causal: false, note: v?.name ?? 'defaults' }, 150);
+        if (row.ms !== undefined) (e2e[`${pass} ${v?.name ?? 'defaults'}`] ??= []).push(row.ms);
+      }
+    }
+  }
+  useVariant(undefined);
+  console.log('\nforward and forward+backward, float16, medians:');
+  const fwdFlops = 4 * H * n * n * d;
+  for (const [name, xs] of Object.entries(e2e)) {
+    const ms = median(xs);
+    console.log(`  ${name.padEnd(24)} ${ms.toFixed(3)} ms  ${((name.startsWith('fwd+bwd') ? 3.5 : 1) * fwdFlops / (ms * 1e9)).toFixed(1)} TFLOP/s`);
+  }
+  results.programs = { checks, table, samples, bestKv: bestKv && { name: bestKv.v.name, ms: bestKv.ms },
+    bestQ: bestQ && { name: bestQ.v.name, ms: bestQ.ms }, winnerCases, e2e };
 }
 
 async function bench(): Promise<void> {
@@ -274,9 +451,6 @@ async function bench(): Promise<void> {
   const sizes = args.has('tiny') ? [256] : quick ? [4096] : args.has('full') ? [1024, 2048, 4096, 8192, 16384]
     : args.has('lean') ? [4096, 16384] : [1024, 4096, 16384];
   for (const d of quick || args.has('tiny') ? [64] : [64, 128]) {
-    // The sweep's best tiles (measured at D=64) where they fit this head size, else the defaults.
-    webgpuF16BackwardTuning.dkdvTiles = d === 64 ? best.dkdv : undefined;
-    webgpuF16BackwardTuning.dqTiles = d === 64 ? best.dq : undefined;
     for (const causal of [false, true]) {
       for (const n of sizes) {
         for (const precision of ['float16', 'float32'] as const) {
@@ -353,7 +527,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   if (all || args.has('check')) await check();
   if (all || args.has('bench')) await bench();
-  if (all || args.has('sweep')) await sweep();
+  if (all || args.has('programs')) await programs();
   if (all || args.has('numerics')) await numerics();
   console.log(`total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const out = process.env.OUT;

@@ -203,6 +203,22 @@ describe("precision 'float16' backward on webgpu (Dawn)", () => {
         }
       })), 300000);
 
+    // Register staging (the next tile's loads in flight during this tile's products; 'batched' where
+    // block-sparse skipping makes the next tile unknown) and chained accumulators, with walked tiles
+    // that end mid-tile, head sizes that are not whole tiles and several staging rounds.
+    test('register staging and chained accumulators: prefetch (dK/dV) and batched (dQ)',
+      withTiles({ rows: 32, cols: 16, stage: 'prefetch', chains: true }, { rows: 16, cols: 32, stage: 'batched', chains: true },
+        f32Tiles(async () => {
+          const cases = ['N=129 D=64', 'D=7 Dv=5', 'D=80', 'block sparse', 'dropout', 'everything'];
+          expect(await caseFailures(cases.map(byName), 1e-4)).toBe('');
+        })), 300000);
+
+    test('register staging: batched (dK/dV) and prefetch (dQ)',
+      withTiles({ rows: 16, cols: 32, stage: 'batched' }, { rows: 32, cols: 16, stage: 'prefetch' }, f32Tiles(async () => {
+        const cases = ['N=129 D=64', 'GQA 4:2', 'causal Nq>Nk (empty rows)', 'bias broadcast rows'];
+        expect(await caseFailures(cases.map(byName), 1e-4)).toBe('');
+      })), 300000);
+
     test('one strip, and a key tile wider than the query block',
       withTiles({ rows: 16, cols: 32 }, { rows: 16, cols: 32 }, f32Tiles(async () => {
         const cases = ['plain', 'Nq>Nk', 'BSHD', 'Nq<Nk', 'GQA 4:2'];

@@ -15,15 +15,21 @@ import {
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
 import {
-  elementIndex, F16Mode, f16Extensions, liveTileTest, matrixOps, ownTilesCapacity, ownTilesWgsl, stageRowsF16, STRIP_THREADS,
-  TILE, tilesOf,
+  elementIndex, F16Mode, f16Extensions, liveTileTest, matrixOps, ownTilesCapacity, ownTilesWgsl, stageLoops, StageMode,
+  STRIP_THREADS, stripAccumulators, stripProducts, TILE, tilesOf, walkedStaging, WalkedOperand,
 } from './attention_backward_f16_matrix';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
 
-/** `rows`: keys per workgroup (16 per strip); `cols`: query rows per tile. Both multiples of 16. */
+/**
+ * `rows`: own rows per workgroup (keys here, query rows in the dQ pass; 16 per strip); `cols`: rows of
+ * each walked tile. Both multiples of 16. `stage` and `chains`: see StageMode and stripProducts
+ * (defaults 'loop' and false).
+ */
 export interface F16Tiles {
   rows: number;
   cols: number;
+  stage?: StageMode;
+  chains?: boolean;
 }
 
 /** Row strides (elements) of the staged operands and f32 tiles: padded against bank conflicts, 16-byte aligned. */
@@ -68,10 +74,48 @@ export function dkdvF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, 
   const D16 = tilesOf(c.headDim), DV16 = tilesOf(c.headDimV), Q16 = t.cols / TILE;
   const strips = t.rows / TILE, WG = strips * STRIP_THREADS;
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
-  const stage = (dst: string, stride: string, name: string, first: string, limit: string, head: string,
-    cols4: number, tiles: number, scale?: string) => stageRowsF16({
-    dst, stride, cols4, width4: tiles * 4, rows: 'BQ', first, limit, load: `load_${name}`, head, scale, element: E,
-  });
+  // Block-sparse walks skip tiles, so a tile prefetched for the next step may not be the next one visited.
+  const stageMode: StageMode = t.stage === 'prefetch' && c.blockSize > 0 ? 'batched' : t.stage ?? 'loop';
+  const chains = t.chains ?? false;
+  const walked: WalkedOperand[] = [
+    { dst: 'qs', stride: 'QS', cols4: dk4, tiles: D16, load: 'load_q', head: 'h', scale: 'QSCALE' },
+    { dst: 'dos', stride: 'VS', cols4: dv4, tiles: DV16, load: 'load_dout', head: 'h' },
+  ];
+  const staging = walkedStaging(E, t.cols, WG, 'SEQQ', walked);
+  // The walked tile's row statistics; with register staging, held like its operands.
+  const statSlots = range(Math.ceil(t.cols / WG));
+  const fetchStats = (first: string) => statSlots.map(k => `{
+      let row = bh * SEQQ + min(${first} + lidx + ${k * WG}u, SEQQ - 1u);
+      sl${k} = bitcast<f32>(aux[${aux.lse}u + row]);
+      sd${k} = bitcast<f32>(aux[${aux.rowTerm}u + row]);
+    }`).join('\n    ');
+  const storeStats = statSlots.map(k => `if (lidx + ${k * WG}u < BQ) {
+      let e = lidx + ${k * WG}u;
+      lses[e] = select(sl${k}, 0.0, sl${k} == negInf());
+      dterms[e] = sd${k};
+      ${c.dropoutRate > 0 ? 'drows[e] = dropoutRow(b, h, i0 + e);' : ''}
+    }`).join('\n    ');
+  const loopStats = `for (var e = lidx; e < BQ; e += WG) {
+        let row = bh * SEQQ + min(i0 + e, SEQQ - 1u);
+        let l = bitcast<f32>(aux[${aux.lse}u + row]);
+        lses[e] = select(l, 0.0, l == negInf());
+        dterms[e] = bitcast<f32>(aux[${aux.rowTerm}u + row]);
+        ${c.dropoutRate > 0 ? 'drows[e] = dropoutRow(b, h, i0 + e);' : ''}
+      }`;
+  const stageTile = {
+    loop: `${stageLoops(E, 'BQ', 'SEQQ', walked, 'i0')}
+      ${loopStats}`,
+    batched: `${staging.fetch('i0')}
+    ${fetchStats('i0')}
+    ${staging.store}
+    ${storeStats}`,
+    prefetch: `${staging.store}
+    ${storeStats}
+    ${staging.fetch('i0 + BQ')}
+    ${fetchStats('i0 + BQ')}`,
+  }[stageMode];
+  const registers = stageMode === 'loop' ? '' : `${staging.declare}
+  ${statSlots.map(k => `var sl${k}: f32; var sd${k}: f32;`).join(' ')}`;
 
   // K and V rows of each strip become left tiles, staged through qs/dos.
   const qsSize = ownTilesCapacity(t.rows, t.cols * QS), dosSize = ownTilesCapacity(t.rows, t.cols * VS);
@@ -80,9 +124,10 @@ export function dkdvF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, 
     { name: 'vf', buffer: 'dos', capacity: dosSize, tiles: DV16, cols4: dv4, load: 'load_v', head: 'hk' },
   ]);
 
-  const strip = (dst: string, lefts: string, src: string, stride: string, tiles: number) => range(Q16).map(q => `      ${ops.zero('acc[0]')}
-${range(tiles).map(x => `      ${ops.multiplyAdd('acc[0]', `${lefts}[${x}]`, src, `${q * TILE}u * ${stride} + ${x * TILE}u`, stride, true)}`).join('\n')}
-      ${ops.store('acc[0]', dst, `sg * 16u * SS + ${q * TILE}u`, 'SS')}`).join('\n');
+  const products = stripProducts(ops, [
+    { dst: 'st', lefts: 'kf', src: 'qs', stride: 'QS', tiles: D16 },
+    { dst: 'dpt', lefts: 'vf', src: 'dos', stride: 'VS', tiles: DV16 },
+  ], Q16, chains);
 
   const accumulate = (acc: string, operand: string, src: string, stride: string, tiles: number) => range(Q16).map(q =>
     `      ${ops.loadLeft('lt[0]', operand, `sg * 16u * PS + ${q * TILE}u`, 'PS')}
@@ -163,30 +208,24 @@ ${ops.entryAttributes}fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
   ${ops.declareLefts('kf', D16)}
   ${ops.declareLefts('vf', DV16)}
   ${ops.declareLefts('lt', 1)}
-  ${ops.declareResults('acc', 1)}
+  ${ops.declareResults('acc', stripAccumulators(2, Q16, chains))}
   ${ops.declareResults('dka', D16)}
   ${ops.declareResults('dva', DV16)}
 ${ownRows}
+  ${registers}
   for (var g = u.group_start; g < u.group_end; g++) {
     let h = hk * GROUP + g;
     let bh = b * HQ + h;
 ${columns ? '    var dbcol = 0.0;' : ''}
+    ${stageMode === 'prefetch' ? `${staging.fetch('tFirst * BQ')}
+    ${fetchStats('tFirst * BQ')}` : ''}
     for (var t = tFirst; t < tEnd; t++) {
       let i0 = t * BQ;
       ${liveTileTest(c.blockSize, 'i0', 'min(i0 + BQ, SEQQ) - 1u', 'jFirst', 'jLast')}
       workgroupBarrier();
-      ${stage('qs', 'QS', 'q', 'i0', 'SEQQ', 'h', dk4, D16, 'QSCALE')}
-      ${stage('dos', 'VS', 'dout', 'i0', 'SEQQ', 'h', dv4, DV16)}
-      for (var e = lidx; e < BQ; e += WG) {
-        let row = bh * SEQQ + min(i0 + e, SEQQ - 1u);
-        let l = bitcast<f32>(aux[${aux.lse}u + row]);
-        lses[e] = select(l, 0.0, l == negInf());
-        dterms[e] = bitcast<f32>(aux[${aux.rowTerm}u + row]);
-        ${c.dropoutRate > 0 ? 'drows[e] = dropoutRow(b, h, i0 + e);' : ''}
-      }
+      ${stageTile}
       workgroupBarrier();
-${strip('st', 'kf', 'qs', 'QS', D16)}
-${strip('dpt', 'vf', 'dos', 'VS', DV16)}
+${products}
       workgroupBarrier();
 ${elementwise}
       workgroupBarrier();

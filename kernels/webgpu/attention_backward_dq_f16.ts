@@ -14,8 +14,8 @@ import {
 } from './attention_wgsl';
 import { shaderConfig } from './attention_forward';
 import {
-  elementIndex, F16Mode, f16Extensions, liveTileTest, matrixOps, ownTilesCapacity, ownTilesWgsl, stageRowsF16, STRIP_THREADS,
-  TILE, tilesOf,
+  elementIndex, F16Mode, f16Extensions, liveTileTest, matrixOps, ownTilesCapacity, ownTilesWgsl, stageLoops, StageMode,
+  STRIP_THREADS, stripAccumulators, stripProducts, TILE, tilesOf, walkedStaging, WalkedOperand,
 } from './attention_backward_f16_matrix';
 import type { F16Tiles } from './attention_backward_dkdv_f16';
 import { BindingSpec, f32, ProgramSpec, range } from './runtime';
@@ -55,10 +55,21 @@ export function dqF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mo
   const strips = t.rows / TILE, WG = strips * STRIP_THREADS;
   const dk4 = Math.ceil(c.headDim / 4), dv4 = Math.ceil(c.headDimV / 4);
   const rowSums = biasGradMode(c) === 'rows', fullBias = biasGradMode(c) === 'full';
-  const stage = (dst: string, stride: string, name: string, first: string, limit: string, head: string,
-    cols4: number, tiles: number, scale?: string) => stageRowsF16({
-    dst, stride, cols4, width4: tiles * 4, rows: 'BK', first, limit, load: `load_${name}`, head, scale, element: E,
-  });
+  // Block-sparse walks skip tiles, so a tile prefetched for the next step may not be the next one visited.
+  const stageMode: StageMode = t.stage === 'prefetch' && c.blockSize > 0 ? 'batched' : t.stage ?? 'loop';
+  const chains = t.chains ?? false;
+  const walked: WalkedOperand[] = [
+    { dst: 'ks', stride: 'KS', cols4: dk4, tiles: D16, load: 'load_k', head: 'hk' },
+    { dst: 'vs', stride: 'VS', cols4: dv4, tiles: DV16, load: 'load_v', head: 'hk' },
+  ];
+  const staging = walkedStaging(E, t.cols, WG, 'SEQK', walked);
+  const stageTile = {
+    loop: stageLoops(E, 'BK', 'SEQK', walked, 'j0'),
+    batched: `${staging.fetch('j0')}
+    ${staging.store}`,
+    prefetch: `${staging.store}
+    ${staging.fetch('j0 + BK')}`,
+  }[stageMode];
 
   // Q and dO rows of each strip become left tiles, staged through ks/vs.
   const ksSize = ownTilesCapacity(t.rows, t.cols * KS), vsSize = ownTilesCapacity(t.rows, t.cols * VS);
@@ -67,9 +78,10 @@ export function dqF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mo
     { name: 'dof', buffer: 'vs', capacity: vsSize, tiles: DV16, cols4: dv4, load: 'load_dout', head: 'h' },
   ]);
 
-  const strip = (dst: string, lefts: string, src: string, stride: string, tiles: number) => range(K16).map(k => `    ${ops.zero('acc[0]')}
-${range(tiles).map(x => `    ${ops.multiplyAdd('acc[0]', `${lefts}[${x}]`, src, `${k * TILE}u * ${stride} + ${x * TILE}u`, stride, true)}`).join('\n')}
-    ${ops.store('acc[0]', dst, `sg * 16u * SS + ${k * TILE}u`, 'SS')}`).join('\n');
+  const products = stripProducts(ops, [
+    { dst: 'st', lefts: 'qf', src: 'ks', stride: 'KS', tiles: D16 },
+    { dst: 'dpt', lefts: 'dof', src: 'vs', stride: 'VS', tiles: DV16 },
+  ], K16, chains);
 
   const accumulate = range(K16).map(k => `    ${ops.loadLeft('lt[0]', 'dsh', `sg * 16u * PS + ${k * TILE}u`, 'PS')}
 ${range(D16).map(x => `    ${ops.multiplyAdd(`dqa[${x}]`, 'lt[0]', 'ks', `${k * TILE}u * KS + ${x * TILE}u`, 'KS', false)}`).join('\n')}`).join('\n');
@@ -150,19 +162,19 @@ ${ops.entryAttributes}fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
   ${ops.declareLefts('qf', D16)}
   ${ops.declareLefts('dof', DV16)}
   ${ops.declareLefts('lt', 1)}
-  ${ops.declareResults('acc', 1)}
+  ${ops.declareResults('acc', stripAccumulators(2, K16, chains))}
   ${ops.declareResults('dqa', D16)}
 ${rowSums ? '  var dbsum = 0.0;' : ''}
 ${ownRows}
+  ${stageMode === 'loop' ? '' : staging.declare}
+  ${stageMode === 'prefetch' ? staging.fetch('tFirst * BK') : ''}
   for (var t = tFirst; t < tEnd; t++) {
     let j0 = t * BK;
     ${liveTileTest(c.blockSize, 'iFirst', 'iLast', 'j0', 'min(j0 + BK, SEQK) - 1u')}
     workgroupBarrier();
-    ${stage('ks', 'KS', 'k', 'j0', 'SEQK', 'hk', dk4, D16)}
-    ${stage('vs', 'VS', 'v', 'j0', 'SEQK', 'hk', dv4, DV16)}
+    ${stageTile}
     workgroupBarrier();
-${strip('st', 'qf', 'ks', 'KS', D16)}
-${strip('dpt', 'dof', 'vs', 'VS', DV16)}
+${products}
     workgroupBarrier();
 ${elementwise}
     workgroupBarrier();

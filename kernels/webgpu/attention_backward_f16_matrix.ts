@@ -13,6 +13,7 @@
 // control flow); the scalar path needs no subgroup operations at all. The subgroup-matrix WGSL
 // spelling (load syntax, diagnostic name) is the forward's, from f16_support.ts.
 import { matrixDiagnostic, matrixLoad } from './f16_support';
+import { range } from './runtime';
 export type MatrixPath = 'subgroupMatrix' | 'scalar';
 
 export interface F16Mode {
@@ -117,6 +118,128 @@ export function stageRowsF16(o: { dst: string; stride: string; cols4: number; wi
       ${o.dst}[at + 2u] = ${E}(x.z);
       ${o.dst}[at + 3u] = ${E}(x.w);
     }`;
+}
+
+/**
+ * How a program brings the operands of each tile it walks (Q and dO, or K and V) into workgroup memory:
+ *   'loop'      a strided loop of load → convert → store per element group (the first version);
+ *   'batched'   every invocation first loads all its vec4s of the tile into registers (unrolled, so the
+ *               global loads are in flight together), then converts and stores them;
+ *   'prefetch'  as 'batched', but the loads of the next tile are issued right after this tile is
+ *               stored, so they are in flight while the tile's matrix products run (registers double
+ *               as the second buffer). Needs a walk that visits consecutive tiles: with block-sparse
+ *               skipping the programs use 'batched' instead.
+ */
+export type StageMode = 'loop' | 'batched' | 'prefetch';
+
+/** One operand of a walked tile: rows [first, first + rows) of a tensor, staged as `tiles` 16-column tiles. */
+export interface WalkedOperand {
+  dst: string;
+  stride: string;
+  /** vec4 columns of the head, and 16-column tiles staged (zero past the head). */
+  cols4: number;
+  tiles: number;
+  load: string;
+  head: string;
+  scale?: string;
+}
+
+/** WGSL of a walked tile's staging: `declare` once before the walk, `fetch(first)` into registers, `store` them. */
+export interface WalkedStaging {
+  declare: string;
+  fetch: (first: string) => string;
+  store: string;
+}
+
+/**
+ * Register staging ('batched' and 'prefetch') of `rows`-row tiles by WG invocations: invocation
+ * lidx holds vec4s lidx, lidx + WG, … of each operand in its own variables (constant indices, so
+ * they stay in registers). Rows past `limit` and columns past the head read a clamped, in-range
+ * address and are zeroed by select, so the loads carry no branch.
+ */
+export function walkedStaging(element: F16Mode['element'], rows: number, wg: number, limit: string,
+  operands: WalkedOperand[]): WalkedStaging {
+  const parts = operands.map((o, n) => {
+    const width4 = o.tiles * 4, total = rows * width4, slots = Math.ceil(total / wg);
+    const name = (k: number) => `stg${n}_${k}`;
+    const exact = total % wg === 0;
+    const colsInside = width4 === o.cols4;
+    const fetch = (first: string) => range(slots).map(k => {
+      const e = exact ? `lidx + ${k * wg}u` : `min(lidx + ${k * wg}u, ${total - 1}u)`;
+      const inside = colsInside ? `${first} + r < ${limit}` : `(${first} + r < ${limit}) & (c < ${o.cols4}u)`;
+      return `{
+      let e = ${e};
+      let r = e / ${width4}u;
+      let c = e % ${width4}u;
+      let x = ${o.load}(b, ${o.head}, min(${first} + r, ${limit} - 1u), ${colsInside ? 'c' : `min(c, ${o.cols4 - 1}u)`});
+      ${name(k)} = select(vec4<f32>(0.0), x${o.scale ? ` * ${o.scale}` : ''}, ${inside});
+    }`;
+    }).join('\n    ');
+    const store = range(slots).map(k => {
+      const body = `let e = lidx + ${k * wg}u;
+      let at = (e / ${width4}u) * ${o.stride} + (e % ${width4}u) * 4u;
+${range(4).map(x => `      ${o.dst}[at + ${x}u] = ${element}(${name(k)}[${x}]);`).join('\n')}`;
+      return exact || (k + 1) * wg <= total ? `{\n      ${body}\n    }` : `if (lidx + ${k * wg}u < ${total}u) {\n      ${body}\n    }`;
+    }).join('\n    ');
+    return { declare: range(slots).map(k => `var ${name(k)}: vec4<f32>;`).join(' '), fetch, store };
+  });
+  return {
+    declare: parts.map(p => p.declare).join('\n  '),
+    fetch: first => parts.map(p => p.fetch(first)).join('\n    '),
+    store: parts.map(p => p.store).join('\n    '),
+  };
+}
+
+/** The walked operands staged by the strided loops of the 'loop' mode. */
+export function stageLoops(element: F16Mode['element'], rows: string, limit: string, operands: WalkedOperand[],
+  first: string): string {
+  return operands.map(o => stageRowsF16({
+    dst: o.dst, stride: o.stride, cols4: o.cols4, width4: o.tiles * 4, rows, first, limit, load: o.load, head: o.head,
+    scale: o.scale, element,
+  })).join('\n    ');
+}
+
+/**
+ * One product of a strip's own left tiles with the walked tile, transposed, into an f32 tile of
+ * workgroup memory: dst[strip rows, 16n …] = Σₓ lefts[x] · src[16n …, 16x …]ᵀ for n < count.
+ */
+export interface StripProduct {
+  dst: string;
+  lefts: string;
+  src: string;
+  stride: string;
+  tiles: number;
+}
+
+/** Result tiles `acc` that stripProducts needs. */
+export function stripAccumulators(products: number, count: number, chains: boolean): number {
+  return chains ? products * count : 1;
+}
+
+/**
+ * WGSL of the strip products (row stride of dst: SS). Without `chains` one accumulator serves every
+ * output tile in turn, so each tile's multiply-adds wait on the one before; with `chains` every output
+ * tile of every product has its own, and the multiply-adds are interleaved across them (independent
+ * work in flight, for more registers).
+ */
+export function stripProducts(ops: MatrixOps, products: StripProduct[], count: number, chains: boolean): string {
+  const mma = (acc: string, p: StripProduct, n: number, x: number) =>
+    ops.multiplyAdd(acc, `${p.lefts}[${x}]`, p.src, `${n * TILE}u * ${p.stride} + ${x * TILE}u`, p.stride, true);
+  const store = (acc: string, p: StripProduct, n: number) => ops.store(acc, p.dst, `sg * 16u * SS + ${n * TILE}u`, 'SS');
+  const lines: string[] = [];
+  if (!chains) {
+    for (const p of products) {
+      for (let n = 0; n < count; n++) lines.push(ops.zero('acc[0]'), ...range(p.tiles).map(x => mma('acc[0]', p, n, x)), store('acc[0]', p, n));
+    }
+  } else {
+    const acc = (i: number, n: number) => `acc[${i * count + n}]`;
+    products.forEach((p, i) => range(count).forEach(n => lines.push(ops.zero(acc(i, n)))));
+    for (let x = 0; x < Math.max(...products.map(p => p.tiles)); x++) {
+      products.forEach((p, i) => { if (x < p.tiles) range(count).forEach(n => lines.push(mma(acc(i, n), p, n, x))); });
+    }
+    products.forEach((p, i) => range(count).forEach(n => lines.push(store(acc(i, n), p, n))));
+  }
+  return lines.map(l => `    ${l}`).join('\n');
 }
 
 /** One set of left tiles a strip keeps for the whole walk (K and V, or Q and dO), and where it is staged. */
