@@ -7,7 +7,9 @@
 //   (--final: the headline table with default tiles; --sweep / --sweep-causal: the wide forward tile
 //   sweep; --ab: interleaved rounds of the forward candidates; --ab-schedule: interleaved rounds of the
 //   forward schedules, old against new (paired causal blocks, mask on edge tiles only, block-sparse
-//   from mask bits); --split-check: dispatch splitting under a 2 MiB binding limit vs unsplit; --quick)
+//   from mask bits); --ab-targets: interleaved rounds of the candidates for the causal and
+//   block-sparse ratio targets (halved pairs, sparse tiles); --split-check: dispatch splitting
+//   under a 2 MiB binding limit vs unsplit; --quick)
 // Results: a table on stdout and JSON in $OUT/webgpu_bench.json (when OUT is set).
 //
 // Timing: after a warm-up (compilation), one run is timed to size the batch, then `iters` runs are
@@ -26,14 +28,14 @@ import type { ForwardSchedule } from '../kernels/webgpu/tuning';
 import { threadsOf, Tiles } from '../kernels/webgpu/tiles';
 import type { AttentionConfig } from '../src/config';
 import { initDawn } from '../src/node';
-import { backend, settle, timeMs } from './webgpu_timing';
+import { backend, settle, timeWithEnqueue } from './webgpu_timing';
 
 const H = 12;
 const quick = process.argv.includes('--quick');
 
 interface Row {
   impl: string; pass: 'fwd' | 'fwd+bwd'; n: number; d: number; causal: boolean; note?: string;
-  ms?: number; tflops?: number; peakMiB?: number; error?: string;
+  ms?: number; enqueueMs?: number; tflops?: number; peakMiB?: number; error?: string;
 }
 const rows: Row[] = [];
 
@@ -72,7 +74,9 @@ async function measure(row: Row, impl: Impl, budgetMs: number, withMemory = true
   const device = backend().device;
   device.pushErrorScope('validation');
   try {
-    row.ms = await timeMs(step, budgetMs);
+    const t = await timeWithEnqueue(step, budgetMs);
+    row.ms = t.total;
+    row.enqueueMs = t.enqueue;
     row.tflops = flops(n, d, row.causal, row.pass) / (row.ms * 1e9);
     if (withMemory) {
       const profile = await tf.profile(() => { step(); });
@@ -247,7 +251,7 @@ function stats(ms: number[]): { median: number; min: number; max: number } {
 async function abSchedule(limit: number, threads: number): Promise<void> {
   const n = quick ? 256 : 4096, d = 64, c = benchConfig(n, d);
   const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
-  const OLD: ForwardSchedule = { pairBlocks: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
+  const OLD: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
   const NEW: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
   const paired = (t?: Tiles) => ({ schedule: { ...NEW, pairBlocks: 'banded' as const }, tiles: t });
   const values = new Int32Array((n / 64) ** 2);
@@ -328,6 +332,107 @@ async function abSchedule(limit: number, threads: number): Promise<void> {
   if (out) {
     fs.writeFileSync(path.join(out, 'webgpu_ab_schedule.json'),
       JSON.stringify(variants.map((v, i) => ({ ...v, options: Object.keys(v.options), ms: times[i] })), null, 1));
+  }
+}
+
+/**
+ * `--ab-targets`: the candidates for issue 3's two ratio targets at N = 4096, B = 1, H = 12, in
+ * interleaved rounds (rotated order each round), medians with min–max and the host's enqueue time
+ * per call. Causal: the blocks schedule (one query block per workgroup, heaviest first) against
+ * halved pairs (two workgroups per pair of blocks i and n−1−i, half the key walk each, partials
+ * merged) with several tiles, at D = 64 and 128; block-sparse (blocks of 64, ~10 % live): the
+ * default 64-row tiles against other tiles and the unmasked score inside live blocks; dense
+ * forward (and forward+backward) in every round, so ratios are medians of same-round ratios.
+ * Every candidate's output is first compared with the default's. JSON in $OUT/webgpu_ab_targets.json.
+ */
+async function abTargets(limit: number, threads: number): Promise<void> {
+  const n = quick ? 256 : 4096;
+  const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
+  const BLOCKS: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
+  const HALVES: ForwardSchedule = { ...BLOCKS, pairBlocks: 'banded', halvePairs: true };
+  const DEFAULT: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
+  const values = new Int32Array((n / 64) ** 2);
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  for (let i = 0; i < values.length; i++) values[i] = rand() < 0.1 ? 1 : 0;
+  const blockMask = tf.tensor4d(values, [1, 1, n / 64, n / 64], 'int32');
+  const sparse = { blockSparse: { blockMask, blockSize: 64 } };
+  const causal = { causal: true };
+  interface Variant {
+    name: string; options: FlashAttentionOptions; schedule: ForwardSchedule; tiles?: Tiles; d: number;
+    pass: Row['pass']; base: string;
+  }
+  const fits = (t: Tiles, d: number) => threadsOf(t).WG <= threads && forwardWorkgroupBytes(benchConfig(n, d), t, true) <= limit;
+  const v = (name: string, d: number, options: FlashAttentionOptions, schedule: ForwardSchedule, tiles?: Tiles,
+    pass: Row['pass'] = 'fwd'): Variant => ({ name, options, schedule, tiles, d, pass, base: `full ${pass} D=${d}` });
+  const variants: Variant[] = [
+    v('full fwd D=64', 64, {}, DEFAULT),
+    v('full fwd+bwd D=64', 64, {}, DEFAULT, undefined, 'fwd+bwd'),
+    v('full fwd D=128', 128, {}, DEFAULT),
+    v('causal blocks (old default) D=64', 64, causal, BLOCKS),
+    v('causal halves, default tiles D=64', 64, causal, HALVES),
+    v('causal halves + edge-tile mask D=64', 64, causal, { ...HALVES, maskEdgeTilesOnly: true }),
+    ...[G(T(128, 16, 8, 2)), G(T(192, 32, 4, 4)), G(T(128, 16, 4, 2))].filter(t => fits(t, 64)).map(t =>
+      v(`causal halves ${t.rows}x${t.cols} ${t.rowsPerThread}x${t.colsPerThread} D=64`, 64, causal, HALVES, t)),
+    v('causal blocks (old default) D=128', 128, causal, BLOCKS),
+    v('causal paired whole D=128', 128, causal, { ...BLOCKS, pairBlocks: 'banded' }),
+    v('causal halves, default tiles D=128', 128, causal, HALVES),
+    v('sparse fwd, default tiles D=64', 64, sparse, BLOCKS),
+    v('sparse fwd, unmasked inside live blocks D=64', 64, sparse, { ...BLOCKS, maskEdgeTilesOnly: true }),
+    ...[G(T(64, 16, 8, 2)), G(T(64, 32, 4, 4)), G(T(32, 16, 4, 2))].filter(t => fits(t, 64)).map(t =>
+      v(`sparse fwd ${t.rows}x${t.cols} ${t.rowsPerThread}x${t.colsPerThread} D=64`, 64, sparse, BLOCKS, t)),
+    v('sparse fwd+bwd, default D=64', 64, sparse, BLOCKS, undefined, 'fwd+bwd'),
+  ];
+  // Each forward candidate's output against the default schedule's on the same inputs.
+  for (const d of [64, 128]) {
+    const [q, k, vv] = [21, 22, 23].map(s => tf.randomNormal([1, H, n, d], 0, 1, 'float32', s));
+    for (const options of [causal, sparse]) {
+      webgpuAttentionTuning.forwardSchedule = DEFAULT;
+      webgpuAttentionTuning.forwardTiles = undefined;
+      const reference = flashAttention(q, k, vv, options);
+      for (const x of variants.filter(y => y.d === d && y.pass === 'fwd' && y.options === options)) {
+        webgpuAttentionTuning.forwardSchedule = x.schedule;
+        webgpuAttentionTuning.forwardTiles = x.tiles;
+        const diff = tf.tidy(() => tf.div(tf.max(tf.abs(tf.sub(flashAttention(q, k, vv, options), reference))),
+          tf.max(tf.abs(reference))));
+        console.log(`ab-targets check ${x.name}: max|this−default|/max|default| ${(await diff.data())[0].toExponential(2)}`);
+        diff.dispose();
+      }
+      reference.dispose();
+    }
+    tf.dispose([q, k, vv]);
+  }
+  const times = variants.map(() => [] as Array<{ total: number; enqueue: number }>);
+  const rounds = quick ? 2 : 5;
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < variants.length; i++) {
+      const index = (i + round) % variants.length;
+      const x = variants[index];
+      webgpuAttentionTuning.forwardSchedule = x.schedule;
+      webgpuAttentionTuning.forwardTiles = x.tiles;
+      const r = await measure({ impl: 'flash', pass: x.pass, n, d: x.d, causal: x.options.causal === true,
+        note: `ab-targets round ${round}: ${x.name}` }, flash(x.options), x.pass === 'fwd' ? 300 : 400, false, false);
+      times[index].push({ total: r.ms ?? NaN, enqueue: r.enqueueMs ?? NaN });
+    }
+    console.log(`ab-targets round ${round + 1}/${rounds} done`);
+  }
+  webgpuAttentionTuning.forwardSchedule = DEFAULT;
+  webgpuAttentionTuning.forwardTiles = undefined;
+  blockMask.dispose();
+  console.log(`\nab-targets summary (N=${n}, H=${H}, ${rounds} rounds; ratio = median over rounds of the same round's ` +
+    'full time (same pass and D) over this one; targets: causal >= 1.7x, sparse >= 5x)');
+  variants.forEach((x, i) => {
+    const total = stats(times[i].map(t => t.total));
+    const base = times[variants.findIndex(y => y.name.startsWith(x.base))];
+    const ratio = stats(times[i].map((t, r) => base[r].total / t.total)).median;
+    console.log(`ab-targets ${x.name}: median ${total.median.toFixed(3)} ms (min ${total.min.toFixed(3)}, max ` +
+      `${total.max.toFixed(3)}; enqueue ${stats(times[i].map(t => t.enqueue)).median.toFixed(3)}); ratio ${ratio.toFixed(2)}x; ` +
+      `all ${times[i].map(t => t.total.toFixed(3)).join(' ')}`);
+  });
+  const out = process.env.OUT;
+  if (out) {
+    fs.writeFileSync(path.join(out, 'webgpu_ab_targets.json'),
+      JSON.stringify(variants.map((x, i) => ({ ...x, options: Object.keys(x.options), times: times[i] })), null, 1));
   }
 }
 
@@ -435,6 +540,11 @@ async function main(): Promise<void> {
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   console.log(`adapter: ${description}; subgroups ${device.features.has('subgroups')}; workgroup memory ${limit} B; ` +
     `max binding ${device.limits.maxStorageBufferBindingSize} B`);
+  if (process.argv.includes('--ab-targets')) {
+    await abTargets(limit, device.limits.maxComputeInvocationsPerWorkgroup);
+    if (process.argv.includes('--final')) await final();
+    return;
+  }
   if (process.argv.includes('--ab-schedule')) {
     await abSchedule(limit, device.limits.maxComputeInvocationsPerWorkgroup);
     if (process.argv.includes('--final')) await final();

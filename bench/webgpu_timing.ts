@@ -17,16 +17,27 @@ export async function settle(): Promise<void> {
 
 /** Milliseconds per run of `run`, timing about `budgetMs` of runs (at least `minIters`, at most 50). */
 export async function timeMs(run: () => void, budgetMs: number, minIters = 1): Promise<number> {
+  return (await timeWithEnqueue(run, budgetMs, minIters)).total;
+}
+
+/**
+ * timeMs's measurement with the host's share beside it: `enqueue` is the time per run until the
+ * last run was queued; where it is close to `total`, host work (JS, encoding, submission) bounds
+ * the run, not the GPU.
+ */
+export async function timeWithEnqueue(run: () => void, budgetMs: number, minIters = 1):
+    Promise<{ total: number; enqueue: number }> {
   run();
   await settle();
   let t0 = performance.now();
   run();
   await settle();
   const once = performance.now() - t0;
-  if (once > 1000) return once;
+  if (once > 1000) return { total: once, enqueue: NaN };
   const iters = Math.max(minIters, Math.min(50, Math.ceil(budgetMs / Math.max(once, 0.01))));
   t0 = performance.now();
   for (let i = 0; i < iters; i++) run();
+  const queued = performance.now();
   await settle();
-  return (performance.now() - t0) / iters;
+  return { total: (performance.now() - t0) / iters, enqueue: (queued - t0) / iters };
 }

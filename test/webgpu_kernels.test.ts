@@ -80,8 +80,8 @@ function withSchedule(schedule: ForwardSchedule, t: Tiles | undefined, body: () 
 
 // The default schedule is the old one (faster on the H100 at D = 64, tuning.ts); the new one stays
 // selectable, so both are tested.
-const NEW_SCHEDULE: ForwardSchedule = { pairBlocks: 'banded', maskEdgeTilesOnly: true, sparseFromBits: true };
-const OLD_SCHEDULE: ForwardSchedule = { pairBlocks: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
+const NEW_SCHEDULE: ForwardSchedule = { pairBlocks: 'banded', halvePairs: false, maskEdgeTilesOnly: true, sparseFromBits: true };
+const OLD_SCHEDULE: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
 
 /** Forward-only cases for pairing and the block-sparse walk (8-row SwiftShader blocks). */
 const PAIRING_CASES: AttentionCase[] = [
@@ -113,6 +113,23 @@ function planFor(k: AttentionCase, limit: number): Box[] {
   } finally {
     tf.dispose(t.all);
   }
+}
+
+/** The WGSL of every shader module compiled while `body` runs (programs are compiled once per key). */
+async function compiledDuring(body: () => Promise<void>): Promise<string[]> {
+  const device = backend().device;
+  const create = device.createShaderModule.bind(device);
+  const codes: string[] = [];
+  device.createShaderModule = (descriptor: GPUShaderModuleDescriptor) => {
+    codes.push(descriptor.code);
+    return create(descriptor);
+  };
+  try {
+    await body();
+  } finally {
+    device.createShaderModule = create;
+  }
+  return codes;
 }
 
 function plainConfig(over: Partial<AttentionConfig>): AttentionConfig {
@@ -185,6 +202,46 @@ describe('webgpu kernels with subgroups', () => {
         } finally {
           webgpuAttentionTuning.maxBindingBytes = undefined;
         }
+      }));
+
+  test('halved pairs (two workgroups per pair, half the key walk each, partials merged by lse) on every option',
+    withSchedule({ ...NEW_SCHEDULE, pairBlocks: 'always', halvePairs: true },
+      { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 }, async () => {
+        const c = plainConfig({ seqQ: 40, seqK: 40, windowRight: 0 });
+        const tiles: Tiles = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 };
+        const plan = forwardPlan(c, webgpuAttentionTuning.forwardSchedule);
+        expect(plan.halves).toBe(true);
+        expect(forwardGrid(c, 8, 2, plan)).toEqual([6, 2, 1]);
+        const source = forwardProgram(c, auxLayout(c, false), false, tiles, false, plan).body();
+        expect(source).toContain('partial_out[');
+        expect(source).not.toContain('store_out(');
+        const nan = ['NaN in q', 'Inf in k', 'NaN in v', 'keyLengths zero', 'window+causal'].map(byName);
+        const modules = await compiledDuring(() => expectCasesPass([...SUBSET, ...PAIRING_CASES, ...nan]));
+        expect(modules.some(code => code.includes('walkHalf'))).toBe(true);
+        expect(modules.some(code => code.includes('partial_lse[s * ROWS'))).toBe(true);
+      }));
+
+  test('halved pairs with query rows split over dispatches, and whole pairs where key ranges are split',
+    withSchedule({ ...NEW_SCHEDULE, pairBlocks: 'always', halvePairs: true },
+      { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 }, async () => {
+        // 16 KiB: the [72, 80] bias plane per head splits query rows only (partials stay whole);
+        // 2 KiB: one head's k splits keys, where the merge cannot follow and pairs run whole.
+        const rows: AttentionCase = { name: 'halves, rows split', b: 1, hq: 2, hkv: 1, nq: 72, nk: 80, d: 8, dv: 4,
+          grad: false, causal: true, bias: [1, 2, 72, 80], dropout: { rate: 0.2, seed: 5 } };
+        const keys: AttentionCase = { name: 'halves, keys split', b: 1, hq: 4, hkv: 2, nq: 40, nk: 48, d: 16, dv: 4,
+          grad: false, bias: [1, 4, 40, 48], causal: true };
+        const halved: boolean[] = [];
+        for (const [k, limit] of [[rows, 16384], [keys, 2048]] as const) {
+          webgpuAttentionTuning.maxBindingBytes = limit;
+          try {
+            halved.push((await compiledDuring(() => expectCasesPass([k]))).some(code => code.includes('walkHalf')));
+          } finally {
+            webgpuAttentionTuning.maxBindingBytes = undefined;
+          }
+        }
+        expect(halved).toEqual([true, false]);
+        expect(planFor(rows, 16384).some(b => b.r1 - b.r0 < rows.nq)).toBe(true);
+        expect(planFor(keys, 2048).some(b => b.k1 - b.k0 < keys.nk)).toBe(true);
       }));
 
   test('the old schedule (one block per workgroup, mask on every tile, block-sparse tile lists) stays correct',

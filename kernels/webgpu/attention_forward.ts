@@ -7,7 +7,9 @@
 // visited (loop bounds), block-sparse tiles with no live block are skipped, and only tiles that
 // cross a band edge or the key limit evaluate the visibility mask. The output and the log-sum-exp
 // are written once at the end. No Nq × Nk buffer exists. Under a causal band a workgroup may run
-// two query blocks, i and n−1−i, one after the other (ForwardPlan.paired), so all do equal work.
+// two query blocks, i and n−1−i, one after the other (ForwardPlan.paired), so all do equal work;
+// with ForwardPlan.halves two workgroups share a pair's key walk, half each, and write partial
+// outputs and lse that merge_splits.ts combines (flash_attention.ts runs both).
 import { AttentionConfig, layoutStrides, queryOffset } from '../../src/config';
 import type { AuxLayout } from './aux';
 import {
@@ -21,32 +23,38 @@ import type { ForwardSchedule } from './tuning';
 /** The forward program's schedule for one problem (ForwardSchedule resolved against the config). */
 export interface ForwardPlan {
   paired: boolean;
+  /** Two workgroups per pair, each half of its key walk, writing partials (ForwardSchedule.halvePairs). */
+  halves: boolean;
   maskEdgeTilesOnly: boolean;
   sparseFromBits: boolean;
 }
 
 export function forwardPlan(c: AttentionConfig, s: ForwardSchedule): ForwardPlan {
   const paired = s.pairBlocks === 'always' || (s.pairBlocks === 'banded' && isBanded(c));
-  return { paired, maskEdgeTilesOnly: s.maskEdgeTilesOnly, sparseFromBits: s.sparseFromBits };
+  return { paired, halves: paired && s.halvePairs, maskEdgeTilesOnly: s.maskEdgeTilesOnly, sparseFromBits: s.sparseFromBits };
 }
 
-/** Workgroup grid of the forward: one workgroup per (query head, query block or pair of blocks). */
+/** Workgroup grid of the forward: one workgroup per (query head, query block or pair of blocks or half a pair). */
 export function forwardGrid(c: AttentionConfig, rows: number, heads: number, plan: ForwardPlan): [number, number, number] {
-  return plan.paired ? [Math.ceil(Math.ceil(c.seqQ / rows) / 2), heads, 1] : queryBlockGrid(c, rows, heads);
+  const pairs = Math.ceil(Math.ceil(c.seqQ / rows) / 2);
+  return plan.halves ? [2 * pairs, heads, 1] : plan.paired ? [pairs, heads, 1] : queryBlockGrid(c, rows, heads);
 }
 
 /**
  * WGSL of a paired grid: the dispatch's query blocks [qbFirst, qbEnd) (its rows, chunks.ts) are
  * paired from both ends, pair p = blocks qbEnd−1−p (run first: the heavier under a causal band)
- * and qbFirst + p; the middle block of an odd count runs alone. Defines qbHeavy, qbLight, blocks, bh.
+ * and qbFirst + p; the middle block of an odd count runs alone. Defines qbHeavy, qbLight, blocks, bh,
+ * and with halves `walkHalf` (workgroup x = 2·pair + half).
  */
-function pairedIds(c: AttentionConfig, rows: number): string {
+function pairedIds(c: AttentionConfig, rows: number, halves: boolean): string {
   const perUnit = c.layout === 'BHSD' ? 'GROUP' : 'HQ';
   return `let qbFirst = u.row_start / ${rows}u;
   let qbCount = (u.row_end + ${rows - 1}u) / ${rows}u - qbFirst;
-  if ((2u * wid.x >= qbCount) | (wid.y >= u.heads_in_chunk)) { return; }
-  let qbHeavy = qbFirst + qbCount - 1u - wid.x;
-  let qbLight = qbFirst + wid.x;
+  let pair = wid.x${halves ? ' / 2u' : ''};
+  ${halves ? 'let walkHalf = wid.x % 2u;' : ''}
+  if ((2u * pair >= qbCount) | (wid.y >= u.heads_in_chunk)) { return; }
+  let qbHeavy = qbFirst + qbCount - 1u - pair;
+  let qbLight = qbFirst + pair;
   let blocks = select(2u, 1u, qbHeavy == qbLight);
   let bh = u.unit_start * ${perUnit} + u.group_start + wid.y;`;
 }
@@ -109,13 +117,18 @@ export function shaderConfig(c: AttentionConfig): Omit<AttentionConfig, 'dropout
   return rest;
 }
 
-export function forwardBindings(c: AttentionConfig, withAux: boolean): BindingSpec[] {
+/**
+ * The forward's bindings; with `halves` it writes merge_splits.ts' partials ([2, B·Hq·Nq, DV4]
+ * vec4 and [2, B·Hq·Nq], by absolute row) instead of the output and lse.
+ */
+export function forwardBindings(c: AttentionConfig, withAux: boolean, halves = false): BindingSpec[] {
   const b: BindingSpec[] = [
     storageBinding('q', vec4Q(c), false),
     storageBinding('k', vec4Q(c), false),
     storageBinding('v', vec4V(c), false),
-    storageBinding('out', vec4V(c), true),
-    storageBinding('lse', false, true),
+    ...(halves
+      ? [{ name: 'partial_out', type: 'vec4<f32>', write: true } as const, { name: 'partial_lse', type: 'f32', write: true } as const]
+      : [storageBinding('out', vec4V(c), true), storageBinding('lse', false, true)]),
   ];
   if (c.biasShape.length) b.push(storageBinding('bias', false, false));
   if (withAux) b.push({ name: 'aux', type: 'u32', write: false });
@@ -199,10 +212,21 @@ function liveBitsFunction(c: AttentionConfig, aux: AuxLayout): string {
 }`;
 }
 
+/** blockTiles(qb, kl): the key tiles [x, y) that query block qb visits (window, keyLengths, the dispatch's keys). */
+function blockTilesFunction(c: AttentionConfig): string {
+  return `fn blockTiles(qb: u32, kl: u32) -> vec2<u32> {
+  let iFirst = qb * BQ;
+  let iLast = min(iFirst + BQ, SEQQ) - 1u;
+  ${keyRange(c)}
+  let tFirst = jLo / BK;
+  return vec2<u32>(tFirst, select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo));
+}`;
+}
+
 export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: boolean, t: Tiles,
   useSubgroups: boolean, plan: ForwardPlan): ProgramSpec {
   if (t.probsVec4 && t.cols % 4 !== 0) throw new Error('flashAttention (webgpu): probsVec4 tiles need cols % 4 == 0');
-  const bindings = forwardBindings(c, withAux);
+  const bindings = forwardBindings(c, withAux, plan.halves);
   const uniforms = [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)];
   const { TR, TC, WG } = threadsOf(t);
   const TM = t.rowsPerThread, TN = t.colsPerThread;
@@ -241,6 +265,53 @@ ${scoreOf('scoreValue2')}
 ${scoreOf('score2')}
     }`;
   };
+  // A row's normalized output (O · inv) and natural-log lse.
+  const rowResult = (r: number) => `    let inv = select(1.0 / l_${r}, 0.0, l_${r} == 0.0);
+    let mUse = select(m_${r}, 0.0, m_${r} == negInf());
+    let value = select((mUse + log2(l_${r})) * LN2, negInf(), l_${r} == 0.0);
+    // A NaN score leaves l non-finite whatever max() and exp2() make of NaN (both are
+    // implementation-defined in WGSL; SwiftShader's exp2(NaN) is +∞): the row's lse is NaN, as
+    // in the reference, and +∞ where the largest score is +∞.
+    let special = select(nanValue(), -negInf(), m_${r} == -negInf());
+    let lseNew = select(value, special, !isFinite(l_${r}) | (m_${r} == -negInf()));`;
+  // The output and lse; a dispatch that continues an earlier one's key ranges (chunks.ts) merges
+  // with what it wrote, reading that lse before any thread of the row writes the new one.
+  const finalStores = () => `${rowsR.map(r => `  var lseOld_${r} = negInf();`).join('\n')}
+  if (u.accumulate != 0u) {
+${rowsR.map(r => `    lseOld_${r} = lse[bh * SEQQ + min(i_${r}, SEQQ - 1u) - u.off_lse];`).join('\n')}
+  }
+  workgroupBarrier();
+${rowsR.map(r => `  if (i_${r} < SEQQ) {
+${rowResult(r)}
+    if (u.accumulate == 0u) {
+${oxX.map(x => `      if (${colOk(x)}) { store_out(b, h, i_${r}, tc + ${x * TC}u, ${O(r, x)} * inv); }`).join('\n')}
+      if (tc == 0u) { lse[bh * SEQQ + i_${r} - u.off_lse] = lseNew; }
+    } else {
+      let w = mergeWeights(lseOld_${r}, lseNew);
+${oxX.map(x => `      if (${colOk(x)}) {
+        let at = tc + ${x * TC}u;
+        store_out(b, h, i_${r}, at, w.x * load_out(b, h, i_${r}, at) + w.y * (${O(r, x)} * inv));
+      }`).join('\n')}
+      if (tc == 0u) { lse[bh * SEQQ + i_${r} - u.off_lse] = w.z; }
+    }
+  }`).join('\n')}`;
+  // With halves: this half's partial for the block, also where its part of the walk is empty
+  // (output 0, lse −∞, which the merge weighs 0), so every (half, row) entry is written.
+  const partialStores = () => rowsR.map(r => `  if (i_${r} < SEQQ) {
+${rowResult(r)}
+    let prow = walkHalf * ROWS + bh * SEQQ + i_${r};
+${oxX.map(x => `    if (${colOk(x)}) { partial_out[prow * DV4 + tc + ${x * TC}u - u.off_partial_out] = ${O(r, x)} * inv; }`).join('\n')}
+    if (tc == 0u) { partial_lse[prow - u.off_partial_lse] = lseNew; }
+  }`).join('\n');
+  // With halves: the pair's walk is the heavy block's key tiles, then the light block's; this
+  // workgroup takes positions [walkLo, walkHi) of it.
+  const walkHalves = () => `let heavyTiles = blockTiles(qbHeavy, kl);
+  let lightTiles = blockTiles(qbLight, kl);
+  let nHeavy = heavyTiles.y - heavyTiles.x;
+  let walkLength = nHeavy + select(lightTiles.y - lightTiles.x, 0u, blocks == 1u);
+  let walkMid = (walkLength + 1u) / 2u;
+  let walkLo = select(0u, walkMid, walkHalf == 1u);
+  let walkHi = select(walkMid, walkLength, walkHalf == 1u);`;
   const body = () => `
 ${constants(c)}
 const BQ = ${t.rows}u;
@@ -252,6 +323,7 @@ const QS = DK4 + 1u;
 const VS = DV4 + 1u;
 const PS = ${probsStride(t)}u;
 const QSCALE = ${f32(queryScale(c))};
+const ROWS = ${c.batch * c.headsQ * c.seqQ}u;
 ${t.rowsFromGlobal ? '' : `var<workgroup> qs: array<vec4<f32>, ${t.rows * (Math.ceil(c.headDim / 4) + 1)}>;`}
 ${c.blockSize > 0 && !plan.sparseFromBits ? `var<workgroup> tileFlags: array<u32, ${TILE_LIST}>;` : ''}
 var<workgroup> ks: array<vec4<f32>, ${t.cols * (Math.ceil(c.headDim / 4) + 1)}>;
@@ -263,23 +335,24 @@ var<workgroup> flag: u32;
 ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
-${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'store')}
-${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
+${plan.halves ? '' : tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'store')}
+${plan.halves ? '' : tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${scoreFunctions(c, aux, t.cols)}
 ${c.blockSize > 0 && plan.sparseFromBits ? liveBitsFunction(c, aux) : ''}
-${MERGE_WEIGHTS}
+${plan.halves ? blockTilesFunction(c) : MERGE_WEIGHTS}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
   let tr = lidx / TC;
   let tc = lidx % TC;
-  ${plan.paired ? pairedIds(c, t.rows) : queryBlockIds(c, t.rows)}
+  ${plan.paired ? pairedIds(c, t.rows, plan.halves) : queryBlockIds(c, t.rows)}
   let b = bh / HQ;
   let h = bh % HQ;
   let hk = h / GROUP;
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'let kl = SEQK;'}
+  ${plan.halves ? walkHalves() : ''}
   ${plan.paired ? `for (var slot = 0u; slot < blocks; slot++) {
   let qb = select(qbLight, qbHeavy, slot == 0u);
   // The previous block's last readers of workgroup memory are done before this one stages into it.
@@ -289,8 +362,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let iFirst = i0;
   let iLast = min(i0 + BQ, SEQQ) - 1u;
   ${keyRange(c)}
-  let tFirst = jLo / BK;
-  let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);
+  ${plan.halves ? `let blockFirst = jLo / BK;
+  let blockEnd = select(blockFirst, (jHi + BK - 1u) / BK, jHi > jLo);
+  // This block's part of the pair's walk (heavy block's tiles at 0, the light one's after them).
+  let walkBase = select(nHeavy, 0u, slot == 0u);
+  let tFirst = blockFirst + min(max(walkLo, walkBase) - walkBase, blockEnd - blockFirst);
+  let tEnd = blockFirst + min(max(walkHi, walkBase) - walkBase, blockEnd - blockFirst);` : `let tFirst = jLo / BK;
+  let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);`}
 ${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
   var m_${r} = negInf();
   var l_${r} = 0.0;
@@ -341,34 +419,7 @@ ${oxX.map(x => `      ${O(r, x)} *= alpha;`).join('\n')}
 ${probsTimesV()}
 `)}
   ${rowReduce(t, useSubgroups, 'add', rowsR.map(r => `l_${r}`), rowOf)}
-  // A dispatch that continues an earlier one's key ranges (chunks.ts) reads the lse it merges with
-  // before any thread of the row writes the new one.
-${rowsR.map(r => `  var lseOld_${r} = negInf();`).join('\n')}
-  if (u.accumulate != 0u) {
-${rowsR.map(r => `    lseOld_${r} = lse[bh * SEQQ + min(i_${r}, SEQQ - 1u) - u.off_lse];`).join('\n')}
-  }
-  workgroupBarrier();
-${rowsR.map(r => `  if (i_${r} < SEQQ) {
-    let inv = select(1.0 / l_${r}, 0.0, l_${r} == 0.0);
-    let mUse = select(m_${r}, 0.0, m_${r} == negInf());
-    let value = select((mUse + log2(l_${r})) * LN2, negInf(), l_${r} == 0.0);
-    // A NaN score leaves l non-finite whatever max() and exp2() make of NaN (both are
-    // implementation-defined in WGSL; SwiftShader's exp2(NaN) is +∞): the row's lse is NaN, as
-    // in the reference, and +∞ where the largest score is +∞.
-    let special = select(nanValue(), -negInf(), m_${r} == -negInf());
-    let lseNew = select(value, special, !isFinite(l_${r}) | (m_${r} == -negInf()));
-    if (u.accumulate == 0u) {
-${oxX.map(x => `      if (${colOk(x)}) { store_out(b, h, i_${r}, tc + ${x * TC}u, ${O(r, x)} * inv); }`).join('\n')}
-      if (tc == 0u) { lse[bh * SEQQ + i_${r} - u.off_lse] = lseNew; }
-    } else {
-      let w = mergeWeights(lseOld_${r}, lseNew);
-${oxX.map(x => `      if (${colOk(x)}) {
-        let at = tc + ${x * TC}u;
-        store_out(b, h, i_${r}, at, w.x * load_out(b, h, i_${r}, at) + w.y * (${O(r, x)} * inv));
-      }`).join('\n')}
-      if (tc == 0u) { lse[bh * SEQQ + i_${r} - u.off_lse] = w.z; }
-    }
-  }`).join('\n')}
+${plan.halves ? partialStores() : finalStores()}
 ${plan.paired ? '  }' : ''}
 }
 `;

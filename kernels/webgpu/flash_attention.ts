@@ -1,22 +1,24 @@
 // The `FlashAttention` kernel of the webgpu backend: packs the small optional inputs into `aux`,
 // chooses tiles for the device's workgroup memory, splits the problem over dispatches when a
-// tensor exceeds maxStorageBufferBindingSize, and runs attention_forward.ts.
+// tensor exceeds maxStorageBufferBindingSize, and runs attention_forward.ts (with halved causal
+// pairs, followed by merge_splits.ts' merge of the halves).
 import type { KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { AttentionConfig, outputShape } from '../../src/config';
 import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
 import { keySplits } from '../../src/split_kv';
-import { auxLayout, auxNeeded, encodeAuxCopies } from './aux';
-import { forwardGrid, forwardPlan, forwardProgram, forwardWorkgroupBytes } from './attention_forward';
+import { AuxLayout, auxLayout, auxNeeded, encodeAuxCopies } from './aux';
+import { ForwardPlan, forwardGrid, forwardPlan, forwardProgram, forwardWorkgroupBytes } from './attention_forward';
 import { forwardF16 } from './attention_forward_f16';
 import { NEG_INF_BITS, queryBlockGrid } from './attention_wgsl';
 import { attentionLayouts, boxDispatches, planBoxes, UnitGeometry, unitGeometry } from './chunks';
 import {
-  attentionInputBuffers, Chunking, Dispatch, isSoftwareAdapter, makeOutput, runPrograms, scratchBuffer,
+  attentionInputBuffers, Chunking, Dispatch, isSoftwareAdapter, makeOutput, ProgramRun, runPrograms, scratchBuffer,
   subgroupMinSize,
 } from './runtime';
 import { splitForwardWebGPU } from './flash_attention_split';
+import { mergeGrid, mergeProgram } from './merge_splits';
 import { chooseTiles, FORWARD_TILES, forwardTileCandidates, subgroupReduceFits, Tiles } from './tiles';
 import { maxBindingBytes, webgpuAttentionTuning } from './tuning';
 
@@ -69,6 +71,51 @@ export function planDispatches(backend: WebGPUBackend, c: AttentionConfig, buffe
     { neg_inf_bits: NEG_INF_BITS, seed: c.dropoutSeed >>> 0 });
 }
 
+/**
+ * The float32 forward's programs: the forward program alone, or with halved pairs
+ * (ForwardSchedule.halvePairs) the forward writing partials into pooled scratch buffers (pushed
+ * onto `scratch`) and merge_splits.ts' merge of the two halves into out and lse. The merge binds
+ * the partials and outputs whole and does not read what an earlier key range wrote, so where
+ * those exceed the binding limit or the dispatches split keys, the pairs run whole instead.
+ */
+function float32Forward(backend: WebGPUBackend, c: AttentionConfig, aux: AuxLayout, withAux: boolean,
+  buffers: Record<string, GPUBuffer>, scratch: GPUBuffer[]): ProgramRun[] {
+  const device = backend.device;
+  const build = (plan: ForwardPlan, bound: Record<string, GPUBuffer>): ProgramRun => {
+    const schedule = plan.halves ? 'halves' : plan.paired ? 'paired' : 'blocks';
+    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
+      forwardTileCandidates(c, schedule), webgpuAttentionTuning.forwardTiles);
+    const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups, plan);
+    return { spec, dispatches: planDispatches(backend, c, bound,
+      (units, g) => forwardGrid(c, tiles.rows, units * g.queryHeadsPerUnit, plan), g => g.queryHeadsPerUnit, spec.chunking) };
+  };
+  const plan = forwardPlan(c, webgpuAttentionTuning.forwardSchedule);
+  const rows = c.batch * c.headsQ * c.seqQ;
+  const partialBytes = 2 * rows * Math.ceil(c.headDimV / 4) * 16;
+  const maxBytes = maxBindingBytes(device);
+  if (plan.halves && Math.max(partialBytes, buffers.out.size, buffers.lse.size) <= maxBytes) {
+    const pooled = (bytes: number) => backend.bufferManager.acquireBuffer(Math.max(16, Math.ceil(bytes / 16) * 16),
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC);
+    const [partialOut, partialLse] = [pooled(partialBytes), pooled(2 * rows * 4)];
+    scratch.push(partialOut, partialLse);
+    const { out, lse, ...inputs } = buffers;
+    const forward = build(plan, { ...inputs, partial_out: partialOut, partial_lse: partialLse });
+    if (forward.dispatches.every(d => d.uniforms.accumulate === 0)) {
+      const whole = (buffer: GPUBuffer) => ({ buffer, offset: 0, size: buffer.size });
+      const merge: ProgramRun = {
+        spec: mergeProgram(c, 2),
+        dispatches: [{
+          workgroups: mergeGrid(c),
+          buffers: { partial_out: whole(partialOut), partial_lse: whole(partialLse), out: whole(out), lse: whole(lse) },
+          uniforms: { neg_inf_bits: NEG_INF_BITS, off_partial_out: 0, off_partial_lse: 0, off_out: 0, off_lse: 0 },
+        }],
+      };
+      return [forward, merge];
+    }
+  }
+  return [build({ ...plan, halves: false }, buffers)];
+}
+
 const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }): TensorInfo[] => {
   if (!isAttentionConfig(attrs)) throw new Error('FlashAttention (webgpu): attributes are not an AttentionConfig');
   const c: AttentionConfig = attrs;
@@ -89,23 +136,15 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   const withAux = auxNeeded(c, false);
   const aux = auxLayout(c, false);
   const auxBuffer = withAux ? scratchBuffer(device, aux.size * 4) : undefined;
+  const scratch: GPUBuffer[] = [];
   try {
     if (auxBuffer) buffers.aux = auxBuffer;
     const f16 = c.precision === 'float16' ? forwardF16(device, c, aux, withAux) : undefined;
-    const { spec, grid } = f16
-      ? { spec: f16.spec, grid: (heads: number) => queryBlockGrid(c, f16.rows, heads) }
-      : (() => {
-        const plan = forwardPlan(c, webgpuAttentionTuning.forwardSchedule);
-        const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
-          forwardTileCandidates(c, plan.paired), webgpuAttentionTuning.forwardTiles);
-        return {
-          spec: forwardProgram(c, aux, withAux, tiles, useSubgroups, plan),
-          grid: (heads: number) => forwardGrid(c, tiles.rows, heads, plan),
-        };
-      })();
-    const dispatches = planDispatches(backend, c, buffers,
-      (units, g) => grid(units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit, spec.chunking);
-    runPrograms(backend, [{ spec, dispatches }], encoder => {
+    const programs = f16
+      ? [{ spec: f16.spec, dispatches: planDispatches(backend, c, buffers,
+        (units, g) => queryBlockGrid(c, f16.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit, f16.spec.chunking) }]
+      : float32Forward(backend, c, aux, withAux, buffers, scratch);
+    runPrograms(backend, programs, encoder => {
       if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
     });
   } catch (error) {
@@ -114,6 +153,8 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
     throw error;
   } finally {
     auxBuffer?.destroy();
+    // Later users of these pooled buffers are queued after this call's submission.
+    for (const b of scratch) backend.bufferManager.releaseBuffer(b);
   }
   return [out.info, lse.info];
 };

@@ -3,9 +3,8 @@
 // binds with the other small inputs 32 times past the size at which its own plane would exceed
 // maxStorageBufferBindingSize. The source is read in ranges that fit the binding limit, one
 // dispatch each; one thread writes one word.
-import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { boundRange } from './chunks';
-import { Dispatch, ProgramSpec, runPrograms } from './runtime';
+import { Dispatch, encodePrograms, ProgramSpec } from './runtime';
 
 const THREADS = 64;
 const MAX_X = 65535;
@@ -37,11 +36,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 /**
- * Submits the packing of `elements` mask values from `mask` into `aux` at word `at`, ahead of the
- * work being encoded (its own submission: queue order puts it first).
+ * Encodes the packing of `elements` mask values from `mask` into `aux` at word `at` into `encoder`,
+ * ahead of the programs that read it: in the kernel's own command buffer rather than a submission
+ * of its own, so a kernel call is one submission.
  */
-export function packMask(backend: WebGPUBackend, mask: GPUBuffer, elements: number, aux: GPUBuffer, at: number,
-  maxBytes: number): void {
+export function packMask(device: GPUDevice, encoder: GPUCommandEncoder, mask: GPUBuffer, elements: number,
+  aux: GPUBuffer, at: number, maxBytes: number): void {
   const words = maskWords(elements);
   const perDispatch = Math.max(1, Math.min(Math.floor((maxBytes - 256) / 128), MAX_X * THREADS));
   const dispatches: Dispatch[] = [];
@@ -54,5 +54,5 @@ export function packMask(backend: WebGPUBackend, mask: GPUBuffer, elements: numb
       uniforms: { word_start: w0, word_end: w1, elements, at, off_src: elementOffset },
     });
   }
-  runPrograms(backend, [{ spec: packMaskProgram(), dispatches }]);
+  encodePrograms(device, encoder, [{ spec: packMaskProgram(), dispatches }]);
 }

@@ -104,19 +104,37 @@ export interface Dispatch {
   uniforms: Record<string, number>;
 }
 
+/** A program with its dispatches, as runPrograms and encodePrograms take them. */
+export interface ProgramRun {
+  spec: ProgramSpec;
+  dispatches: Dispatch[];
+}
+
+/** Uniform buffers made while encoding into a command encoder, destroyed after its submission. */
+const encoderTemporaries = new WeakMap<GPUCommandEncoder, GPUBuffer[]>();
+
 /**
- * Encodes `prelude` (buffer copies) and the programs' dispatches in order, in one command buffer.
- * tfjs' queued commands are submitted first, so queue order is kept. Every tensor involved must
- * already be on the GPU (gpuBuffer), so that no upload is left in tfjs' encoder behind ours. The
- * uniform buffers are destroyed after submission; WebGPU keeps them alive until the work is done.
+ * Encodes `prelude` (buffer copies, the mask packing through encodePrograms) and the programs'
+ * dispatches in order, in one command buffer and one submission. tfjs' queued commands are
+ * submitted first, so queue order is kept. Every tensor involved must already be on the GPU
+ * (gpuBuffer), so that no upload is left in tfjs' encoder behind ours. The uniform buffers are
+ * destroyed after submission; WebGPU keeps them alive until the work is done.
  */
-export function runPrograms(backend: WebGPUBackend, programs: Array<{ spec: ProgramSpec; dispatches: Dispatch[] }>,
+export function runPrograms(backend: WebGPUBackend, programs: ProgramRun[],
   prelude?: (encoder: GPUCommandEncoder) => void): void {
   flushTfjs(backend);
   const device = backend.device;
   const encoder = device.createCommandEncoder();
   prelude?.(encoder);
-  const temporary: GPUBuffer[] = [];
+  encodePrograms(device, encoder, programs);
+  device.queue.submit([encoder.finish()]);
+  for (const b of encoderTemporaries.get(encoder) ?? []) b.destroy();
+}
+
+/** Encodes the programs' dispatches into `encoder` (made by runPrograms), one compute pass each. */
+export function encodePrograms(device: GPUDevice, encoder: GPUCommandEncoder, programs: ProgramRun[]): void {
+  const temporary = encoderTemporaries.get(encoder) ?? [];
+  encoderTemporaries.set(encoder, temporary);
   for (const { spec, dispatches } of programs) {
     const { pipeline, layout } = compile(device, spec);
     for (const d of dispatches) {
@@ -145,8 +163,6 @@ export function runPrograms(backend: WebGPUBackend, programs: Array<{ spec: Prog
       pass.end();
     }
   }
-  device.queue.submit([encoder.finish()]);
-  for (const b of temporary) b.destroy();
 }
 
 /** Ends tfjs' open compute pass and submits its command encoder, so our work is queued after it. */

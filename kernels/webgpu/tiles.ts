@@ -77,11 +77,16 @@ export function isBanded(c: AttentionConfig): boolean {
   return c.windowRight >= 0 && c.windowLeft < 0;
 }
 
-/** The forward candidates for this problem (block-sparse reordering included); `paired`: see attention_forward.ts. */
-export function forwardTileCandidates(c: AttentionConfig, paired = false): Tiles[] {
+/**
+ * The forward candidates for this problem (block-sparse reordering included); `schedule`: see
+ * attention_forward.ts. Halved pairs give a causal band as many workgroups of equal work as the
+ * full forward has, so they take the full forward's tiles.
+ */
+export function forwardTileCandidates(c: AttentionConfig, schedule: 'blocks' | 'paired' | 'halves' = 'blocks'): Tiles[] {
   const wide = c.headDim > 64 || c.headDimV > 64;
-  const list = paired && isBanded(c) ? (wide ? FORWARD_TILES_PAIRED_WIDE : FORWARD_TILES_PAIRED)
-    : isBanded(c) ? FORWARD_TILES_BANDED : wide ? FORWARD_TILES_WIDE : FORWARD_TILES;
+  const banded = isBanded(c) && schedule !== 'halves';
+  const list = banded && schedule === 'paired' ? (wide ? FORWARD_TILES_PAIRED_WIDE : FORWARD_TILES_PAIRED)
+    : banded ? FORWARD_TILES_BANDED : wide ? FORWARD_TILES_WIDE : FORWARD_TILES;
   return forBlockSize(list, c.blockSize);
 }
 

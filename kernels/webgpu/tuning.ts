@@ -13,6 +13,14 @@ export interface ForwardSchedule {
    */
   pairBlocks: 'banded' | 'always' | 'never';
   /**
+   * With paired blocks: cut each pair's key walk (the heavy block's tiles, then the light one's) in
+   * two halves run by two workgroups, which write partial outputs and log-sum-exps that
+   * merge_splits.ts combines. Under a causal band every workgroup then does the same work as every
+   * other, and there are as many of them as the full forward has (two per pair), so the full
+   * forward's tiles fit the GPU the same way.
+   */
+  halvePairs: boolean;
+  /**
    * Evaluate the visibility mask only on key tiles that cross a band edge, the key limit or a
    * block-sparse boundary; tiles every key of which is visible take the unmasked score.
    */
@@ -40,7 +48,7 @@ export const webgpuAttentionTuning: {
   // one block per workgroup 1.37 ms against 1.40–2.61 paired; block-sparse tile list 0.58 ms against
   // 1.09–1.30 from mask bits; the edge-tile mask bought nothing measurable. (At D = 128 the paired
   // causal schedule measured 2.94 ms against 4.26 once; not yet a default: see RESULTS.)
-  forwardSchedule: { pairBlocks: 'never', maskEdgeTilesOnly: false, sparseFromBits: false },
+  forwardSchedule: { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false },
 };
 
 export function maxBindingBytes(device: GPUDevice): number {
