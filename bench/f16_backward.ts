@@ -252,14 +252,19 @@ async function measure(row: Row, budgetMs = 200): Promise<Row> {
 interface Variant { name: string; dkdv: F16Tiles; dq: F16Tiles }
 
 const tiles = (rows: number, cols: number, stage: F16Tiles['stage'], chains = false): F16Tiles => ({ rows, cols, stage, chains });
+/**
+ * The variants of programs(), the first being the one forward+backward is compared with (the first
+ * version's tiles). The first run (2026-11-26 19:20 UTC) timed 64×32, 32×32, 64×16 and 128×16 with
+ * loop, batched and prefetch staging and chains; 64×16 prefetch became the default, and these are
+ * its neighbours.
+ */
 const VARIANTS: Variant[] = [
-  ['64x32 loop', tiles(64, 32, 'loop')], ['64x32 batched', tiles(64, 32, 'batched')],
-  ['64x32 prefetch', tiles(64, 32, 'prefetch')], ['64x32 loop chains', tiles(64, 32, 'loop', true)],
-  ['64x32 batched chains', tiles(64, 32, 'batched', true)], ['64x32 prefetch chains', tiles(64, 32, 'prefetch', true)],
-  ['32x32 loop', tiles(32, 32, 'loop')], ['32x32 prefetch', tiles(32, 32, 'prefetch')],
-  ['64x16 prefetch', tiles(64, 16, 'prefetch')], ['128x16 batched', tiles(128, 16, 'batched')],
-  ['128x16 prefetch', tiles(128, 16, 'prefetch')],
+  ['64x32 loop', tiles(64, 32, 'loop')], ['64x16 prefetch', tiles(64, 16, 'prefetch')],
+  ['64x16 prefetch chains', tiles(64, 16, 'prefetch', true)], ['32x16 prefetch', tiles(32, 16, 'prefetch')],
+  ['128x16 prefetch chains', tiles(128, 16, 'prefetch', true)], ['64x16 batched', tiles(64, 16, 'batched')],
 ].map(([name, t]) => ({ name: name as string, dkdv: t as F16Tiles, dq: t as F16Tiles }));
+/** At D = 128 (twice the accumulators and staging per strip): the first version against the new default. */
+const WIDE_VARIANTS: Variant[] = VARIANTS.filter(v => ['64x32 loop', '64x16 prefetch', '64x16 batched'].includes(v.name));
 
 function useVariant(v: Variant | undefined): void {
   webgpuF16BackwardTuning.dkdvTiles = v?.dkdv;
@@ -317,7 +322,12 @@ const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); retu
  * defaults, interleaved.
  */
 async function programs(): Promise<void> {
-  const n = 4096, d = 64;
+  results.programs = { d64: await programsAt(64, VARIANTS, true), d128: await programsAt(128, WIDE_VARIANTS, false) };
+}
+
+/** programs() at head size d; `compare`: also the winners' case list and forward+backward. */
+async function programsAt(d: number, variants: Variant[], compare: boolean): Promise<Record<string, unknown>> {
+  const n = 4096;
   const device = backend().device;
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
@@ -368,7 +378,7 @@ async function programs(): Promise<void> {
   const refs = new Map<string, ReturnType<typeof referenceGrads>>();
   const ok: Array<Variant & { runs: { dkdv: Run; dq: Run } }> = [];
   const checks: Record<string, unknown> = {};
-  for (const variant of VARIANTS) {
+  for (const variant of variants) {
     const fits = dkdvF16WorkgroupBytes(config, variant.dkdv, MATRIX_MODE) <= limit &&
       dqF16WorkgroupBytes(config, variant.dq, MATRIX_MODE) <= limit;
     if (!fits) { console.log(`variant ${variant.name}: does not fit ${limit} B of workgroup memory`); continue; }
@@ -409,11 +419,15 @@ async function programs(): Promise<void> {
   for (const t of table) console.log(`  ${t.name.padEnd(32)} ${t.ms.toFixed(3)}  (${t.min.toFixed(3)}..${t.max.toFixed(3)})`);
   const best = (prefix: string) => ok.map(v => ({ v, ms: median(samples[`${prefix} ${v.name}`]) })).sort((a, c) => a.ms - c.ms)[0];
   const bestKv = best('dkdv'), bestQ = best('dq');
-  const base = ok.find(v => v.name === VARIANTS[0].name);
+  const base = ok.find(v => v.name === variants[0].name);
   console.log(`fastest correct: dkdv ${bestKv?.v.name} ${bestKv?.ms.toFixed(3)} ms, dq ${bestQ?.v.name} ${bestQ?.ms.toFixed(3)} ms`);
   tf.dispose([q, k, v, dy, dLse, output, lse]);
   for (const m of made) b.disposeData(m.info.dataId);
   buffers.aux.destroy();
+
+  const summary = { checks, table, samples, bestKv: bestKv && { name: bestKv.v.name, ms: bestKv.ms },
+    bestQ: bestQ && { name: bestQ.v.name, ms: bestQ.ms } };
+  if (!compare) return summary;
 
   // The winners together: the whole case list, then forward+backward against the defaults, interleaved.
   const winner: Variant | undefined = bestKv && bestQ ? { name: 'winner', dkdv: bestKv.v.dkdv, dq: bestQ.v.dq } : undefined;
@@ -425,7 +439,7 @@ async function programs(): Promise<void> {
   }
   const e2e: Record<string, number[]> = {};
   const contenders: Array<Variant | undefined> = [undefined, ...(base ? [base] : []), ...(winner && winnerCases <= F16_TOLERANCE ? [winner] : [])];
-  for (let r = 0; r < Math.min(rounds, 5); r++) {
+  for (let r = 0; r < rounds; r++) {
     for (let x = 0; x < contenders.length; x++) {
       const v = contenders[(x + r) % contenders.length];
       useVariant(v);
@@ -442,8 +456,7 @@ async function programs(): Promise<void> {
     const ms = median(xs);
     console.log(`  ${name.padEnd(24)} ${ms.toFixed(3)} ms  ${((name.startsWith('fwd+bwd') ? 3.5 : 1) * fwdFlops / (ms * 1e9)).toFixed(1)} TFLOP/s`);
   }
-  results.programs = { checks, table, samples, bestKv: bestKv && { name: bestKv.v.name, ms: bestKv.ms },
-    bestQ: bestQ && { name: bestQ.v.name, ms: bestQ.ms }, winnerCases, e2e };
+  return { ...summary, winnerCases, e2e };
 }
 
 async function bench(): Promise<void> {

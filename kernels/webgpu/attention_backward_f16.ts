@@ -25,13 +25,19 @@ export const webgpuF16BackwardTuning: {
 } = { subgroupMatrix: true, float32Tiles: false };
 
 /**
- * Fastest first where they fit (rows: the workgroup's own rows; cols: the tile it walks). The
- * scalar order is measured (H100, N = 4096, D = 64, forward+backward 21.7 ms with 64×16 for both
- * passes against 48.3 ms with 64×32, bench/RESULTS.md); the subgroup-matrix order is not yet.
+ * Fastest first where they fit (rows: the workgroup's own rows; cols: the tile it walks), as
+ * measured on the H100 (N = 4096, D = 64, each program alone, bench/RESULTS.md float16 backward):
+ *   - subgroup matrices: 64×16 with the next tile prefetched into registers, dK/dV 1.39 ms and dQ
+ *     1.23 ms, against 4.03 and 3.62 ms for the first version (64×32, loop staging); register
+ *     staging alone ('batched') gave 2.25/1.93 at 64×32, the prefetch 2.01/1.77, then 16-row walked
+ *     tiles (less staging per step, so more workgroups in flight) the rest; 128×16 prefetch
+ *     1.52/1.33, 32×32 prefetch 2.05/1.80;
+ *   - scalar tiles (f16 without matrices): 64×16 with loop staging (forward+backward 21.7 ms against
+ *     48.3 ms with 64×32); register staging is unmeasured there.
  */
 const TILE_CANDIDATES: Record<F16Mode['path'], readonly F16Tiles[]> = {
-  subgroupMatrix: [{ rows: 64, cols: 32 }, { rows: 32, cols: 32 }, { rows: 64, cols: 16 }, { rows: 32, cols: 16 },
-    { rows: 16, cols: 16 }],
+  subgroupMatrix: [{ rows: 64, cols: 16, stage: 'prefetch' }, { rows: 128, cols: 16, stage: 'prefetch' },
+    { rows: 32, cols: 32, stage: 'prefetch' }, { rows: 32, cols: 16, stage: 'prefetch' }, { rows: 16, cols: 16, stage: 'prefetch' }],
   scalar: [{ rows: 64, cols: 16 }, { rows: 32, cols: 16 }, { rows: 16, cols: 16 }],
 };
 
