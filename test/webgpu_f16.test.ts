@@ -100,6 +100,42 @@ describe('float16 forward: larger tiles, skipped tiles and the fallback', () => 
       expect(await forwardFailures(['D=80', 'D=7 Dv=5', 'everything'].map(byName), 2e-5)).toBe('');
     }));
 
+  test('O in \'matrices\' (lazy rescale through fs in 16-column chunks), double-buffered K/V tiles',
+    withPlan(F32_REGISTERS, { groups: 2, keys: 16, accumulator: 'matrices', doubleBuffer: true, valueCols: 16 }, async () => {
+      const cases = ['D=80', 'causal Nq>Nk (empty rows)', 'mask int32 fully masked rows', 'keyLengths zero', 'dropout',
+        'block sparse broadcast causal', 'everything', 'NaN in v'].map(byName);
+      expect(await forwardFailures(cases, 2e-5)).toBe('');
+    }));
+
+  test('\'matrices\': rows whose max outgrows the lazy reference tile after tile are rescaled exactly',
+    withPlan(F32_REGISTERS, { groups: 2, keys: 16, accumulator: 'matrices', valueCols: 16 }, async () => {
+      // Key norms grow along the sequence, so most rows' max rises by far more than the slack
+      // (2^8) in many tiles, and by less in others; the float64 softmax is computed here.
+      const n = 96, d = 8, dv = 20;
+      const [qa, ka, va] = [[n, d], [n, d], [n, dv]].map(([rows, cols], s) =>
+        tf.randomNormal([rows, cols], 0, 1, 'float32', 40 + s).dataSync());
+      for (let j = 0; j < n; j++) for (let e = 0; e < d; e++) ka[j * d + e] *= 1 + j / 4;
+      const q = tf.tensor4d(qa, [1, 1, n, d]), k = tf.tensor4d(ka, [1, 1, n, d]), v = tf.tensor4d(va, [1, 1, n, dv]);
+      const got = await flashAttention(q, k, v, { scale: 1, precision: 'float16' }).data();
+      tf.dispose([q, k, v]);
+      let worst = 0;
+      for (let i = 0; i < n; i++) {
+        const s = Array.from({ length: n }, (_, j) => {
+          let x = 0;
+          for (let e = 0; e < d; e++) x += qa[i * d + e] * ka[j * d + e];
+          return x;
+        });
+        const mx = Math.max(...s);
+        const p = s.map(x => Math.exp(x - mx));
+        const sum = p.reduce((a, b) => a + b, 0);
+        for (let e = 0; e < dv; e++) {
+          const ref = p.reduce((a, pj, j) => a + pj * va[j * dv + e], 0) / sum;
+          worst = Math.max(worst, Math.abs(got[i * dv + e] - ref));
+        }
+      }
+      expect(worst).toBeLessThan(2e-5 * maxAbs(va));
+    }));
+
   test('key tiles outside the causal band and dead block-sparse tiles are never read',
     withPlan(F32_REGISTERS, { groups: 1, keys: 16 }, async () => {
       // A NaN value row in a visited tile poisons every row (0 · NaN = NaN), so finite, unchanged

@@ -2,22 +2,34 @@
 // of `groups` subgroups of 32 invocations owns 16·groups query rows, 16 per subgroup; K and V tiles
 // of `keys` keys stream through workgroup memory as f16. Per key tile, each subgroup:
 //   1. S = Q·Kᵀ for its 16 rows: 16×16×16 subgroup-matrix products into f32 (its Q operands were
-//      loaded once into registers), stored to its f32 slice of workgroup memory (`fs`);
+//      loaded once into registers), stored to its own f32 slice of workgroup memory (`fs[g]`);
 //   2. two invocations per row read the row's scores, apply every score modifier (attention_wgsl's
 //      score2: softcap, bias, ALiBi, causal/window/mask/keyLengths/block-sparse visibility), update
-//      the row's running max and sum in f32 (online softmax, base 2), write P (with dropout, bit-exact)
-//      as f16 to `ps`, and rescale their share of the f32 O accumulator, which lives in their
-//      registers, by the row's alpha;
-//   3. T = P·V in subgroup matrices, stored through `fs` in column chunks (`valueCols`) and added to
-//      the O registers.
-// So the O rescale costs no matrix round trip: the accumulator never is a subgroup matrix. Key
-// tiles outside the causal band / window / keyLengths are never visited; block-sparse tiles with
-// no live block are skipped. The 'registers' plan computes S and T per invocation from the same
-// workgroup tiles and writes them to `fs` at the positions the matrices would, so everything
-// around the products is the same code (and is tested on adapters without f16 in f32). keyLengths
-// and block liveness are read by every invocation, never by one and broadcast: with a thread-0
-// branch before the matrix products the H100 gave wrong outputs for exactly those cases; without
-// it all 35 cases of test/cases.ts pass there (bench/RESULTS.md, float16 forward).
+//      the row's running max and sum in f32 (online softmax, base 2) and write P (with dropout,
+//      bit-exact) as f16 to its slice `ps[g]`;
+//   3. O += P·V, where O, the f32 output accumulator, is one of:
+//      'matrices'  subgroup-matrix accumulators: P·V multiply-accumulates straight into them. The
+//                  O rescale then needs a round trip through workgroup memory (no per-row scaling of
+//                  a matrix exists), so it is lazy: a row's exponents stay relative to a max that
+//                  may lag the true one by up to RESCALE_SLACK (P ≤ 2^8, far inside f16), and O and
+//                  the row sums are rescaled only in tiles where some row of the workgroup outgrows
+//                  it (a workgroup-uniform decision, so every barrier of the round trip is in
+//                  uniform control flow). O / l is exact whatever the reference max; on random
+//                  inputs that is the first tile only. Needs subgroups (subgroupAny).
+//      'lanes'     f32 registers of the row's two invocations: T = P·V is stored through `fs[g]` in
+//                  column chunks (`valueCols`) and added; rescaled every tile (exact FA-2).
+// Bounds checks (Dawn's robustness, on in browsers): every subgroup-matrix load and store is at a
+// compile-time offset into a constant-size array (the subgroup's slice is `fs[g]`, `ps[g]`, the
+// K/V tile `kv[slot]`), so Tint's range test around it folds away; only the slice index is clamped.
+// K/V tiles may be double-buffered (`doubleBuffer`: the next tile is staged into the other slot,
+// which saves the barrier before staging). Key tiles outside the causal band / window / keyLengths
+// are never visited; block-sparse tiles with no live block are skipped. The 'registers' plan
+// computes S and P·V per invocation from the same workgroup tiles and writes them where the
+// matrices would, so everything around the products is the same code (and is tested on adapters
+// without f16 in f32). keyLengths and block liveness are read by every invocation, never by one and
+// broadcast: with a thread-0 branch before the matrix products the H100 gave wrong outputs for
+// exactly those cases; without it all 35 cases of test/cases.ts pass there (bench/RESULTS.md,
+// float16 forward).
 import { AttentionConfig } from '../../src/config';
 import type { AuxLayout } from './aux';
 import { forwardBindings, shaderConfig } from './attention_forward';
@@ -31,13 +43,21 @@ import {
 } from './f16_support';
 import { f32, isSoftwareAdapter, ProgramSpec, range, subgroupMinSize } from './runtime';
 
-/** Subgroups per workgroup (16 query rows each) and keys per K/V tile (a multiple of 16). */
+/** How a forward program holds the O accumulator (see the header). */
+export type F16Accumulator = 'matrices' | 'lanes';
+
+/** Subgroups per workgroup (16 query rows each), keys per K/V tile (a multiple of 16) and the rest of the schedule. */
 export interface F16Tiles {
   groups: number;
   keys: number;
+  /** Default 'lanes'; 'matrices' only runs where subgroups are used (else the candidate is skipped). */
+  accumulator?: F16Accumulator;
+  /** Two K/V tile slots (default one). */
+  doubleBuffer?: boolean;
   /**
-   * Columns of T = P·V staged through `fs` at a time (a multiple of 16; default `keys`): wider
-   * chunks cost workgroup memory and save a barrier per chunk.
+   * Columns of O staged through `fs` at a time (a multiple of 16; default `keys`): T = P·V for
+   * 'lanes', the rescale and the final read for 'matrices'. Wider chunks cost workgroup memory
+   * and save barriers.
    */
   valueCols?: number;
 }
@@ -52,11 +72,18 @@ export const F16_FORWARD_TILES: readonly F16Tiles[] = [
   { groups: 2, keys: 32 }, { groups: 2, keys: 16 }, { groups: 1, keys: 16 },
 ];
 
+/**
+ * The largest RESCALE_SLACK (log2 units) by which a row's exponent reference may lag its max in
+ * the 'matrices' accumulator: P ≤ 2^8 = 256 keeps f16's 11-bit precision and ample range below
+ * 65504, and O, l in f32 grow by at most that factor.
+ */
+const RESCALE_SLACK = 8;
+
 interface Layout {
   DP: number; DVP: number; KS: number; VS: number; QS: number; FS: number; PS: number;
-  /** Element offset of the V tile in `kv`. */
+  /** Element offset of the V tile in a `kv` slot. */
   VOFF: number;
-  kvSize: number; qsSize: number; fsSize: number; psSize: number;
+  slots: number; qGroups: number; kvSize: number; qsSize: number; fsSize: number; psSize: number;
 }
 
 function chunkWidth(t: F16Tiles): number {
@@ -66,20 +93,25 @@ function chunkWidth(t: F16Tiles): number {
 /** Padded strides keep matrix rows 16-byte aligned and spread rows over memory banks. */
 function layoutOf(c: AttentionConfig, plan: F16Plan, t: F16Tiles): Layout {
   const DP = roundUp(c.headDim, 16), DVP = roundUp(c.headDimV, 16);
+  const matrix = plan.matmul === 'subgroup-matrix';
   const KS = DP + 8, VS = DVP + 8, QS = DP + 8, FS = Math.max(t.keys, chunkWidth(t)) + 4, PS = t.keys + 8;
-  const rows = 16 * t.groups;
   const VOFF = t.keys * KS;
-  const kvTiles = VOFF + t.keys * VS;
-  // The matrix plan stages Q once through `kv` (its operands then live in registers).
-  const kvSize = plan.matmul === 'subgroup-matrix' ? Math.max(kvTiles, rows * QS) : kvTiles;
-  const qsSize = plan.matmul === 'subgroup-matrix' ? 0 : rows * QS;
-  return { DP, DVP, KS, VS, QS, FS, PS, VOFF, kvSize, qsSize, fsSize: rows * FS, psSize: rows * PS };
+  const slots = t.doubleBuffer ? 2 : 1;
+  // The matrix plan stages Q once through the K/V slots, `qGroups` subgroups' 16 rows per slot
+  // (its operands then live in registers).
+  const qGroups = Math.ceil(t.groups / slots);
+  const kvSize = Math.max(VOFF + t.keys * VS, matrix ? 16 * qGroups * QS : 0);
+  return {
+    DP, DVP, KS, VS, QS, FS, PS, VOFF, slots, qGroups, kvSize,
+    qsSize: matrix ? 0 : 16 * t.groups * QS, fsSize: 16 * FS, psSize: 16 * PS,
+  };
 }
 
 export function forwardF16WorkgroupBytes(c: AttentionConfig, plan: F16Plan, t: F16Tiles, useSubgroups: boolean): number {
   const l = layoutOf(c, plan, t);
   const e = plan.element === 'f16' ? 2 : 4;
-  return e * (l.kvSize + l.qsSize + l.psSize) + 4 * l.fsSize + (useSubgroups ? 0 : 4 * 32 * t.groups) + 16;
+  return e * (l.slots * l.kvSize + l.qsSize + t.groups * l.psSize) + 4 * t.groups * l.fsSize +
+    (t.accumulator === 'matrices' ? 4 * t.groups : 0) + (useSubgroups ? 0 : 4 * SUBGROUP_SIZE * t.groups) + 16;
 }
 
 /**
@@ -108,19 +140,25 @@ export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: b
   if (t.keys % 16 !== 0 || chunkWidth(t) % 16 !== 0) {
     throw new Error(`flashAttention (webgpu, float16): tiles ${JSON.stringify(t)} are not multiples of 16`);
   }
+  const inMatrices = t.accumulator === 'matrices';
+  if (inMatrices && !useSubgroups) {
+    throw new Error('flashAttention (webgpu, float16): the \'matrices\' accumulator needs subgroups');
+  }
   const L = layoutOf(c, plan, t);
   const E = plan.element;
   const matrix = plan.matmul === 'subgroup-matrix';
   const BQ = 16 * t.groups, BK = t.keys, WG = SUBGROUP_SIZE * t.groups;
   const DV4 = Math.ceil(c.headDimV / 4);
-  // Invocation (g, lane) owns row 16g + lane/2 and, of it, score columns half + 2k and O vec4
-  // columns half + 2m (half = lane % 2).
+  // Invocation (g, lane) owns row r = lane/2 of its subgroup's 16 and, of it, score columns
+  // half + 2k and O vec4 columns half + 2m (half = lane % 2), i.e. elements 8m + 4·half + 0..3.
   const cols = range(BK / 2);
   const o4 = range(L.DVP / 8);
   const CW = chunkWidth(t);
   const chunks = range(Math.ceil(L.DVP / CW));
-  const chunkOf = (m: number) => Math.floor((4 * (2 * m)) / CW);
+  const chunkOf = (m: number) => Math.floor((8 * m) / CW);
+  const chunkBlocks = (ch: number) => range(L.DVP / 16).filter(n => Math.floor((n * 16) / CW) === ch);
   const d16 = range(L.DP / 16), k16 = range(BK / 16);
+  const slot = L.slots > 1 ? 'kv[slot]' : 'kv[0]';
 
   const partner = (x: string, op: 'max' | 'add') => {
     const f = (a: string, b: string) => (op === 'max' ? `max(${a}, ${b})` : `${a} + ${b}`);
@@ -129,38 +167,107 @@ export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: b
   };
   const el = (a: string) => (E === 'f32' ? a : `f32(${a})`);
   const vec = (arr: string, at: string) => `vec4<f32>(${[0, 1, 2, 3].map(e => el(`${arr}[${at} + ${e}u]`)).join(', ')})`;
+  /** fs[g] position of element e of the invocation's O vec4 m within chunk ch. */
+  const oAt = (m: number, ch: number, e: number) => `r * FS + half * 4u + ${8 * m - ch * CW + e}u`;
 
-  // S = Q·Kᵀ of this subgroup's rows into fs.
+  // S = Q·Kᵀ of this subgroup's rows into fs[g].
   const scores = matrix ? `
     ${k16.map(n => `{
       var acc = ${RESULT_TYPE}();
-${d16.map(d => `      acc = subgroupMatrixMultiplyAccumulate(qm${d}, ${matrixLoad(rightType(E), 'kv', `${n * 16 * L.KS + d * 16}u`, true, 'KS')}, acc);`).join('\n')}
-      subgroupMatrixStore(&fs, g * 16u * FS + ${n * 16}u, acc, false, FS);
+${d16.map(d => `      acc = subgroupMatrixMultiplyAccumulate(qm${d}, ${matrixLoad(rightType(E), slot, `${n * 16 * L.KS + d * 16}u`, true, 'KS')}, acc);`).join('\n')}
+      subgroupMatrixStore(&fs[g], ${n * 16}u, acc, false, FS);
     }`).join('\n    ')}` : `
 ${cols.map(k => `    var s${k} = 0.0;`).join('\n')}
     for (var d = 0u; d < DP; d += 4u) {
       let qv = ${vec('qs', 'row * QS + d')};
-${cols.map(k => `      s${k} += dot(qv, ${vec('kv', `(half + ${2 * k}u) * KS + d`)});`).join('\n')}
+${cols.map(k => `      s${k} += dot(qv, ${vec(slot, `(half + ${2 * k}u) * KS + d`)});`).join('\n')}
     }
-${cols.map(k => `    fs[row * FS + half + ${2 * k}u] = s${k};`).join('\n')}`;
+${cols.map(k => `    fs[g][r * FS + half + ${2 * k}u] = s${k};`).join('\n')}`;
 
-  // T = P·V for the columns of chunk `ch`, into fs.
-  const chunkBlocks = (ch: number) => range(L.DVP / 16).filter(n => Math.floor((n * 16) / CW) === ch);
-  const values = (ch: number) => matrix ? chunkBlocks(ch).map(n => `{
-      var acc = ${RESULT_TYPE}();
-${k16.map(kk => `      acc = subgroupMatrixMultiplyAccumulate(pm${kk}, ${matrixLoad(rightType(E), 'kv', `${L.VOFF + kk * 16 * L.VS + n * 16}u`, false, 'VS')}, acc);`).join('\n')}
-      subgroupMatrixStore(&fs, g * 16u * FS + ${n * 16 - ch * CW}u, acc, false, FS);
-    }`).join('\n    ') : o4.filter(m => chunkOf(m) === ch).map(m => `{
+  // P·V with the registers plan: vec4 m of the invocation's row.
+  const laneValues = (m: number) => `{
       let col = half * 4u + ${8 * m}u;
       var acc = vec4<f32>(0.0);
       for (var kk = 0u; kk < BK; kk++) {
-        acc += ${el('ps[row * PS + kk]')} * ${vec('kv', `VOFF + kk * VS + col`)};
-      }
-${[0, 1, 2, 3].map(e => `      fs[row * FS + col - ${ch * CW}u + ${e}u] = acc[${e}];`).join('\n')}
+        acc += ${el('ps[g][r * PS + kk]')} * ${vec(slot, 'VOFF + kk * VS + col')};
+      }`;
+  const vLoad = (kk: number, n: number) => matrixLoad(rightType(E), slot, `${L.VOFF + kk * 16 * L.VS + n * 16}u`, false, 'VS');
+
+  // 'lanes': T = P·V for the columns of chunk `ch`, into fs[g], then added to the O registers.
+  const lanesValues = (ch: number) => matrix ? chunkBlocks(ch).map(n => `{
+      var acc = ${RESULT_TYPE}();
+${k16.map(kk => `      acc = subgroupMatrixMultiplyAccumulate(pm${kk}, ${vLoad(kk, n)}, acc);`).join('\n')}
+      subgroupMatrixStore(&fs[g], ${n * 16 - ch * CW}u, acc, false, FS);
+    }`).join('\n    ') : o4.filter(m => chunkOf(m) === ch).map(m => `${laneValues(m)}
+${[0, 1, 2, 3].map(e => `      fs[g][${oAt(m, ch, e)}] = acc[${e}];`).join('\n')}
     }`).join('\n    ');
   const addValues = (ch: number) => o4.filter(m => chunkOf(m) === ch).map(m =>
-    `o${m} += ${`vec4<f32>(${[0, 1, 2, 3].map(e => `fs[row * FS + half * 4u + ${8 * m - ch * CW + e}u]`).join(', ')})`};`)
-    .join('\n    ');
+    `o${m} += vec4<f32>(${[0, 1, 2, 3].map(e => `fs[g][${oAt(m, ch, e)}]`).join(', ')});`).join('\n    ');
+  const lanesUpdate = `${partner('mt', 'max')}
+    let mNew = max(m, mt);
+    let mUse = select(mNew, 0.0, mNew == negInf());
+    let alpha = exp2(m - mUse);
+    m = mNew;
+    l *= alpha;
+${o4.map(x => `    o${x} *= alpha;`).join('\n')}`;
+  const lanesAccumulate = `${matrix ? k16.map(kk => `    let pm${kk} = ${matrixLoad(leftType(E), 'ps[g]', `${kk * 16}u`, false, 'PS')};`).join('\n') : ''}
+${chunks.map(ch => `    ${ch > 0 ? 'workgroupBarrier();\n    ' : ''}${lanesValues(ch)}
+    workgroupBarrier();
+    ${addValues(ch)}`).join('\n')}`;
+
+  // 'matrices': O lives in om<n> (matrix plan) or in the invocations' o<m> registers (registers
+  // plan, which emulates the same data flow through fs[g]).
+  const storeO = (ch: number) => matrix
+    ? chunkBlocks(ch).map(n => `subgroupMatrixStore(&fs[g], ${n * 16 - ch * CW}u, om${n}, false, FS);`).join('\n      ')
+    : o4.filter(m => chunkOf(m) === ch).map(m => [0, 1, 2, 3].map(e => `fs[g][${oAt(m, ch, e)}] = o${m}[${e}];`).join(' '))
+      .join('\n      ');
+  const loadO = (ch: number) => matrix
+    ? chunkBlocks(ch).map(n => `om${n} = ${matrixLoad(RESULT_TYPE, 'fs[g]', `${n * 16 - ch * CW}u`, false, 'FS')};`).join('\n      ')
+    : o4.filter(m => chunkOf(m) === ch).map(m => `o${m} = vec4<f32>(${[0, 1, 2, 3].map(e => `fs[g][${oAt(m, ch, e)}]`).join(', ')});`)
+      .join('\n      ');
+  const rescaleO = chunks.map(ch => `${ch > 0 ? 'workgroupBarrier();\n      ' : ''}${storeO(ch)}
+      workgroupBarrier();
+      ${o4.filter(m => chunkOf(m) === ch).map(m => [0, 1, 2, 3].map(e => `fs[g][${oAt(m, ch, e)}] *= alpha;`).join(' ')).join('\n      ')}
+      workgroupBarrier();
+      ${loadO(ch)}`).join('\n      ');
+  const matricesUpdate = `${partner('mt', 'max')}
+    let mNew = max(m, mt);
+    grew[g] = select(0u, 1u, subgroupAny(mNew > m + ${f32(RESCALE_SLACK)}));
+    let grewAny = workgroupUniformLoad(&grew);
+    if ((${range(t.groups).map(x => `grewAny[${x}]`).join(' | ')}) != 0u) {
+      let alpha = exp2(m - select(mNew, 0.0, mNew == negInf()));
+      m = mNew;
+      l *= alpha;
+      ${rescaleO}
+    }
+    let mUse = select(m, 0.0, m == negInf());`;
+  const matricesAccumulate = matrix
+    ? `${k16.map(kk => `    let pm${kk} = ${matrixLoad(leftType(E), 'ps[g]', `${kk * 16}u`, false, 'PS')};`).join('\n')}
+${range(L.DVP / 16).map(n => k16.map(kk => `    om${n} = subgroupMatrixMultiplyAccumulate(pm${kk}, ${vLoad(kk, n)}, om${n});`).join('\n')).join('\n')}`
+    : o4.map(m => `    ${laneValues(m)}
+      o${m} += acc;
+    }`).join('\n');
+  // 'matrices' with the matrix plan: O comes out of its matrices through fs[g] at the end.
+  const readO = inMatrices && matrix ? `${o4.map(x => `  var o${x} = vec4<f32>(0.0);`).join('\n')}
+${chunks.map(ch => `  ${ch > 0 ? 'workgroupBarrier();\n  ' : ''}${storeO(ch)}
+  workgroupBarrier();
+  ${o4.filter(m => chunkOf(m) === ch).map(m => `o${m} = vec4<f32>(${[0, 1, 2, 3].map(e => `fs[g][${oAt(m, ch, e)}]`).join(', ')});`).join('\n  ')}`).join('\n')}` : '';
+
+  // Each subgroup stages its own 16 Q rows, into K/V slot g / qGroups.
+  const qSlot = `kv[g / ${L.qGroups}u]`, qBase = `(g % ${L.qGroups}u) * ${16 * L.QS}u`;
+  const stageQ = matrix ? `for (var e = lane; e < ${16 * (L.DP / 4)}u; e += ${SUBGROUP_SIZE}u) {
+    let rq = e / ${L.DP / 4}u;
+    let c4 = e % ${L.DP / 4}u;
+    var x = vec4<f32>(0.0);
+    if ((i0 + g * 16u + rq < SEQQ) & (c4 < DK4)) { x = load_q(b, h, i0 + g * 16u + rq, c4) * QSCALE; }
+    let base = ${qBase} + rq * QS + c4 * 4u;
+    ${[0, 1, 2, 3].map(e => `${qSlot}[base + ${e}u] = ${E}(x[${e}]);`).join(' ')}
+  }
+  workgroupBarrier();
+${d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), qSlot, `${qBase} + ${d * 16}u`, false, 'QS')};`).join('\n')}`
+    : `${stageTile({ dst: 'qs', element: E, rows: BQ, cols4: L.DP / 4, dim4: 'DK4', stride: L.QS, first: 'i0',
+      limit: 'SEQQ', load: (row, c4) => `load_q(b, h, ${row}, ${c4})`, scale: 'QSCALE' })}
+  workgroupBarrier();`;
 
   const body = () => `
 ${constants(c)}
@@ -175,10 +282,11 @@ const FS = ${L.FS}u;
 const PS = ${L.PS}u;
 const VOFF = ${L.VOFF}u;
 const QSCALE = ${f32(queryScale(c))};
-var<workgroup> kv: array<${E}, ${L.kvSize}>;
+var<workgroup> kv: array<array<${E}, ${L.kvSize}>, ${L.slots}>;
 ${L.qsSize ? `var<workgroup> qs: array<${E}, ${L.qsSize}>;` : ''}
-var<workgroup> fs: array<f32, ${L.fsSize}>;
-var<workgroup> ps: array<${E}, ${L.psSize}>;
+var<workgroup> fs: array<array<f32, ${L.fsSize}>, ${t.groups}>;
+var<workgroup> ps: array<array<${E}, ${L.psSize}>, ${t.groups}>;
+${inMatrices ? `var<workgroup> grew: array<u32, ${t.groups}>;` : ''}
 ${useSubgroups ? '' : `var<workgroup> red: array<f32, ${WG}>;`}
 ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
@@ -191,7 +299,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let g = lidx / ${SUBGROUP_SIZE}u;
   let lane = lidx % ${SUBGROUP_SIZE}u;
   let half = lane % 2u;
-  let row = g * 16u + lane / 2u;
+  let r = lane / 2u;
+  let row = g * 16u + r;
   ${queryBlockIds(c, BQ)}
   let b = bh / HQ;
   let h = bh % HQ;
@@ -200,11 +309,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let i = i0 + row;
   // Scores of rows past the end are computed (and never stored) at the last row's indices.
   let iS = min(i, SEQQ - 1u);
-  ${stageTile({ dst: matrix ? 'kv' : 'qs', element: E, rows: BQ, cols4: L.DP / 4, dim4: 'DK4', stride: L.QS,
-    first: 'i0', limit: 'SEQQ', load: (r, c4) => `load_q(b, h, ${r}, ${c4})`, scale: 'QSCALE' })}
-  workgroupBarrier();
-  let kl = keyLimitOf(b);
-${matrix ? d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), 'kv', `g * 16u * QS + ${d * 16}u`, false, 'QS')};`).join('\n') : ''}
+  ${stageQ}
+${L.slots > 1 ? '  workgroupBarrier(); // every Q read out of the slots before the first K/V tile lands there\n' : ''}  let kl = keyLimitOf(b);
   let iFirst = i0;
   let iLast = min(i0 + BQ, SEQQ) - 1u;
   ${keyRange(c)}
@@ -212,44 +318,40 @@ ${matrix ? d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), 'kv', `g * 16u
   let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);
   var m = negInf();
   var l = 0.0;
-${o4.map(x => `  var o${x} = vec4<f32>(0.0);`).join('\n')}
+${inMatrices && matrix ? range(L.DVP / 16).map(n => `  var om${n} = ${RESULT_TYPE}();`).join('\n')
+    : o4.map(x => `  var o${x} = vec4<f32>(0.0);`).join('\n')}
+${L.slots > 1 ? '  var slot = 0u;' : ''}
 ${c.dropoutRate > 0 ? '  let drop = dropoutRow(b, h, i);' : ''}
   for (var t = tFirst; t < tEnd; t++) {
     let j0 = t * BK;
     ${liveTileTest(c)}
-    workgroupBarrier();
-    ${stageTile({ dst: 'kv', element: E, rows: BK, cols4: L.DP / 4, dim4: 'DK4', stride: L.KS, first: 'j0',
-    limit: 'SEQK', load: (r, c4) => `load_k(b, hk, ${r}, ${c4})` })}
-    ${stageTile({ dst: 'kv', element: E, rows: BK, cols4: L.DVP / 4, dim4: 'DV4', stride: L.VS, first: 'j0',
-    limit: 'SEQK', load: (r, c4) => `load_v(b, hk, ${r}, ${c4})`, at: L.VOFF })}
+    ${L.slots > 1 ? '' : 'workgroupBarrier();'}
+    ${stageTile({ dst: slot, element: E, rows: BK, cols4: L.DP / 4, dim4: 'DK4', stride: L.KS, first: 'j0',
+    limit: 'SEQK', load: (row, c4) => `load_k(b, hk, ${row}, ${c4})` })}
+    ${stageTile({ dst: slot, element: E, rows: BK, cols4: L.DVP / 4, dim4: 'DV4', stride: L.VS, first: 'j0',
+    limit: 'SEQK', load: (row, c4) => `load_v(b, hk, ${row}, ${c4})`, at: L.VOFF })}
     workgroupBarrier();
 ${scores}
     workgroupBarrier();
     var mt = negInf();
-${cols.map(k => `    let x${k} = score2(fs[row * FS + half + ${2 * k}u], b, h, iS, j0 + half + ${2 * k}u, kl);
+${cols.map(k => `    let x${k} = score2(fs[g][r * FS + half + ${2 * k}u], b, h, iS, j0 + half + ${2 * k}u, kl);
     mt = max(mt, x${k});`).join('\n')}
-    ${partner('mt', 'max')}
-    let mNew = max(m, mt);
-    let mUse = select(mNew, 0.0, mNew == negInf());
-    let alpha = exp2(m - mUse);
-    m = mNew;
+    ${inMatrices ? matricesUpdate : lanesUpdate}
     var ls = 0.0;
 ${cols.map(k => {
     const p = `p${k}`;
     const kept = c.dropoutRate > 0 ? `select(0.0, ${p} * KEEP_SCALE, dropoutKeep(drop, j0 + half + ${2 * k}u))` : p;
     return `    let ${p} = exp2(x${k} - mUse);
     ls += ${p};
-    ps[row * PS + half + ${2 * k}u] = ${E}(${kept});`;
+    ps[g][r * PS + half + ${2 * k}u] = ${E}(${kept});`;
   }).join('\n')}
-    l = l * alpha + ls;
-${o4.map(x => `    o${x} *= alpha;`).join('\n')}
+    l += ls;
     workgroupBarrier();
-${matrix ? k16.map(kk => `    let pm${kk} = ${matrixLoad(leftType(E), 'ps', `g * 16u * PS + ${kk * 16}u`, false, 'PS')};`).join('\n') : ''}
-${chunks.map(ch => `    ${ch > 0 ? 'workgroupBarrier();\n    ' : ''}${values(ch)}
-    workgroupBarrier();
-    ${addValues(ch)}`).join('\n')}
+${inMatrices ? matricesAccumulate : lanesAccumulate}
+${L.slots > 1 ? '    slot = 1u - slot;' : ''}
   }
   ${partner('l', 'add')}
+${readO}
   if (i < SEQQ) {
     let inv = select(1.0 / l, 0.0, l == 0.0);
 ${o4.map(x => {
@@ -295,7 +397,8 @@ export function forwardF16(device: GPUDevice, c: AttentionConfig, aux: AuxLayout
     ...F16_FORWARD_TILES,
   ];
   const tiles = candidates.find(t => forwardF16WorkgroupBytes(c, plan, t, useSubgroups) <= limit &&
-    SUBGROUP_SIZE * t.groups <= device.limits.maxComputeInvocationsPerWorkgroup);
+    SUBGROUP_SIZE * t.groups <= device.limits.maxComputeInvocationsPerWorkgroup &&
+    (useSubgroups || t.accumulator !== 'matrices'));
   if (!tiles) throw new Error(`flashAttention (webgpu, float16): no tile size fits ${limit} bytes of workgroup memory`);
   return { spec: forwardF16Program(c, aux, withAux, plan, tiles, useSubgroups), rows: 16 * tiles.groups };
 }
