@@ -255,8 +255,8 @@ const tiles = (rows: number, cols: number, stage: F16Tiles['stage'], chains = fa
 /**
  * The variants of programs(), the first being the one forward+backward is compared with (the first
  * version's tiles). The first run (2026-11-26 19:20 UTC) timed 64×32, 32×32, 64×16 and 128×16 with
- * loop, batched and prefetch staging and chains; 64×16 prefetch became the default, and these are
- * its neighbours.
+ * loop, batched and prefetch staging and chains; these are the winner's neighbours, timed at 19:33
+ * (64×16 prefetch with chains became the default).
  */
 const VARIANTS: Variant[] = [
   ['64x32 loop', tiles(64, 32, 'loop')], ['64x16 prefetch', tiles(64, 16, 'prefetch')],

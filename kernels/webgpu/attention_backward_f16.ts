@@ -27,17 +27,18 @@ export const webgpuF16BackwardTuning: {
 /**
  * Fastest first where they fit (rows: the workgroup's own rows; cols: the tile it walks), as
  * measured on the H100 (N = 4096, D = 64, each program alone, bench/RESULTS.md float16 backward):
- *   - subgroup matrices: 64×16 with the next tile prefetched into registers, dK/dV 1.39 ms and dQ
- *     1.23 ms, against 4.03 and 3.62 ms for the first version (64×32, loop staging); register
- *     staging alone ('batched') gave 2.25/1.93 at 64×32, the prefetch 2.01/1.77, then 16-row walked
- *     tiles (less staging per step, so more workgroups in flight) the rest; 128×16 prefetch
- *     1.52/1.33, 32×32 prefetch 2.05/1.80;
+ *   - subgroup matrices: 64×16 with the next tile prefetched into registers and chained
+ *     accumulators, dK/dV 1.33 ms and dQ 1.14 ms, against 4.01 and 3.6–4.3 ms for the first version
+ *     (64×32, loop staging). Register staging alone ('batched') gave 2.25/1.93 at 64×32, the
+ *     prefetch 2.01/1.77, 16-row walked tiles (less staging per step, so more workgroups in flight)
+ *     1.38/1.22, chains 1.33/1.14; 128×16 1.49/1.28, 32×16 1.67/1.23, 32×32 2.05/1.80. At D = 128
+ *     64×16 prefetch (without chains) took 3.40/1.43 ms against 6.57/5.94 for the first version;
  *   - scalar tiles (f16 without matrices): 64×16 with loop staging (forward+backward 21.7 ms against
  *     48.3 ms with 64×32); register staging is unmeasured there.
  */
 const TILE_CANDIDATES: Record<F16Mode['path'], readonly F16Tiles[]> = {
-  subgroupMatrix: [{ rows: 64, cols: 16, stage: 'prefetch' }, { rows: 128, cols: 16, stage: 'prefetch' },
-    { rows: 32, cols: 32, stage: 'prefetch' }, { rows: 32, cols: 16, stage: 'prefetch' }, { rows: 16, cols: 16, stage: 'prefetch' }],
+  subgroupMatrix: [{ rows: 64, cols: 16 }, { rows: 128, cols: 16 }, { rows: 32, cols: 16 }, { rows: 32, cols: 32 },
+    { rows: 16, cols: 16 }].map(t => ({ ...t, stage: 'prefetch', chains: true })),
   scalar: [{ rows: 64, cols: 16 }, { rows: 32, cols: 16 }, { rows: 16, cols: 16 }],
 };
 
