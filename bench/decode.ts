@@ -5,17 +5,21 @@
 //   2. GPT-2 ms per generated token at several cache lengths with the KV cache, in the same three
 //      variants, against recomputing the whole prefix every token with naive attention (and with
 //      flash attention), as generation without a cache does.
-// Robustness: variants are interleaved (attention: round-robin rounds of queued calls; GPT-2: token
-// by token on one shared cache, so every variant sees the same cache and the same machine state),
-// warm-up first (pipelines compile on first use), medians reported with the min and max. A token's
-// time includes reading its logits' argmax back, as real sampling must; `enqueueMs` is the part
-// spent before the step's forward() returned (JS dispatch of the step's ops), which shows whether a
-// fixed per-token cost is CPU-side. Random weights and tokens: they do not change the work.
+// Robustness: variants are interleaved (attention: round-robin rounds of queued calls; GPT-2: rounds
+// of one token per variant, cached ones on one shared cache, then the recompute ones, so all see the
+// same machine state), warm-up rounds first (pipelines compile on first use; the recompute window
+// keeps its length, so its shaders too are compiled before timing), medians reported with the min
+// and max. A token's time includes reading its logits' argmax back, as real sampling must;
+// `enqueueMs` is the part spent before the cached step's forward() returned (JS dispatch of the
+// step's ops), which shows whether a fixed per-token cost is CPU-side; the dispatches, submissions
+// and buffer creations of one cached step are counted at the WebGPU API. Random weights and tokens:
+// they do not change the work.
 // One JSON line per measurement on stdout (and in $OUT/decode.jsonl when $OUT is set), then a
 // markdown summary (also $OUT/decode.md).
 //
-//   node decode.mjs [--preset small] [--lengths 128,256,512,1024,2048,4096,8192] [--tokens 16]
-//     [--recompute-tokens 3] [--recompute-max 4096] [--keys 128,...,16384] [--backend auto|webgpu|cpu]
+//   node decode.mjs [--preset small] [--lengths 128,256,512,1024,2048,4096,8192] [--tokens 16 (rounds)]
+//     [--recompute-tokens 3 (rounds with recompute)] [--recompute-max 4096] [--keys 128,...,16384 ('' skips)]
+//     [--backend auto|webgpu|cpu]
 import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
@@ -24,7 +28,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { version_cpu } from '@tensorflow/tfjs-backend-cpu';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { isBackendRequest, selectBackend } from '../examples/gpt2/backend';
-import { flashAttention, gpt2, Gpt2Decoder, gpt2Config, recomputeLogits } from '../src/index';
+import { flashAttention, gpt2, Gpt2Decoder, gpt2Config, KVCache, recomputeLogits } from '../src/index';
 import { normalizeAttention } from '../src/config';
 import { keySplits, splitCount, splitKvTuning } from '../src/split_kv';
 import { FORWARD_TILES } from '../kernels/webgpu/tiles';
@@ -112,69 +116,132 @@ async function attention(nk: number): Promise<void> {
   summary(`| ${nk} | ${row.join(' | ')} | ${round(onePass / stats(samples[0]).median)}× |`);
 }
 
-const WARMUP_TOKENS = 2;
+const WARMUP_ROUNDS = 2;
 const VARIANTS = 3;
 
 /** Positions of the cache for a prompt of `length`: every variant's warm-up and timed tokens, and one spare. */
-function cacheSize(length: number, tokens: number): number {
-  return length + VARIANTS * (WARMUP_TOKENS + tokens) + 1;
+function cacheSize(length: number, rounds: number): number {
+  return length + VARIANTS * (WARMUP_ROUNDS + rounds) + 1;
+}
+
+interface TokenTimes { total: number[]; enqueue: number[] }
+
+/** One cached decode step of `ids` [1, 1] with its argmax read back; returns the next token and its times. */
+async function cachedToken(decoder: Gpt2Decoder, cache: KVCache, token: number): Promise<{ next: number; total: number; enqueue: number }> {
+  const start = performance.now();
+  const ids = tf.tensor2d([token], [1, 1], 'int32');
+  const logits = decoder.forward(cache, ids, [1]);
+  const enqueued = performance.now();
+  const argmax = tf.argMax(tf.reshape(logits, [-1]));
+  const next = (await argmax.data())[0];
+  const done = performance.now();
+  tf.dispose([ids, logits, argmax]);
+  return { next, total: done - start, enqueue: enqueued - start };
 }
 
 /**
- * ms per generated token with the KV cache at `length` cached positions, for every variant, token
- * by token interleaved on one cache (it grows by one position per token: 3·tokens positions in all).
+ * One cacheless token: `model.predict` over the whole window (logits at every position, as a
+ * LayersModel computes them), then the argmax of the last position read back. The window keeps its
+ * length (the oldest token leaves as the new one enters), so every call has the same shapes and
+ * runs the shaders compiled by the warm-up calls.
  */
-async function cachedTokens(model: LayersModel, length: number, tokens: number, vocab: number, variants: Variant[]):
-    Promise<Array<{ total: number[]; enqueue: number[] }>> {
-  const decoder = new Gpt2Decoder(model);
-  const cache = decoder.newCache(1, cacheSize(length, tokens));
-  const times = variants.map(() => ({ total: [] as number[], enqueue: [] as number[] }));
+async function recomputeToken(model: LayersModel, window: number[]): Promise<number> {
+  const start = performance.now();
+  const logits = recomputeLogits(model, [window]);
+  const argmax = tf.argMax(tf.reshape(logits, [-1]));
+  const next = (await argmax.data())[0];
+  tf.dispose([logits, argmax]);
+  window.shift();
+  window.push(next);
+  return performance.now() - start;
+}
+
+/** Calls of a WebGPU method (e.g. GPUQueue.submit) while counting; the bench's instrument, undone by `restore`. */
+function countCalls(className: string, method: string): { count: () => number; restore: () => void } {
+  const prototype: unknown = Reflect.get(Reflect.get(globalThis, className) ?? {}, 'prototype');
+  const original: unknown = prototype ? Reflect.get(prototype, method) : undefined;
+  if (!prototype || typeof original !== 'function') return { count: () => NaN, restore: () => undefined };
+  let calls = 0;
+  Reflect.set(prototype, method, function (this: unknown, ...args: unknown[]) {
+    calls++;
+    return original.apply(this, args);
+  });
+  return { count: () => calls, restore: () => Reflect.set(prototype, method, original) };
+}
+
+/**
+ * What one cached step enqueues: on webgpu the compute dispatches, queue submissions and buffers
+ * created (uploads, and uniform buffers outside tfjs' pool), counted at the WebGPU API over a step
+ * with its argmax and read-back; and the tfjs kernels of the step's forward() (tf.profile; Reshape
+ * and op scopes excluded: they move no data).
+ */
+async function stepCounts(decoder: Gpt2Decoder, cache: KVCache): Promise<Record<string, number>> {
+  const counters = {
+    dispatches: countCalls('GPUComputePassEncoder', 'dispatchWorkgroups'),
+    submits: countCalls('GPUQueue', 'submit'),
+    buffersCreated: countCalls('GPUDevice', 'createBuffer'),
+  };
+  let counts: Record<string, number>;
   try {
-    const prompt = tf.tensor2d(Int32Array.from({ length }, () => Math.floor(Math.random() * vocab)), [1, length], 'int32');
-    const prefill = decoder.forward(cache, prompt, [length]);
+    await cachedToken(decoder, cache, 0);
+    counts = Object.fromEntries(Object.entries(counters).map(([name, c]) => [name, c.count()]));
+  } finally {
+    Object.values(counters).forEach(c => c.restore());
+  }
+  const ids = tf.tensor2d([0], [1, 1], 'int32');
+  const profile = await tf.profile(() => decoder.forward(cache, ids, [1]));
+  tf.dispose([ids, profile.result]);
+  counts.tfjsKernels = profile.kernels.filter(k => k.name !== 'Reshape' && !k.name.endsWith('__op')).length;
+  return counts;
+}
+
+interface LengthResult { cached: TokenTimes[]; recompute: number[][]; counts: Record<string, number> }
+
+/**
+ * ms per generated token at `length` tokens of context, in rounds: each round generates one token
+ * with the KV cache in every split variant (all on one shared cache, which grows by one position per
+ * token), then, in the first `recomputeRounds` rounds, one token per recompute model over a window of
+ * `length` tokens. Warm-up rounds first (pipelines compile on first use), untimed.
+ */
+async function gpt2Rounds(model: LayersModel, recomputeModels: LayersModel[], length: number, rounds: number,
+  recomputeRounds: number, vocab: number, variants: Variant[]): Promise<LengthResult> {
+  const decoder = new Gpt2Decoder(model);
+  const cache = decoder.newCache(1, cacheSize(length, rounds) + 2);
+  const prompt = Array.from({ length }, () => Math.floor(Math.random() * vocab));
+  const windows = recomputeModels.map(() => [...prompt]);
+  const result: LengthResult = {
+    cached: variants.map(() => ({ total: [], enqueue: [] })), recompute: windows.map(() => []), counts: {},
+  };
+  try {
+    const ids = tf.tensor2d(prompt, [1, length], 'int32');
+    const prefill = decoder.forward(cache, ids, [length]);
     await prefill.data();
-    tf.dispose([prompt, prefill]);
+    tf.dispose([ids, prefill]);
     let next = 0;
-    for (let t = 0; t < WARMUP_TOKENS + tokens; t++) {
+    for (let r = -WARMUP_ROUNDS; r < rounds; r++) {
       for (const [n, variant] of variants.entries()) {
         setForce(variant.force);
-        const start = performance.now();
-        const ids = tf.tensor2d([next], [1, 1], 'int32');
-        const logits = decoder.forward(cache, ids, [1]);
-        const enqueued = performance.now();
-        const argmax = tf.argMax(tf.reshape(logits, [-1]));
-        next = (await argmax.data())[0];
-        const done = performance.now();
-        tf.dispose([ids, logits, argmax]);
-        if (t >= WARMUP_TOKENS) {
-          times[n].total.push(done - start);
-          times[n].enqueue.push(enqueued - start);
+        const t = await cachedToken(decoder, cache, next);
+        next = t.next;
+        if (r >= 0) {
+          result.cached[n].total.push(t.total);
+          result.cached[n].enqueue.push(t.enqueue);
         }
       }
+      setForce(undefined);
+      if (r >= recomputeRounds) continue;
+      for (const [m, window] of windows.entries()) {
+        const ms = await recomputeToken(recomputeModels[m], window);
+        if (r >= 0) result.recompute[m].push(ms);
+      }
     }
-    return times;
+    result.counts = await stepCounts(decoder, cache);
+    return result;
   } finally {
     setForce(undefined);
     cache.dispose();
+    decoder.dispose();
   }
-}
-
-/** ms per generated token recomputing the whole prefix of `length` tokens (after one warm-up token). */
-async function recomputeTokens(model: LayersModel, length: number, tokens: number, vocab: number): Promise<number[]> {
-  const sequence = Array.from({ length }, () => Math.floor(Math.random() * vocab));
-  const times: number[] = [];
-  for (let t = 0; t < 1 + tokens; t++) {
-    const start = performance.now();
-    const logits = recomputeLogits(model, [sequence]);
-    const argmax = tf.argMax(tf.reshape(logits, [-1]));
-    const next = (await argmax.data())[0];
-    tf.dispose([logits, argmax]);
-    if (t >= 1) times.push(performance.now() - start);
-    // The window stays `length` tokens long, so every token costs the same.
-    sequence.shift();
-    sequence.push(next);
-  }
-  return times;
 }
 
 async function main(): Promise<void> {
@@ -196,7 +263,8 @@ async function main(): Promise<void> {
   report({ bench: 'decode-backend', device: backend.description, tfjsBackendCpu: version_cpu });
 
   summary('\n| Nq=1, 12 heads, D=64, Nk | rule ms | split ms | one-pass ms | one-pass / rule |\n|---|---|---|---|---|');
-  for (const nk of values.keys.split(',').map(Number)) {
+  // --keys '' skips the attention part.
+  for (const nk of values.keys.split(',').filter(k => k !== '').map(Number)) {
     try {
       await attention(nk);
     } catch (error) {
@@ -206,60 +274,54 @@ async function main(): Promise<void> {
   }
 
   const lengths = values.lengths.split(',').map(Number);
-  const tokens = Number(values.tokens);
-  const recomputeCount = Number(values['recompute-tokens']);
-  const maxLength = cacheSize(Math.max(...lengths), tokens);
+  const rounds = Number(values.tokens);
+  const recomputeRounds = Number(values['recompute-tokens']);
   const config = gpt2Config({ preset: values.preset });
   const vocab = config.vocabSize;
   const heads = config.numHeads;
+  const maxLength = cacheSize(Math.max(...lengths), rounds) + 2;
   const flash = gpt2({ preset: values.preset, contextLength: maxLength, dropout: 0, name: 'decode_flash' });
   const naive = gpt2({ preset: values.preset, contextLength: maxLength, dropout: 0, attention: 'naive', name: 'decode_naive' });
   naive.setWeights(flash.getWeights());
-  summary(`\nGPT-2 ${values.preset}, batch 1, ms per token (median, min–max; ${tokens} tokens per cached variant, ` +
-    `interleaved; ${recomputeCount} per recompute variant); enqueue = JS time until the step's forward() returned.\n`);
-  summary('| cache length | cache, rule | cache, split | cache, one-pass | enqueue (rule) | recompute, naive | recompute, flash | rule vs naive recompute |');
-  summary('|---|---|---|---|---|---|---|---|');
+  summary(`\nGPT-2 ${values.preset}, batch 1, ms per token, median (min–max), in rounds after ${WARMUP_ROUNDS} warm-up ` +
+    `rounds: each round one token with the cache per split variant (${rounds} rounds), then, in the first ` +
+    `${recomputeRounds} rounds, one token recomputing the ${'`'}length${'`'}-token window with naive and with flash ` +
+    'attention (model.predict, logits at every position, argmax of the last). enqueue = JS time until the ' +
+    "cached step's forward() returned. Per cached step: dispatches / submits / buffers created (WebGPU API, with the " +
+    'argmax and read-back) and tfjs kernels of forward() (no Reshape).\n');
+  summary('| context | cache, rule | cache, split | cache, one-pass | enqueue (rule) | recompute, naive | recompute, flash | ' +
+    'rule vs naive recompute | dispatches / submits / buffers / kernels |');
+  summary('|---|---|---|---|---|---|---|---|---|');
   for (const length of lengths) {
     const base = { bench: 'gpt2-decode', preset: values.preset, cacheLength: length };
     // Attention reads the whole preallocated cache (keyLengths hide the unfilled part): the rule sees its size.
-    const { variants } = variantsFor(heads, cacheSize(length, tokens));
-    const cells: string[] = [];
-    let ruleMs = NaN, enqueueCell = '';
+    const { variants } = variantsFor(heads, cacheSize(length, rounds));
+    const recomputing = length <= Number(values['recompute-max']);
     try {
-      const times = await cachedTokens(flash, length, tokens, vocab, variants);
-      variants.forEach((variant, n) => {
-        const s = stats(times[n].total), e = stats(times[n].enqueue);
+      const r = await gpt2Rounds(flash, recomputing ? [naive, flash] : [], length, rounds, recomputeRounds, vocab, variants);
+      const cells = variants.map((variant, n) => {
+        const s = stats(r.cached[n].total), e = stats(r.cached[n].enqueue);
         report({ ...base, variant: `cache, ${variant.name}`, msPerToken: round(s.median), min: round(s.min), max: round(s.max),
-          tokens: s.n, enqueueMs: round(e.median), tokensPerSecond: round(1000 / s.median) });
-        cells.push(`${round(s.median)} (${round(s.min)}–${round(s.max)})`);
-        if (n === 0) {
-          ruleMs = s.median;
-          enqueueCell = `${round(e.median)}`;
-        }
+          tokens: s.n, enqueueMs: round(e.median), tokensPerSecond: round(1000 / s.median), ...(n === 0 ? r.counts : {}) });
+        return `${round(s.median)} (${round(s.min)}–${round(s.max)})`;
       });
-    } catch (error) {
-      report({ ...base, variant: 'cache', error: error instanceof Error ? error.message.split('\n')[0] : String(error) });
-      cells.push('error', 'error', 'error');
-    }
-    let naiveMs = NaN;
-    for (const [name, model] of [['naive', naive], ['flash', flash]] as const) {
-      if (length > Number(values['recompute-max'])) {
-        cells.push('not run');
-        continue;
-      }
-      try {
-        const s = stats(await recomputeTokens(model, length, recomputeCount, vocab));
+      const recompute = ['naive', 'flash'].map((name, m) => {
+        if (!recomputing) return { cell: 'not run', median: NaN };
+        const s = stats(r.recompute[m]);
         report({ ...base, variant: `recompute, ${name} attention`, msPerToken: round(s.median), min: round(s.min),
           max: round(s.max), tokens: s.n, tokensPerSecond: round(1000 / s.median) });
-        cells.push(`${round(s.median)}`);
-        if (name === 'naive') naiveMs = s.median;
-      } catch (error) {
-        report({ ...base, variant: `recompute, ${name} attention`, error: error instanceof Error ? error.message.split('\n')[0] : String(error) });
-        cells.push('error');
-      }
+        return { cell: `${round(s.median)} (${round(s.min)}–${round(s.max)})`, median: s.median };
+      });
+      const ruleMs = stats(r.cached[0].total).median;
+      const ratio = Number.isFinite(recompute[0].median) ? `${round(recompute[0].median / ruleMs)}×` : '—';
+      const c = r.counts;
+      summary(`| ${length} | ${cells.join(' | ')} | ${round(stats(r.cached[0].enqueue).median)} | ` +
+        `${recompute.map(x => x.cell).join(' | ')} | ${ratio} | ${c.dispatches} / ${c.submits} / ${c.buffersCreated} / ${c.tfjsKernels} |`);
+    } catch (error) {
+      const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+      report({ ...base, variant: 'all', error: message });
+      summary(`| ${length} | error: ${message} | | | | | | | |`);
     }
-    const ratio = Number.isFinite(naiveMs / ruleMs) ? `${round(naiveMs / ruleMs)}×` : '—';
-    summary(`| ${length} | ${cells.slice(0, 3).join(' | ')} | ${enqueueCell} | ${cells.slice(3).join(' | ')} | ${ratio} |`);
   }
   flash.dispose();
   naive.dispose();

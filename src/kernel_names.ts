@@ -6,8 +6,9 @@ export const FlashAttention = 'FlashAttention';
  */
 export const FlashAttentionGrad = 'FlashAttentionGrad';
 /**
- * KV-cache write (src/models/kv_cache.ts): inputs [cache [B, L, H, D], rows [B, T, H, D]], attrs
- * { positions: number[] } (one per batch); writes rows[b] into cache[b, positions[b] …] in place,
- * in the cache's own storage, and returns no output.
+ * KV-cache write (src/models/kv_cache.ts): inputs [cache [B, L, H, D], rows [B, T, S, D]], attrs
+ * { positions: number[] (one per batch), firstHead?: number (default 0) }; writes heads
+ * [firstHead, firstHead + H) of rows[b] into cache[b, positions[b] …] in place, in the cache's own
+ * storage, and returns no output.
  */
 export const KVCacheUpdate = 'KVCacheUpdate';

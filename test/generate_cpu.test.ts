@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import '@tensorflow/tfjs-layers';
 import { KVCacheUpdate } from '../src/index';
-import { checkCachedLogits, checkGreedyGeneration, checkInPlaceWrite, tinyModel } from './setup/generate_checks';
+import { checkCachedLogits, checkGreedyGeneration, checkInPlaceWrite, checkStepKernels, tinyModel } from './setup/generate_checks';
 
 let model: LayersModel;
 
@@ -19,6 +19,7 @@ test('KVCacheUpdate writes rows into the cache tensor in place', checkInPlaceWri
 test('cached logits equal recomputing the prefix (prompts of different lengths)', () => checkCachedLogits(model));
 test('cached logits equal recomputing the prefix, keys forced through the split path', () => checkCachedLogits(model, 3));
 test('greedy generate() with the cache equals greedy recompute; no leaks', () => checkGreedyGeneration(model));
+test('a decode step runs 22 kernels per block and 8 more', () => checkStepKernels(model));
 
 test('without a KVCacheUpdate kernel the cache is rebuilt with tfjs ops: same logits, no leaks', async () => {
   const kernel = tf.getKernel(KVCacheUpdate, 'cpu');

@@ -54,6 +54,23 @@ describe('webgl KV cache', () => {
     });
   });
 
+  test('KVCacheUpdate from a fused q|k|v tensor: key and value heads at offsets H and 2H (odd H: mid-texel)', async () => {
+    await withPage({}, async page => {
+      for (const [B, L, H, D, T, positions] of [[2, 5, 3, 2, 2, [3, 0]], [1, 4, 2, 3, 1, [2]]] as const) {
+        const r = await page.runInPage<{ keys: number[]; values: number[]; tensorsBefore: number; tensorsAfter: number }>(
+          'faFusedWriteProbe', [B, L, H, D, T, positions]);
+        const want = (first: number) => Array.from({ length: B * L * H * D }, (_, i) => {
+          const [b, p, h, d] = [Math.floor(i / (L * H * D)), Math.floor(i / (H * D)) % L, Math.floor(i / D) % H, i % D];
+          const t = p - positions[b];
+          return t >= 0 && t < T ? ((b * T + t) * 3 * H + first + h) * D + d + 1 : 0;
+        });
+        expect(r.keys).toEqual(want(H));
+        expect(r.values).toEqual(want(2 * H));
+        expect(r.tensorsAfter).toBe(r.tensorsBefore);
+      }
+    });
+  });
+
   test('KVCacheUpdate into a squarified cache texture (WEBGL_MAX_TEXTURE_SIZE = 32)', async () => {
     await withPage({ WEBGL_MAX_TEXTURE_SIZE: 32 }, async page => {
       // [2·30, 3, 5] packed is 60·2 texel rows of 3 texels: more than 32, so tfjs squarifies it.

@@ -58,6 +58,24 @@ async function writeProbe(B: number, L: number, H: number, D: number, T: number,
   return { ...result, tensorsBefore, tensorsAfter: tf.memory().numTensors };
 }
 
+/**
+ * One write from a fused q|k|v tensor [B, T, 3H, D] (values 1, 2, …; heads H… as keys, 2H… as
+ * values) into a fresh cache at `positions`: the cache's keys and values after it.
+ */
+async function fusedWriteProbe(B: number, L: number, H: number, D: number, T: number, positions: number[]):
+    Promise<{ keys: number[]; values: number[]; tensorsBefore: number; tensorsAfter: number }> {
+  const tensorsBefore = tf.memory().numTensors;
+  const cache = new KVCache({ layers: 1, batch: B, maxLength: L, heads: H, headDim: D });
+  const qkv = tf.tensor4d(Array.from({ length: B * T * 3 * H * D }, (_, i) => i + 1), [B, T, 3 * H, D]);
+  cache.lengths.splice(0, B, ...positions);
+  cache.write(0, qkv, qkv, [H, 2 * H]);
+  const keys = Array.from(await cache.keys[0].data());
+  const values = Array.from(await cache.values[0].data());
+  qkv.dispose();
+  cache.dispose();
+  return { keys, values, tensorsBefore, tensorsAfter: tf.memory().numTensors };
+}
+
 let model: LayersModel | undefined;
 
 function theModel(): LayersModel {
@@ -102,6 +120,7 @@ async function cachedLogits(forceSplits: number | null): Promise<{ steps: Array<
     const lengths = [...cache.lengths];
     logits.dispose();
     cache.dispose();
+    decoder.dispose();
     return { steps, lengths };
   } finally {
     delete splitKvTuning.force;
@@ -129,5 +148,6 @@ async function greedy(): Promise<{ cached: number[][]; recomputed: number[][]; t
 }
 
 expose('faCacheWriteProbe', writeProbe);
+expose('faFusedWriteProbe', fusedWriteProbe);
 expose('faCachedLogits', cachedLogits);
 expose('faGreedy', greedy);

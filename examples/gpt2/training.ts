@@ -223,6 +223,7 @@ export async function generate(model: LayersModel, tokenizer: Tokenizer, prompt:
     }
   } finally {
     cache.dispose();
+    decoder.dispose();
   }
   return tokenizer.decode(ids);
 }

@@ -4,7 +4,10 @@
 // positions, and a small fragment program copies each new texel from the rows tensor, discarding
 // the fragments of that box outside the new rows (they keep their values; a fragment program
 // cannot read the texture it renders to, so discard, not a copy of the old value, preserves them).
-// One draw per batch row; the work is O(new rows), independent of the cache length.
+// One draw per batch row; the work is O(new rows), independent of the cache length. The rows may
+// hold more heads than the cache (a fused q|k|v projection, kv_cache_writes.ts): a cache texel's
+// two heads are then read from the rows' texels at the `firstHead` offset, whose halves need not
+// line up with the cache's when the offset is odd.
 //
 // Why not runWebGLProgram: it always renders into a fresh output texture, which would copy the
 // whole cache every token. Why not texSubImage2D: the new rows are on the GPU (a matMul output);
@@ -27,14 +30,17 @@ import { isWebGLBackend, packedInput } from './program';
 
 type GLProgram = ReturnType<GPGPUContext['createProgram']>;
 
-const UNIFORMS = ['faTargetWidth', 'faSourceWidth', 'faSeq', 'faRows', 'faHeadTexels', 'faDimTexels',
-  'faBatch', 'faPosition', 'faStart', 'faEnd'] as const;
+const UNIFORMS = ['faTargetWidth', 'faSourceWidth', 'faSeq', 'faRows', 'faHeads', 'faHeadTexels', 'faDimTexels',
+  'faSourceHeadTexels', 'faFirstHead', 'faBatch', 'faPosition', 'faStart', 'faEnd'] as const;
 type UniformName = typeof UNIFORMS[number];
 
 /**
  * Fragment (x, y) of the cache texture is texel k = y·targetWidth + x of the packed [B·L, H, D]
- * layout: position row bl = k / (headTexels·dimTexels), and within it texel row hh, column dd. The
- * same (batch, new row t = l − position, hh, dd) texel of rows [B, T, H, D] is copied whole.
+ * layout: position row bl = k / (headTexels·dimTexels), and within it texel row hh, column dd: heads
+ * 2hh and 2hh + 1 (a packed texel holds rows r, r + 1 of columns c, c + 1 as xy, zw). They are heads
+ * firstHead + 2hh and firstHead + 2hh + 1 of the (batch, new row t = l − position) slab of rows
+ * [B, T, S, D], which starts at texel row (batch·T + t)·sourceHeadTexels; a head s sits in texel row
+ * s / 2, half s % 2. The padding head of an odd H is written as 0.
  */
 const SOURCE = `#version 300 es
 precision highp float;
@@ -42,6 +48,11 @@ precision highp int;
 uniform sampler2D faSource;
 ${UNIFORMS.map(name => `uniform int ${name};`).join('\n')}
 out vec4 outputColor;
+vec2 sourceHalf(int slab, int head, int dd) {
+  int texel = (slab + head / 2) * faDimTexels + dd;
+  vec4 v = texelFetch(faSource, ivec2(texel % faSourceWidth, texel / faSourceWidth), 0);
+  return head % 2 == 0 ? v.xy : v.zw;
+}
 void main() {
   ivec2 xy = ivec2(gl_FragCoord.xy);
   int k = xy.y * faTargetWidth + xy.x;
@@ -49,9 +60,11 @@ void main() {
   int perPosition = faHeadTexels * faDimTexels;
   int l = k / perPosition - faBatch * faSeq;
   int within = k - (k / perPosition) * perPosition;
-  int t = l - faPosition;
-  int source = (faBatch * faRows + t) * perPosition + within;
-  outputColor = texelFetch(faSource, ivec2(source % faSourceWidth, source / faSourceWidth), 0);
+  int hh = within / faDimTexels;
+  int dd = within - hh * faDimTexels;
+  int slab = (faBatch * faRows + l - faPosition) * faSourceHeadTexels;
+  int s = faFirstHead + 2 * hh;
+  outputColor = vec4(sourceHalf(slab, s, dd), 2 * hh + 1 < faHeads ? sourceHalf(slab, s + 1, dd) : vec2(0.0));
 }`;
 
 interface CopyProgram { program: GLProgram; locations: Record<UniformName | 'faSource', WebGLUniformLocation | null> }
@@ -90,7 +103,7 @@ function adoptPacked(backend: MathBackendWebGL, cache: TensorInfo): void {
 const kvCacheUpdateWebGL: KernelFunc = ({ inputs, backend, attrs }): TensorInfo[] => {
   if (!isWebGLBackend(backend)) throw new Error('KVCacheUpdate: the webgl kernel needs the webgl backend');
   checkWebGL2();
-  const { cache, rows, writes } = cacheWrites(inputs, attrs);
+  const { cache, rows, positions, firstHead } = cacheWrites(inputs, attrs);
   adoptPacked(backend, cache);
   const target = backend.texData.get(cache.dataId);
   if (!target.texture || !target.texShape) throw new Error('KVCacheUpdate (webgl): the cache has no texture');
@@ -98,13 +111,14 @@ const kvCacheUpdateWebGL: KernelFunc = ({ inputs, backend, attrs }): TensorInfo[
   const sourceTexture = backend.texData.get(source.info.dataId).texture;
   try {
     if (!sourceTexture) throw new Error('KVCacheUpdate (webgl): the new rows have no texture');
-    const [B, L, H, D] = cache.shape;
-    const T = rows.shape[1];
+    const [, L, H, D] = cache.shape;
+    const [, T, S] = rows.shape;
     const perPosition = Math.ceil(H / 2) * Math.ceil(D / 2);
     const targetWidth = Math.ceil(target.texShape[1] / 2);
     const values: Record<UniformName, number> = {
-      faTargetWidth: targetWidth, faSourceWidth: Math.ceil(source.texShape[1] / 2), faSeq: L, faRows: T,
-      faHeadTexels: Math.ceil(H / 2), faDimTexels: Math.ceil(D / 2), faBatch: 0, faPosition: 0, faStart: 0, faEnd: 0,
+      faTargetWidth: targetWidth, faSourceWidth: Math.ceil(source.texShape[1] / 2), faSeq: L, faRows: T, faHeads: H,
+      faHeadTexels: Math.ceil(H / 2), faDimTexels: Math.ceil(D / 2), faSourceHeadTexels: Math.ceil(S / 2),
+      faFirstHead: firstHead, faBatch: 0, faPosition: 0, faStart: 0, faEnd: 0,
     };
     const gpgpu = backend.gpgpu;
     const gl = gpgpu.gl;
@@ -113,8 +127,7 @@ const kvCacheUpdateWebGL: KernelFunc = ({ inputs, backend, attrs }): TensorInfo[
     gpgpu.bindVertexArray(program.vao);
     gpgpu.setOutputPackedMatrixTexture(target.texture.texture, target.texShape[0], target.texShape[1]);
     gpgpu.setInputMatrixTexture(sourceTexture.texture, locations.faSource as WebGLUniformLocation, 0);
-    writes.forEach((w, b) => {
-      const position = w.to / (H * D) - b * L;
+    positions.forEach((position, b) => {
       values.faBatch = b;
       values.faPosition = position;
       values.faStart = (b * L + position) * perPosition;
@@ -125,7 +138,6 @@ const kvCacheUpdateWebGL: KernelFunc = ({ inputs, backend, attrs }): TensorInfo[
       gpgpu.setOutputMatrixWriteRegion(firstRow, lastRow - firstRow + 1, 0, targetWidth);
       gpgpu.executeProgram();
     });
-    if (B !== writes.length) throw new Error('KVCacheUpdate (webgl): one write per batch row expected');
     target.values = undefined;
   } finally {
     if (source.temporary) backend.disposeIntermediateTensorInfo(source.info);

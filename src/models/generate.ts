@@ -1,25 +1,52 @@
-// Text generation for the gpt2() models with a KV cache. The model's layers are run step by step
-// outside the LayersModel graph, with the same weights: a prefill pass over the (right-padded)
-// prompts writes every layer's keys and values into a preallocated KVCache (kv_cache.ts), then
-// each new token runs the blocks on one position, writes its K/V rows in place and attends over
-// the cache with `keyLengths` = each row's filled length, so prompts of different lengths share a
-// batch. That decode attention (one query row against the whole cache) is the shape the split-KV
-// path (src/split_kv.ts) serves.
+// Text generation for the gpt2() models with a KV cache. A prefill pass over the (right-padded)
+// prompts writes every layer's keys and values into a preallocated KVCache (kv_cache.ts), then each
+// new token runs the blocks on one position, writes its K/V rows in place and attends over the cache
+// with `keyLengths` = each row's filled length, so prompts of different lengths share a batch. That
+// decode attention (one query row against the whole cache) is the shape the split-KV path
+// (src/split_kv.ts) serves.
+//
+// A decode step is host-bound on a fast GPU: its kernels are tiny, and their number times tfjs'
+// cost of dispatching one (and of each upload and queue submission) sets the time per token. So the
+// decoder does not run the model's layers (layer.apply adds symbolic bookkeeping and per-call
+// constants that are uploads): it reads their weight tensors once and computes the same functions
+// with as few kernels as tfjs allows, in one tidy per step, uploading only the token ids, their
+// positions and the key lengths:
+//   - projections as tf.fused.matMul with their bias (one kernel each);
+//   - LayerNorm in four kernels and GELU in four, both through batchNorm (see `layerNorm`, `gelu`);
+//   - q, k, v read from the fused projection [B, T, 3H, D] as it is (BSHD, no transposes): the cache
+//     writes take the key and value heads straight from it, only q is sliced;
+//   - the cache writes on webgpu are buffer copies recorded in tfjs' own command encoder.
+// GPT-2 small: 248 GPU kernels per token (20 per block, 8 outside), was 494 through the layers.
 //
 // `recomputeLogits` is the cacheless baseline: the whole model on the whole prefix every token.
 import * as tf from '@tensorflow/tfjs-core';
-import type { Tensor, Tensor2D, Tensor3D, Tensor4D } from '@tensorflow/tfjs-core';
+import type { Tensor, Tensor1D, Tensor2D, Tensor3D, Tensor4D } from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { flashAttention } from '../flash_attention';
 import { CausalSelfAttention } from '../layers/causal_self_attention';
 import { Gpt2Mlp, PositionEmbedding, TokenEmbedding } from '../layers/gpt2_blocks';
+import { LayerNorm } from '../layers/layer_norm';
 import { KVCache } from './kv_cache';
 
+/** x [N, in] · kernel [in, out] + bias, as one fused kernel. */
+interface Affine {
+  kernel: Tensor2D;
+  bias: Tensor1D | null;
+}
+
+interface LayerNormWeights {
+  gamma: Tensor;
+  beta: Tensor;
+  epsilon: number;
+}
+
 interface Block {
-  ln1: tfl.layers.Layer;
-  attn: CausalSelfAttention;
-  ln2: tfl.layers.Layer;
-  mlp: Gpt2Mlp;
+  ln1: LayerNormWeights;
+  attn: Affine;
+  attnProj: Affine;
+  ln2: LayerNormWeights;
+  fc: Affine;
+  mlpProj: Affine;
 }
 
 function fail(message: string): never {
@@ -32,45 +59,90 @@ function layerOf<T extends tfl.layers.Layer>(model: tfl.LayersModel, name: strin
   return layer;
 }
 
-/** A layer weight by its name within the layer ('c_attn/kernel'), or null when absent. */
+/**
+ * A layer weight by its name within the layer ('c_attn/kernel'), or null when absent. The tensor is
+ * the weight's variable, which training and setWeights assign in place, so it stays current.
+ */
 function weight(layer: tfl.layers.Layer, suffix: string): Tensor | null {
   const w = layer.weights.find(x => x.name.endsWith(`/${suffix}`) || x.originalName.endsWith(`/${suffix}`));
   return w ? w.read() : null;
 }
 
-/** The pieces of a gpt2() model, found by the names gpt2() gives its layers. */
+function required(layer: tfl.layers.Layer, suffix: string): Tensor {
+  return weight(layer, suffix) ?? fail(`layer '${layer.name}' has no weight '${suffix}'`);
+}
+
+function affineOf(layer: tfl.layers.Layer, name: string): Affine {
+  return { kernel: required(layer, `${name}/kernel`) as Tensor2D, bias: weight(layer, `${name}/bias`) as Tensor1D | null };
+}
+
+function affine(x: Tensor2D, w: Affine): Tensor2D {
+  return tf.fused.matMul({ a: x, b: w.kernel, bias: w.bias ?? undefined }) as Tensor2D;
+}
+
+function layerNormOf(layer: LayerNorm): LayerNormWeights {
+  return { gamma: required(layer, 'gamma'), beta: required(layer, 'beta'), epsilon: layer.epsilon };
+}
+
+/** GPT-2's tanh GELU constants: 2·√(2/π)·(h + c·h³) = k·h·(h² + 1/c) with c = 0.044715, k = 2·√(2/π)·c. */
+const GELU_C = 0.044715;
+const GELU_K = 2 * Math.sqrt(2 / Math.PI) * GELU_C;
+
+/**
+ * The pieces of a gpt2() model, found by the names gpt2() gives its layers, and its forward pass
+ * on a KV cache. Holds a few constant tensors: `dispose()` it when done.
+ */
 export class Gpt2Decoder {
-  readonly tokens: TokenEmbedding;
-  readonly positions: PositionEmbedding;
-  readonly blocks: Block[];
-  readonly lnF: tfl.layers.Layer;
-  readonly head: TokenEmbedding;
   readonly heads: number;
   readonly channels: number;
+  readonly contextLength: number;
+  private readonly tokens: Tensor2D;
+  private readonly positions: Tensor2D;
+  private readonly blocks: Block[] = [];
+  private readonly lnF: LayerNormWeights;
+  private readonly head: Tensor2D;
+  /** [C, C] of 1/C: x · average puts each row's mean in every column of that row. */
+  private readonly average: Tensor2D;
+  /** [1, 1] each: batchNorm's mean and variance in `gelu`. */
+  private readonly geluShift: Tensor2D;
+  private readonly geluVariance: Tensor2D;
 
   constructor(readonly model: tfl.LayersModel) {
     const name = model.name;
-    this.tokens = layerOf(model, `${name}_wte`, TokenEmbedding);
-    this.positions = layerOf(model, `${name}_wpe`, PositionEmbedding);
-    this.blocks = [];
+    const tokens = layerOf(model, `${name}_wte`, TokenEmbedding);
+    const positions = layerOf(model, `${name}_wpe`, PositionEmbedding);
+    this.tokens = required(tokens, 'embeddings') as Tensor2D;
+    this.positions = required(positions, 'embeddings') as Tensor2D;
+    this.contextLength = positions.contextLength;
+    let heads = 0;
     for (let i = 0; model.layers.some(l => l.name === `${name}_h${i}_attn`); i++) {
       const p = `${name}_h${i}`;
+      const attn = layerOf(model, `${p}_attn`, CausalSelfAttention);
+      const mlp = layerOf(model, `${p}_mlp`, Gpt2Mlp);
+      heads = attn.numHeads;
       this.blocks.push({
-        ln1: model.getLayer(`${p}_ln_1`), attn: layerOf(model, `${p}_attn`, CausalSelfAttention),
-        ln2: model.getLayer(`${p}_ln_2`), mlp: layerOf(model, `${p}_mlp`, Gpt2Mlp),
+        ln1: layerNormOf(layerOf(model, `${p}_ln_1`, LayerNorm)),
+        attn: affineOf(attn, 'c_attn'), attnProj: affineOf(attn, 'c_proj'),
+        ln2: layerNormOf(layerOf(model, `${p}_ln_2`, LayerNorm)),
+        fc: affineOf(mlp, 'c_fc'), mlpProj: affineOf(mlp, 'c_proj'),
       });
     }
     if (this.blocks.length === 0) fail(`model '${name}' has no layers named ${name}_h<i>_attn (not a gpt2() model?)`);
-    this.lnF = model.getLayer(`${name}_ln_f`);
+    this.lnF = layerNormOf(layerOf(model, `${name}_ln_f`, LayerNorm));
     this.head = model.layers.some(l => l.name === `${name}_lm_head`)
-      ? layerOf(model, `${name}_lm_head`, TokenEmbedding) : this.tokens;
-    this.heads = this.blocks[0].attn.numHeads;
-    this.channels = this.tokens.channels;
+      ? required(layerOf(model, `${name}_lm_head`, TokenEmbedding), 'embeddings') as Tensor2D : this.tokens;
+    this.heads = heads;
+    this.channels = tokens.channels;
+    const c = this.channels;
+    // Kept: a decoder made inside a caller's tidy outlives it.
+    this.average = tf.keep(tf.fill([c, c], 1 / c) as Tensor2D);
+    this.geluShift = tf.keep(tf.tensor2d([-1 / GELU_C], [1, 1]));
+    this.geluVariance = tf.keep(tf.tensor2d([1 / (GELU_K * GELU_K)], [1, 1]));
   }
 
   newCache(batch: number, maxLength: number): KVCache {
-    if (maxLength > this.positions.contextLength) {
-      fail(`maxLength ${maxLength} exceeds the model's context length ${this.positions.contextLength}`);
+    if (maxLength > this.contextLength) {
+      fail(`maxLength ${maxLength} exceeds the model's context length ${this.contextLength}`);
     }
     return new KVCache({
       layers: this.blocks.length, batch, maxLength, heads: this.heads, headDim: this.channels / this.heads,
@@ -86,44 +158,76 @@ export class Gpt2Decoder {
     const [batch, steps] = ids.shape;
     if (batch !== cache.batch) fail(`ids have batch ${batch}, the cache ${cache.batch}`);
     const start = [...cache.lengths];
+    // A prefill from empty rows attends over its own tokens (causal); later steps, one token each,
+    // over the cache up to their own position (keyLengths), which is causal for a single query.
+    const fromEmpty = start.every(p => p === 0);
+    if (!fromEmpty && steps !== 1) fail(`steps after the prefill take one token per row, got ${steps}`);
     const logits = tf.tidy(() => {
-      const table = this.positions.weights[0].read() as Tensor2D;
-      const where = tf.tensor2d(start.flatMap(p => Array.from({ length: steps }, (_, t) => p + t)), [batch, steps], 'int32');
-      let x = tf.add(this.tokens.apply(ids) as Tensor3D, tf.gather(table, where)) as Tensor3D;
-      // A prefill from empty rows attends over its own tokens (causal); later steps, one token each,
-      // over the cache up to their own position (keyLengths), which is causal for a single query.
-      const fromEmpty = start.every(p => p === 0);
-      if (!fromEmpty && steps !== 1) fail(`steps after the prefill take one token per row, got ${steps}`);
+      const rows = batch * steps;
+      const where = tf.tensor1d(start.flatMap(p => Array.from({ length: steps }, (_, t) => p + t)), 'int32');
+      const tokenIds = tf.reshape(ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32'), [rows]);
+      let x = tf.add(tf.gather(this.tokens, tokenIds), tf.gather(this.positions, where)) as Tensor2D;
       const keyLengths = fromEmpty ? null : tf.tensor1d(start.map(p => p + steps), 'int32');
       this.blocks.forEach((block, layer) => {
-        const h = block.ln1.apply(x) as Tensor3D;
-        x = tf.add(x, this.attend(block.attn, h, cache, layer, keyLengths)) as Tensor3D;
-        x = tf.add(x, block.mlp.apply(block.ln2.apply(x) as Tensor3D) as Tensor3D) as Tensor3D;
+        const attended = this.attend(this.layerNorm(x, block.ln1), block.attn, cache, layer, [batch, steps], keyLengths);
+        x = tf.add(x, affine(attended, block.attnProj));
+        x = tf.add(x, affine(this.gelu(affine(this.layerNorm(x, block.ln2), block.fc)), block.mlpProj));
       });
-      return this.head.apply(this.lnF.apply(x) as Tensor3D) as Tensor3D;
+      const out = tf.matMul(this.layerNorm(x, this.lnF), this.head, false, true);
+      return tf.reshape(out, [batch, steps, -1]) as Tensor3D;
     });
     cache.advance(validLengths);
     return logits;
   }
 
-  /** CausalSelfAttention's computation on cached keys and values (its weights, its layout). */
-  private attend(attn: CausalSelfAttention, x: Tensor3D, cache: KVCache, layer: number, keyLengths: Tensor | null): Tensor3D {
-    const [batch, steps, channels] = x.shape;
-    const heads = this.heads, headDim = channels / heads;
-    const attnKernel = weight(attn, 'c_attn/kernel'), projKernel = weight(attn, 'c_proj/kernel');
-    if (!attnKernel || !projKernel) fail(`layer '${attn.name}' has no c_attn/c_proj kernels`);
-    const attnBias = weight(attn, 'c_attn/bias'), projBias = weight(attn, 'c_proj/bias');
-    let qkv = tf.matMul(tf.reshape(x, [batch * steps, channels]), attnKernel as Tensor2D);
-    if (attnBias) qkv = tf.add(qkv, attnBias);
-    const [q, k, v] = tf.split(tf.reshape(qkv, [batch, steps, 3, heads, headDim]), 3, 2)
-      .map(t => tf.reshape(t, [batch, steps, heads, headDim]) as Tensor4D);
-    cache.write(layer, k, v);
-    const attended = keyLengths === null
-      ? flashAttention(q, k, v, { layout: 'BSHD', causal: true })
-      : flashAttention(q, cache.keys[layer], cache.values[layer], { layout: 'BSHD', keyLengths });
-    let y = tf.matMul(tf.reshape(attended, [batch * steps, channels]), projKernel as Tensor2D);
-    if (projBias) y = tf.add(y, projBias);
-    return tf.reshape(y, [batch, steps, channels]);
+  /**
+   * CausalSelfAttention's computation on cached keys and values (its weights, its layout): the
+   * fused projection [B·T, 3C] is [B, T, 3H, D], heads [0, H) q, [H, 2H) k and [2H, 3H) v.
+   */
+  private attend(x: Tensor2D, w: Affine, cache: KVCache, layer: number, [batch, steps]: [number, number],
+    keyLengths: Tensor | null): Tensor2D {
+    const heads = this.heads, headDim = this.channels / heads;
+    const qkv = tf.reshape(affine(x, w), [batch, steps, 3 * heads, headDim]) as Tensor4D;
+    let attended: Tensor4D;
+    if (keyLengths === null) {
+      const [q, k, v] = tf.split(qkv, 3, 2) as Tensor4D[];
+      cache.write(layer, k, v);
+      attended = flashAttention(q, k, v, { layout: 'BSHD', causal: true });
+    } else {
+      cache.write(layer, qkv, qkv, [heads, 2 * heads]);
+      const q = tf.slice(qkv, [0, 0, 0, 0], [batch, steps, heads, headDim]);
+      attended = flashAttention(q, cache.keys[layer], cache.values[layer], { layout: 'BSHD', keyLengths });
+    }
+    return tf.reshape(attended, [batch * steps, this.channels]);
+  }
+
+  /**
+   * LayerNorm over the channels of x [N, C] (src/layers/layer_norm.ts) in four kernels: the row
+   * means as a product with 1/C (as the layer computes them), the same for the squared deviations,
+   * then batchNorm, which computes (x − mean)·gamma/√(variance + ε) + beta in one kernel. The
+   * statistics are [N, C] (each row's value in every column), not [N, 1]: tfjs' cpu batchNorm
+   * indexes them by flat position modulo their length instead of broadcasting.
+   */
+  private layerNorm(x: Tensor2D, w: LayerNormWeights): Tensor2D {
+    const mean = tf.matMul(x, this.average);
+    const variance = tf.matMul(tf.squaredDifference(x, mean), this.average);
+    const row = (t: Tensor) => tf.reshape(t, [1, -1]) as Tensor2D;
+    return tf.batchNorm(x, mean, variance, row(w.beta), row(w.gamma), w.epsilon) as Tensor2D;
+  }
+
+  /**
+   * GPT-2's tanh GELU (geluTanh, src/layers/gpt2_blocks.ts) in four kernels: with
+   * a = √(2/π)·(h + c·h³), 0.5·h·(1 + tanh(a)) = h·σ(2a), and 2a = k·h·(h² + 1/c). tfjs has no
+   * multiply-add kernel, but batchNorm's (x − mean)·scale/√(variance + ε) is one: x = h²,
+   * mean = −1/c, scale = h, variance = 1/k², ε = 0.
+   */
+  private gelu(h: Tensor2D): Tensor2D {
+    const twoA = tf.batchNorm(tf.square(h), this.geluShift, this.geluVariance, undefined, h, 0);
+    return tf.mul(h, tf.sigmoid(twoA));
+  }
+
+  dispose(): void {
+    tf.dispose([this.average, this.geluShift, this.geluVariance]);
   }
 }
 
@@ -188,9 +292,10 @@ export async function generate(model: tfl.LayersModel, promptIds: number[][], op
   checkPrompts(promptIds, options);
   const decoder = new Gpt2Decoder(model);
   const lengths = promptIds.map(p => p.length);
-  const cache = decoder.newCache(promptIds.length, options.maxLength ?? Math.max(...lengths) + options.maxNewTokens);
   const out: number[][] = promptIds.map(() => []);
+  let cache: KVCache | null = null;
   try {
+    cache = decoder.newCache(promptIds.length, options.maxLength ?? Math.max(...lengths) + options.maxNewTokens);
     const ids = padPrompts(promptIds);
     const prefill = decoder.forward(cache, ids, lengths);
     let logits = lastLogits(prefill, lengths);
@@ -208,7 +313,8 @@ export async function generate(model: tfl.LayersModel, promptIds: number[][], op
     logits.dispose();
     return out;
   } finally {
-    cache.dispose();
+    cache?.dispose();
+    decoder.dispose();
   }
 }
 

@@ -33,10 +33,14 @@ export class KVCache {
     this.lengths = new Array<number>(o.batch).fill(0);
   }
 
-  /** Writes k and v [B, T, H, D] of `layer` at each batch row's current length (lengths advance in `advance`). */
-  write(layer: number, k: Tensor, v: Tensor): void {
-    this.keys[layer] = writeRows(this.keys[layer], k, this.lengths);
-    this.values[layer] = writeRows(this.values[layer], v, this.lengths);
+  /**
+   * Writes the new keys and values of `layer` at each batch row's current length (lengths advance
+   * in `advance`): heads [firstHeads[0], + H) of k and [firstHeads[1], + H) of v, both [B, T, S, D]
+   * (k and v may be one fused q|k|v tensor [B, T, 3H, D] with firstHeads [H, 2H]).
+   */
+  write(layer: number, k: Tensor, v: Tensor, firstHeads: [number, number] = [0, 0]): void {
+    this.keys[layer] = writeRows(this.keys[layer], k, firstHeads[0], this.lengths);
+    this.values[layer] = writeRows(this.values[layer], v, firstHeads[1], this.lengths);
   }
 
   /** Marks `counts[b]` more positions of row b as filled (after every layer has written them). */
@@ -54,15 +58,18 @@ export class KVCache {
   }
 }
 
-/** rows [B, T, H, D] into cache [B, L, H, D] at positions[b]; returns the cache (the same tensor when in place). */
-function writeRows(cache: Tensor4D, rows: Tensor, positions: number[]): Tensor4D {
-  const [B, L] = cache.shape;
+/**
+ * Heads [firstHead, firstHead + H) of rows [B, T, S, D] into cache [B, L, H, D] at positions[b];
+ * returns the cache (the same tensor when in place).
+ */
+function writeRows(cache: Tensor4D, rows: Tensor, firstHead: number, positions: number[]): Tensor4D {
+  const [B, L, H] = cache.shape;
   const T = rows.shape[1] as number;
   if (positions.some(p => p + T > L)) {
     throw new Error(`KVCache: ${T} new position(s) after [${positions.join(', ')}] exceed the cache length ${L}`);
   }
   if (tf.getKernel(KVCacheUpdate, tf.getBackend())) {
-    tf.engine().runKernel(KVCacheUpdate, { cache, rows }, { positions: [...positions] });
+    tf.engine().runKernel(KVCacheUpdate, { cache, rows }, { positions: [...positions], firstHead });
     return cache;
   }
   warnOnce(`kv-cache-${tf.getBackend()}`, `KVCache: no in-place cache write on the '${tf.getBackend()}' backend; ` +
@@ -70,7 +77,7 @@ function writeRows(cache: Tensor4D, rows: Tensor, positions: number[]): Tensor4D
   // Kept: the write may run inside a caller's tidy, and the cache outlives it.
   const updated = tf.keep(tf.tidy(() => tf.stack(Array.from({ length: B }, (_, b) => {
     const row = tf.squeeze(tf.slice(cache, [b, 0, 0, 0], [1, L, -1, -1]), [0]);
-    const fresh = tf.squeeze(tf.slice(rows, [b, 0, 0, 0], [1, T, -1, -1]), [0]);
+    const fresh = tf.squeeze(tf.slice(rows, [b, 0, firstHead, 0], [1, T, H, -1]), [0]);
     const p = positions[b];
     const parts = [tf.slice(row, [0, 0, 0], [p, -1, -1]), fresh, tf.slice(row, [p + T, 0, 0], [L - p - T, -1, -1])];
     return tf.concat(parts, 0);

@@ -42,6 +42,50 @@ export async function checkInPlaceWrite(): Promise<void> {
   expect((await cache.keys[0].array())[1][0][0][0]).toBe(-13);
   rows.dispose();
   cache.dispose();
+  await checkFusedRowsWrite();
+}
+
+/**
+ * Writes from one fused q|k|v tensor [B, T, 3H, D] (heads H… as keys, 2H… as values), H odd so
+ * that a head offset falls mid-texel in webgl's packed layout, after an ordinary write.
+ */
+async function checkFusedRowsWrite(): Promise<void> {
+  const [B, T, H, D, L] = [2, 2, 3, 2, 5];
+  const cache = new KVCache({ layers: 1, batch: B, maxLength: L, heads: H, headDim: D });
+  const qkv = tf.tensor4d(Array.from({ length: B * T * 3 * H * D }, (_, i) => i + 1), [B, T, 3 * H, D]);
+  const positions = [3, 0];
+  cache.lengths.splice(0, B, ...positions);
+  cache.write(0, qkv, qkv, [H, 2 * H]);
+  const want = (first: number) => Array.from({ length: B }, (_, b) => Array.from({ length: L }, (_, p) =>
+    Array.from({ length: H }, (_, h) => Array.from({ length: D }, (_, d) => {
+      const t = p - positions[b];
+      return t >= 0 && t < T ? (((b * T + t) * 3 * H + first + h) * D + d) + 1 : 0;
+    }))));
+  expect(await cache.keys[0].array()).toEqual(want(H));
+  expect(await cache.values[0].array()).toEqual(want(2 * H));
+  qkv.dispose();
+  cache.dispose();
+}
+
+/**
+ * Kernels a decode step runs, by tf.profile (Reshape excluded: it moves no data): 22 per block
+ * (LayerNorm 4 ×2, GELU 4, projections 4, residual adds 2, q slice, cache writes 2, attention) and
+ * 8 around them (two embedding gathers and their add, the final LayerNorm, the output head).
+ */
+export async function checkStepKernels(model: LayersModel): Promise<void> {
+  const decoder = new Gpt2Decoder(model);
+  const cache = decoder.newCache(1, 4);
+  const prefillIds = tf.tensor2d([[1, 2]], [1, 2], 'int32');
+  tf.dispose([prefillIds, decoder.forward(cache, prefillIds, [2])]);
+  const ids = tf.tensor2d([[3]], [1, 1], 'int32');
+  const profile = await tf.profile(() => decoder.forward(cache, ids, [1]));
+  const kernels = profile.kernels.map(k => k.name).filter(name => name !== 'Reshape' && !name.endsWith('__op'));
+  const layers = model.layers.filter(l => l.name.endsWith('_attn')).length;
+  expect(kernels.length).toBe(22 * layers + 8);
+  expect(kernels.filter(name => name === 'FlashAttention').length).toBe(layers);
+  tf.dispose([ids, profile.result]);
+  cache.dispose();
+  decoder.dispose();
 }
 
 /** Prefill + decode steps with the cache against recompute, for prompts of lengths 5 and 2. */
@@ -73,6 +117,7 @@ export async function checkCachedLogits(model: LayersModel, forceSplits?: number
     expect(cache.lengths).toEqual([10, 7]);
     logits.dispose();
     cache.dispose();
+    decoder.dispose();
   } finally {
     delete splitKvTuning.force;
   }
