@@ -254,8 +254,8 @@ interface Variant { name: string; dkdv: F16Tiles; dq: F16Tiles }
 const tiles = (rows: number, cols: number, stage: F16Tiles['stage'], chains = false): F16Tiles => ({ rows, cols, stage, chains });
 /**
  * The variants of programs(), the first being the one forward+backward is compared with (the first
- * version's tiles). The first run (2026-11-26 19:20 UTC) timed 64×32, 32×32, 64×16 and 128×16 with
- * loop, batched and prefetch staging and chains; these are the winner's neighbours, timed at 19:33
+ * version's tiles). The first run (2026-11-26 18:37 UTC) timed 64×32, 32×32, 64×16 and 128×16 with
+ * loop, batched and prefetch staging and chains; these are the winner's neighbours, timed at 18:41
  * (64×16 prefetch with chains became the default).
  */
 const VARIANTS: Variant[] = [

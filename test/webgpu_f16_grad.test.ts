@@ -130,6 +130,21 @@ describe("precision 'float16' backward on webgpu (Dawn)", () => {
     expect(scalar.extensions).toEqual(['f16']);
   });
 
+  test('prefetch staging loads the next walked tile, except where block-sparse skipping makes it unknown', () => {
+    const mode = { path: 'subgroupMatrix', element: 'f16' } as const;
+    const tiles: F16Tiles = { rows: 64, cols: 16, stage: 'prefetch', chains: true };
+    const dense = config({});
+    const sparse = config({ blockSize: 8, blockMaskShape: [1, 1, 5, 5] });
+    const next = (wgsl: string) => wgsl.includes('min(i0 + BQ + r, SEQQ - 1u)') || wgsl.includes('min(j0 + BK + r, SEQK - 1u)');
+    for (const program of [dkdvF16Program, dqF16Program]) {
+      const wgsl = program(dense, auxLayout(dense, true), tiles, mode).body();
+      expect(next(wgsl)).toBe(true);
+      // Chains: the S and dP products of one 16-column walked tile accumulate into two results.
+      expect(wgsl).toContain('var acc: array<subgroup_matrix_result<f32, 16, 16>, 2>;');
+      expect(next(program(sparse, auxLayout(sparse, true), tiles, mode).body())).toBe(false);
+    }
+  });
+
   test('without shader-f16 the float32 kernels run unless the f32 test tiles are forced', () => {
     if (device.features.has('shader-f16')) {
       console.log('skipped: this adapter has shader-f16, so the float16 programs always run');
