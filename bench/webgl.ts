@@ -58,6 +58,8 @@ export interface BenchRow {
   ms?: number;
   msMin?: number;
   msMax?: number;
+  /** Median over rounds of the host (JavaScript) time per call spent queueing the work. */
+  hostMs?: number;
   /** Median over rounds of naive's time / this one's in the same round (flash and variants). */
   speedup?: number;
   rounds?: number;
@@ -77,7 +79,8 @@ function naiveAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tens
  * its calls and restores the defaults afterwards.
  */
 const VARIANTS: Record<string, (on: boolean) => void> = {
-  'fused weights': on => setWebGLFuseWeights(on),
+  'fused weights': on => setWebGLFuseWeights(on ? true : 'auto'),
+  'weights pass': on => setWebGLFuseWeights(on ? false : 'auto'),
 };
 
 function webgl(): MathBackendWebGL {
@@ -134,7 +137,10 @@ async function measureSet(n: number, pass: BenchRow['pass'], impls: string[], co
       VARIANTS[impl]?.(false);
     }
   };
-  /** Milliseconds per call of `calls` calls queued back to back, waited for once at the end. */
+  /**
+   * Milliseconds per call of `calls` calls queued back to back, waited for once at the end, and of
+   * those the time JavaScript took to queue them (tfjs' and the kernels' host work).
+   */
   const sample = async (impl: string, calls: number) => {
     const t0 = performance.now();
     let outs: tf.Tensor[] = [];
@@ -142,15 +148,23 @@ async function measureSet(n: number, pass: BenchRow['pass'], impls: string[], co
       tf.dispose(outs);
       outs = call(impl);
     }
+    const queued = performance.now();
     const total = tf.tidy(() => outs.map(o => tf.sum(o)).reduce((a, b) => tf.add(a, b)));
     await total.data();
     const ms = (performance.now() - t0) / calls;
     tf.dispose([...outs, total]);
-    return ms;
+    return { ms, hostMs: (queued - t0) / calls };
+  };
+  /** A WebGL error (e.g. a texture over the driver's allocation limit) makes the results meaningless. */
+  const checkGL = () => {
+    const gl = webgl().gpgpu.gl;
+    const error = gl.getError();
+    if (error !== gl.NO_ERROR) throw new Error(`WebGL error 0x${error.toString(16)} (results invalid)`);
   };
   const flops = 4 * config.heads * n * n * config.headDim * (pass === 'forward' ? 1 : 3.5);
   const rows: BenchRow[] = [];
   const times = new Map<string, number[]>();
+  const hostTimes = new Map<string, number[]>();
   const peaks = new Map<string, number>();
   try {
     const sums = [q, k, v, dy].map(t => tf.sum(t));
@@ -160,9 +174,12 @@ async function measureSet(n: number, pass: BenchRow['pass'], impls: string[], co
     let slowest = 0;
     for (const impl of impls) {
       try {
+        checkGL();
         peaks.set(impl, (await withPeak(() => sample(impl, 1))).peak);
-        slowest = Math.max(slowest, await sample(impl, 1));
+        slowest = Math.max(slowest, (await sample(impl, 1)).ms);
+        checkGL();
         times.set(impl, []);
+        hostTimes.set(impl, []);
         live.push(impl);
       } catch (error) {
         rows.push({ n, pass, impl, error: String(error).slice(0, 200) });
@@ -173,7 +190,9 @@ async function measureSet(n: number, pass: BenchRow['pass'], impls: string[], co
     for (let r = 0; r < rounds; r++) {
       for (let m = 0; m < live.length; m++) {
         const impl = live[(m + r) % live.length];
-        times.get(impl)?.push(await sample(impl, calls));
+        const { ms, hostMs } = await sample(impl, calls);
+        times.get(impl)?.push(ms);
+        hostTimes.get(impl)?.push(hostMs);
       }
     }
     const naive = times.get('naive');
@@ -183,6 +202,7 @@ async function measureSet(n: number, pass: BenchRow['pass'], impls: string[], co
       rows.push({
         n, pass, impl, ms: +ms.toFixed(3), msMin: +Math.min(...ts).toFixed(3), msMax: +Math.max(...ts).toFixed(3),
         speedup: naive && impl !== 'naive' ? +median(ts.map((t, r) => naive[r] / t)).toFixed(3) : undefined,
+        hostMs: +median(hostTimes.get(impl) ?? []).toFixed(3),
         rounds, callsPerSample: calls, tflops: +(flops / ms / 1e9).toPrecision(3),
         peakMiB: +((peaks.get(impl) ?? 0) / 2 ** 20).toFixed(1),
       });
@@ -314,7 +334,7 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
     const original = backend.runWebGLProgram;
     backend.runWebGLProgram = function (...args: Parameters<typeof original>) {
       const [program] = args;
-      const kind = `${program.variableNames.join(',')} -> [${program.outputShape.join(',')}]`;
+      const kind = `${program.constructor.name}(${program.variableNames.join(',')}) -> [${program.outputShape.join(',')}]`;
       const t0 = performance.now();
       const out = original.apply(this, args);
       waitFor(backend, out, fb, texel);
@@ -338,12 +358,12 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
     // is 2·H·N²·D FLOPs in all: its rate is what a fragment-shader matrix product reaches here. In
     // the forwards, naive's two matMuls are the same products.
     const productFlops = 2 * config.heads * n * n * config.headDim;
-    const products: Array<[string, string]> = pass.endsWith('backward') ? [] : [['q·k (scores)', 'Q,K ->'],
-      ['P̃·V (accumulate)', 'Weights,V,'], ['exp(s − lse)·V (fused accumulate)', 'Scores,V,'],
-      ['naive q·kᵀ matMul', `matrixA,matrixB -> [${config.heads},${n},${n}]`],
-      ['naive P·V matMul', `matrixA,matrixB -> [${config.heads},${n},${config.headDim}]`]];
-    for (const [name, prefix] of products) {
-      const ms = [...times].filter(([kind]) => kind.startsWith(prefix)).reduce((sum, [, t]) => sum + t.ms, 0);
+    const products: Array<[string, string]> = pass.endsWith('backward') ? [] : [['q·k (scores)', '(Q,K) ->'],
+      ['P̃·V (accumulate)', '(Weights,V,'], ['exp(s − lse)·V (fused accumulate)', '(Scores,V,'],
+      ['naive q·kᵀ matMul', `(matrixA,matrixB) -> [${config.heads},${n},${n}]`],
+      ['naive P·V matMul', `(matrixA,matrixB) -> [${config.heads},${n},${config.headDim}]`]];
+    for (const [name, part] of products) {
+      const ms = [...times].filter(([kind]) => kind.includes(part)).reduce((sum, [, t]) => sum + t.ms, 0);
       if (ms > 0) await report(`#   ${name}: ${(productFlops / ms / 1e9).toPrecision(3)} TFLOP/s`);
     }
   }
@@ -357,12 +377,12 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
  */
 const DEFAULT: BenchConfig = {
   seqs: [256, 512, 1024, 2048, 4096, 8192], heads: 12, headDim: 64, maxBackwardSeq: 4096, naiveUpTo: 4096,
-  variantsUpTo: 4096, variants: Object.keys(VARIANTS), rounds: 9, bigSeq: 2048, bigRounds: 5, sampleMs: 60,
+  variantsUpTo: 4096, variants: ['weights pass'], rounds: 9, bigSeq: 2048, bigRounds: 5, sampleMs: 60,
   budgetSeconds: 240, profileSeqs: [256, 2048],
 };
 const QUICK: BenchConfig = { ...DEFAULT, seqs: [256], maxBackwardSeq: 256, rounds: 3, profileSeqs: [] };
-const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, rounds: 5, bigSeq: 1024,
-  bigRounds: 3, sampleMs: 0, budgetSeconds: 900, profileSeqs: [] };
+const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, variants: ['fused weights'],
+  rounds: 5, bigSeq: 1024, bigRounds: 3, sampleMs: 0, budgetSeconds: 900, profileSeqs: [] };
 
 async function post(line: string): Promise<void> {
   await fetch('/result', { method: 'POST', body: line });

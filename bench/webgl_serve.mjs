@@ -13,19 +13,19 @@ let child;
 
 const fmt = (x, digits) => (x === undefined ? '–' : x >= 1 ? x.toFixed(digits) : x.toPrecision(2));
 
-/** One table row per (N, pass, implementation): median ms per call, its range, speed over naive. */
+/** One table row per (N, pass, implementation): median ms per call, its range, host ms, speed over naive. */
 function table() {
   const lines = [
-    '| N | pass | impl | ms per call (median) | min–max over rounds | rounds × calls | TFLOP/s | speed / naive (median of rounds) | peak MiB |',
-    '|---|---|---|---|---|---|---|---|---|',
+    '| N | pass | impl | ms per call (median) | min–max over rounds | host ms per call | rounds × calls | TFLOP/s | speed / naive (median of rounds) | peak MiB |',
+    '|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of rows) {
     if (r.error) {
-      lines.push(`| ${r.n} | ${r.pass} | ${r.impl} | error: ${r.error.slice(0, 80)} | | | | | |`);
+      lines.push(`| ${r.n} | ${r.pass} | ${r.impl} | error: ${r.error.slice(0, 80)} | | | | | | |`);
       continue;
     }
     const speed = r.speedup === undefined ? '–' : `${r.speedup.toFixed(2)}×`;
-    lines.push(`| ${r.n} | ${r.pass} | ${r.impl} | ${fmt(r.ms, 2)} | ${fmt(r.msMin, 2)}–${fmt(r.msMax, 2)} | ` +
+    lines.push(`| ${r.n} | ${r.pass} | ${r.impl} | ${fmt(r.ms, 2)} | ${fmt(r.msMin, 2)}–${fmt(r.msMax, 2)} | ${fmt(r.hostMs, 2)} | ` +
       `${r.rounds} × ${r.callsPerSample} | ${fmt(r.tflops, 3)} | ${speed} | ${fmt(r.peakMiB, 1)} |`);
   }
   return lines.join('\n');

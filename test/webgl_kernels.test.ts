@@ -105,8 +105,11 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 300000);
 
-  test('sequences whose score matrix exceeds MAX_TEXTURE_SIZE² (WEBGL_MAX_TEXTURE_SIZE = 128)', async () => {
+  // Here (SwiftShader) the forward keeps its weights pass by default; GPUs fuse it into accumulate,
+  // so the texture-limit and half-float tests run both ways.
+  test.each([['auto'], [true]] as const)('sequences whose score matrix exceeds MAX_TEXTURE_SIZE² (WEBGL_MAX_TEXTURE_SIZE = 128), fused weights %s', async fuse => {
     await withPage({ WEBGL_MAX_TEXTURE_SIZE: 128 }, async page => {
+      await page.runInPage('faWebglSetFuseWeights', [fuse]);
       // e.g. 300 × 300 scores = 90000 > 128² = 16384 texels, while q, k, v (≤ 6240 values) still fit
       // and get squarified textures (the texelFetch addressing's general path).
       expect(await scaledCase(page, 'plain', { nq: 300, nk: 300, hq: 2, hkv: 1 }, 1e-3)).toBe('');
@@ -116,8 +119,9 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 300000);
 
-  test('half-float render targets: finite, no overflow, within the documented tolerance', async () => {
+  test.each([['auto'], [true]] as const)('half-float render targets: finite, no overflow, within the documented tolerance, fused weights %s', async fuse => {
     await withPage({ WEBGL_FORCE_F16_TEXTURES: true }, async page => {
+      await page.runInPage('faWebglSetFuseWeights', [fuse]);
       expect((await page.runInPage<{ float32Rendering: boolean }>('faWebglKernels')).float32Rendering).toBe(false);
       const cases: Array<[string, Partial<AttentionCase>]> = [
         ['plain', {}], ['N=129 D=64', {}], ['GQA 4:2', {}], ['BSHD', {}], ['causal Nq>Nk (empty rows)', {}],

@@ -2,7 +2,7 @@
 //
 // Algorithm: FlashAttention's tiling moved from workgroups to textures. WebGL has no shared memory
 // and a fragment writes one RGBA texel, so the key dimension is cut into blocks of `blockKeys` keys
-// and each block runs four programs over all query rows:
+// and each block runs four programs over all query rows (three on GPUs: weights fused, see below):
 //   scores:     s for (row, key in block)                    [B·Hq, Nq, blockKeys]
 //   blockStats: running lse_i ← logaddexp(lse_i, block)       [B·Hq, Nq, 2]
 //   weights:    P̃ = exp(s − lse)·Z                           [B·Hq, Nq, blockKeys]
@@ -25,12 +25,17 @@
 //   score twice; it was replaced by the online per-block lse here, which computes it once (together
 //   with texelFetch addressing: time relative to naive attention in the same run went from 1.6× to
 //   0.97× at N = 256, 12 heads, D = 64, on SwiftShader).
-// - Four draws per block is the least this scheme allows: the weights need the block's row lse,
-//   i.e. a reduction over the whole block's scores, before any of them is written. Fusing blockStats
-//   into weights would redo that reduction in every weights fragment (blockKeys/2 fetches per 4
-//   weights); fusing weights into accumulate redoes each exp and dropout hash Dv/2 times (measured
-//   at N = 512 on SwiftShader: 1.11× naive's time fused, 0.92× with the separate weights pass). The
-//   rescale of O by exp(lse_prev − lse) is already folded into accumulate.
+// - Four draws per block is the least this scheme allows with P̃ in a texture of its own: the
+//   weights need the block's row lse, i.e. a reduction over the whole block's scores, before any of
+//   them is written. Fusing blockStats into weights would redo that reduction in every weights
+//   fragment (blockKeys/2 fetches per 4 weights). Fusing weights into accumulate (accumulate reads
+//   the scores and takes exp(s − lse) itself) redoes each exp Dv/2 times but saves a draw, a write
+//   and a read of every score: on SwiftShader, where an exp costs more than a fetch, it is slower
+//   (1.33–1.56× naive's speed fused against 1.67–1.86× unfused, N = 256–1024, 18:40 UTC), on the
+//   H100, where an exp is cheap next to the fetches that bind the products, faster (forward
+//   1.25–1.65× naive fused against 1.25–1.54×, N = 256–4096, 18:45 UTC). So it is fused unless the
+//   renderer is a CPU rasterizer, or dropout is on (the hash would be redone Dv/2 times as well).
+//   The rescale of O by exp(lse_prev − lse) is folded into accumulate either way.
 // - blockStats takes the block's row max first, then Σ exp(s − max): one exp per score, where a
 //   running (max, sum) costs 1.5 (the exp of the max correction per key pair).
 // - Loops step a texel index with addresses an add away (row bases hoisted, no per-iteration
@@ -38,18 +43,24 @@
 //   compilers lose nothing by it. With the two points above and the backward's P reuse this took
 //   SwiftShader's flash/naive speed ratios at N = 256–1024 from 0.9–1.6× to 1.5–2.0× forward and
 //   from 0.7–1.0× to 1.3–1.4× forward+backward (bench/RESULTS.md: two before/after pairs of runs).
-// - On the H100 the products are probably bound by texel fetches (a model, see bench/RESULTS.md):
-//   pixel shaders reportedly run on 4 of its SMs, and tfjs' own packed matMul (the same 4
-//   multiply-adds per fetch) reaches 0.24 TFLOP/s there.
-//   Then the forward can beat naive attention by about its softmax passes' share (≈ 1.5×), and the
-//   ways past that are more results per fragment (multiple render targets: not through
-//   runWebGLProgram, whose shader declares `out vec4 outputColor` without a location, and GLSL ES
-//   3.00 wants a location on every output once there are several)
-//   or a quad of fragments sharing fetched texels through dFdx/dFdy (exact only if the bits are
-//   exchanged as 16-bit halves; its ALU cost is of the order of the fetch it saves): not done.
-// - Block size: the H100 forward times fit ≈ 2.6 ms per key block plus 3.2 ms per GFLOP (draw
-//   overhead dominates small blocks), hence blocks of up to 1024 keys (see `blockKeys`), all of one
-//   size (the last block is not a small remainder with the same fixed cost).
+// - On the H100 the products are bound by texel fetches. Measured per program (bench/webgl.ts
+//   profile, N = 2048, 18:45 UTC): q·k 0.23 TFLOP/s, P̃·V 0.22–0.225, the same as naive attention's
+//   two tfjs matMuls in the same run (0.239, 0.230) and as tfjs' matMul at 2048³ (0.24): every 2×2
+//   product runs at the rate of 4 multiply-adds per texel fetch (pixel shaders reportedly run on 4
+//   of its SMs). The forward is those two products plus ≈ 5 % of other passes (block stats, lse),
+//   naive attention the same two products plus 41 ms of softmax, scale and reduction passes at
+//   N = 2048 (≈ 75 % of the products' time), so flash can beat naive by at most ≈ 1.7× in the
+//   forward with single-output fragments; measured 1.42× at 2048 and 1.65× at 4096. Past that needs
+//   more results per fragment (multiple render targets: not through runWebGLProgram, whose shader
+//   declares `out vec4 outputColor` without a location, and GLSL ES 3.00 wants a location on every
+//   output once there are several) or a quad of fragments sharing fetched texels through dFdx/dFdy
+//   (exact only if the bits are exchanged as 16-bit halves; its ALU cost is of the order of the
+//   fetch it saves): not done. The forward+backward is 7 such products against naive's 6 (the
+//   recomputation of q·k), won back by naive's passes over N² scores: 0.99–1.15× measured
+//   (N = 256–4096; at 256 and 512 within the rounds' spread).
+// - Block size: 256-, 512- and 1024-key blocks gave the same H100 forward time at N = 4096 (17:22
+//   UTC), so blocks are as large as memory allows (up to 1024 keys, see `blockKeys`), all of one size
+//   (the last block is not a small remainder with the same fixed cost).
 // Inputs are read with texelFetch at addresses derived from tfjs' packed layout (no division per
 // fetch unless a texture was squarified beyond MAX_TEXTURE_SIZE, and then by constants).
 import { env } from '@tensorflow/tfjs-core';
@@ -72,9 +83,8 @@ import { scoresProgram } from './scores_program';
 import { weightsProgram } from './weights_program';
 
 /**
- * Most keys per block. Each block costs a fixed ~2.6 ms of draw overhead on the H100 (4 draws;
- * fitted to the forward times at N = 256 … 2048 with 256-key blocks, bench/RESULTS.md), so blocks
- * are as large as memory allows.
+ * Most keys per block. Fewer blocks mean fewer draws (which cost host time at small N); at
+ * N = 4096 the H100 forward time did not depend on the block size (bench/RESULTS.md).
  */
 let blockKeysTarget = 1024;
 
@@ -92,13 +102,35 @@ export function setWebGLBlockKeys(keys: number): void {
 
 /**
  * Whether the forward, without dropout, takes P̃ = exp(s − lse) inside the accumulate pass instead of
- * a weights pass of its own (3 draws per key block instead of 4; see the header).
+ * a weights pass of its own (3 draws per key block instead of 4): 'auto' fuses on GPUs, where the
+ * exp redone per fragment is cheap next to the texel fetches it saves, and not on CPU rasterizers
+ * (SwiftShader, llvmpipe), where it is the other way round (measured; see the header).
  */
-let fuseWeights = false;
+let fuseWeights: boolean | 'auto' = 'auto';
 
-/** Tuning knob for benchmarks: the forward's weights pass fused into accumulate (when no dropout). */
-export function setWebGLFuseWeights(on: boolean): void {
+/** Tuning knob for benchmarks and tests: force the fused weights on or off, or 'auto'. */
+export function setWebGLFuseWeights(on: boolean | 'auto'): void {
   fuseWeights = on;
+}
+
+const cpuRasterizers = new WeakMap<WebGL2RenderingContext | WebGLRenderingContext, boolean>();
+
+/** Whether the context renders on the CPU (SwiftShader, llvmpipe), by the unmasked renderer name. */
+function cpuRasterizer(gl: WebGL2RenderingContext | WebGLRenderingContext): boolean {
+  let cpu = cpuRasterizers.get(gl);
+  if (cpu === undefined) {
+    const debug = gl.getExtension('WEBGL_debug_renderer_info');
+    const renderer = String(gl.getParameter(debug ? debug.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+    cpu = /swiftshader|llvmpipe|softpipe/i.test(renderer);
+    cpuRasterizers.set(gl, cpu);
+  }
+  return cpu;
+}
+
+/** Whether this forward fuses the weights pass into accumulate (see `fuseWeights`). */
+function fusesWeights(backend: MathBackendWebGL, c: AttentionConfig): boolean {
+  if (c.dropoutRate > 0) return false;
+  return fuseWeights === 'auto' ? !cpuRasterizer(backend.gpgpu.gl) : fuseWeights;
 }
 
 const evenFloor = (n: number) => n - (n % 2);
@@ -186,7 +218,7 @@ const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   const { Q, K, V } = packed.info;
   const textures = packed.textures;
 
-  const fused = fuseWeights && c.dropoutRate === 0;
+  const fused = fusesWeights(backend, c);
   let stats: TensorInfo | undefined;
   let sum: TensorInfo | undefined;
   for (let start = 0; start < c.seqK; start += keys) {
