@@ -81,7 +81,7 @@ export function dkdvF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, 
     { dst: 'qs', stride: 'QS', cols4: dk4, tiles: D16, load: 'load_q', head: 'h', scale: 'QSCALE' },
     { dst: 'dos', stride: 'VS', cols4: dv4, tiles: DV16, load: 'load_dout', head: 'h' },
   ];
-  const staging = walkedStaging(E, t.cols, WG, 'SEQQ', walked);
+  const staging = walkedStaging(E, t.cols, WG, 'min(SEQQ, u.row_end)', walked);
   // The walked tile's row statistics; with register staging, held like its operands.
   const statSlots = range(Math.ceil(t.cols / WG));
   const fetchStats = (first: string) => statSlots.map(k => `{

@@ -62,7 +62,7 @@ export function dqF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mo
     { dst: 'ks', stride: 'KS', cols4: dk4, tiles: D16, load: 'load_k', head: 'hk' },
     { dst: 'vs', stride: 'VS', cols4: dv4, tiles: DV16, load: 'load_v', head: 'hk' },
   ];
-  const staging = walkedStaging(E, t.cols, WG, 'SEQK', walked);
+  const staging = walkedStaging(E, t.cols, WG, 'min(SEQK, u.key_end)', walked);
   const stageTile = {
     loop: stageLoops(E, 'BK', 'SEQK', walked, 'j0'),
     batched: `${staging.fetch('j0')}

@@ -155,7 +155,10 @@ export interface WalkedStaging {
  * Register staging ('batched' and 'prefetch') of `rows`-row tiles by WG invocations: invocation
  * lidx holds vec4s lidx, lidx + WG, … of each operand in its own variables (constant indices, so
  * they stay in registers). Rows past `limit` and columns past the head read a clamped, in-range
- * address and are zeroed by select, so the loads carry no branch.
+ * address and are zeroed by select, so the loads carry no branch. `limit` is where the walk ends
+ * (the sequence, or the dispatch's range of a problem split over dispatches, chunks.ts, whose
+ * binding ends there): the prefetch past the last tile reads no row beyond it. Ranges are whole
+ * walked tiles except at the sequence's end, so zeroing at `limit` changes no staged tile.
  */
 export function walkedStaging(element: F16Mode['element'], rows: number, wg: number, limit: string,
   operands: WalkedOperand[]): WalkedStaging {
