@@ -18,7 +18,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-webgl';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
 import { flashAttention } from '../src/index';
-import { setWebGLFuseWeights } from '../kernels/webgl/flash_attention';
+import { setWebGLForwardPlan } from '../kernels/webgl/flash_attention';
 
 export interface BenchConfig {
   seqs: number[];
@@ -79,8 +79,9 @@ function naiveAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tens
  * its calls and restores the defaults afterwards.
  */
 const VARIANTS: Record<string, (on: boolean) => void> = {
-  'fused weights': on => setWebGLFuseWeights(on ? true : 'auto'),
-  'weights pass': on => setWebGLFuseWeights(on ? false : 'auto'),
+  'weights pass': on => setWebGLForwardPlan(on ? { fuseWeights: false } : {}),
+  'two-pass stats': on => setWebGLForwardPlan(on ? { onePassStats: false } : {}),
+  'GPU plan': on => setWebGLForwardPlan(on ? { fuseWeights: true, onePassStats: true } : {}),
 };
 
 function webgl(): MathBackendWebGL {
@@ -377,11 +378,11 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
  */
 const DEFAULT: BenchConfig = {
   seqs: [256, 512, 1024, 2048, 4096, 8192], heads: 12, headDim: 64, maxBackwardSeq: 4096, naiveUpTo: 4096,
-  variantsUpTo: 4096, variants: ['weights pass'], rounds: 9, bigSeq: 2048, bigRounds: 5, sampleMs: 60,
+  variantsUpTo: 4096, variants: ['weights pass', 'two-pass stats'], rounds: 9, bigSeq: 2048, bigRounds: 5, sampleMs: 60,
   budgetSeconds: 240, profileSeqs: [256, 2048],
 };
 const QUICK: BenchConfig = { ...DEFAULT, seqs: [256], maxBackwardSeq: 256, rounds: 3, profileSeqs: [] };
-const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, variants: ['fused weights'],
+const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, variants: ['GPU plan'],
   rounds: 5, bigSeq: 1024, bigRounds: 3, sampleMs: 0, budgetSeconds: 900, profileSeqs: [] };
 
 async function post(line: string): Promise<void> {

@@ -81,6 +81,10 @@ async function withPage(flags: Record<string, number | boolean>, body: (page: Be
   }
 }
 
+/** The forward plan GPUs get by default (kernels/webgl/flash_attention.ts); {} is this machine's. */
+const GPU_PLAN = { fuseWeights: true, onePassStats: true };
+const PLANS = [['default', {}], ['GPU', GPU_PLAN]] as const;
+
 describe('webgl kernels in headless Chromium', () => {
   test('memory is linear in N: no Nq × Nk texture forward or backward, nothing leaked', async () => {
     await withPage({}, async page => {
@@ -105,11 +109,12 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 300000);
 
-  // Here (SwiftShader) the forward keeps its weights pass by default; GPUs fuse it into accumulate,
-  // so the texture-limit and half-float tests run both ways.
-  test.each([['auto'], [true]] as const)('sequences whose score matrix exceeds MAX_TEXTURE_SIZE² (WEBGL_MAX_TEXTURE_SIZE = 128), fused weights %s', async fuse => {
+  // Here (SwiftShader) the forward runs the CPU-rasterizer plan by default (weights pass, two-sweep
+  // block stats); GPUs fuse the weights into accumulate and sweep once: the texture-limit and
+  // half-float tests run both plans.
+  test.each(PLANS)('sequences whose score matrix exceeds MAX_TEXTURE_SIZE² (WEBGL_MAX_TEXTURE_SIZE = 128), %s plan', async (_, plan) => {
     await withPage({ WEBGL_MAX_TEXTURE_SIZE: 128 }, async page => {
-      await page.runInPage('faWebglSetFuseWeights', [fuse]);
+      await page.runInPage('faWebglSetForwardPlan', [plan]);
       // e.g. 300 × 300 scores = 90000 > 128² = 16384 texels, while q, k, v (≤ 6240 values) still fit
       // and get squarified textures (the texelFetch addressing's general path).
       expect(await scaledCase(page, 'plain', { nq: 300, nk: 300, hq: 2, hkv: 1 }, 1e-3)).toBe('');
@@ -119,9 +124,9 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 300000);
 
-  test.each([['auto'], [true]] as const)('half-float render targets: finite, no overflow, within the documented tolerance, fused weights %s', async fuse => {
+  test.each(PLANS)('half-float render targets: finite, no overflow, within the documented tolerance, %s plan', async (_, plan) => {
     await withPage({ WEBGL_FORCE_F16_TEXTURES: true }, async page => {
-      await page.runInPage('faWebglSetFuseWeights', [fuse]);
+      await page.runInPage('faWebglSetForwardPlan', [plan]);
       expect((await page.runInPage<{ float32Rendering: boolean }>('faWebglKernels')).float32Rendering).toBe(false);
       const cases: Array<[string, Partial<AttentionCase>]> = [
         ['plain', {}], ['N=129 D=64', {}], ['GQA 4:2', {}], ['BSHD', {}], ['causal Nq>Nk (empty rows)', {}],
@@ -168,9 +173,9 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 120000);
 
-  test('forward with the weights pass fused into accumulate (a tuning knob): the case list, with gradients', async () => {
+  test('the GPUs\' forward plan (weights fused into accumulate, one-sweep block stats): the case list, with gradients', async () => {
     await withPage({}, async page => {
-      await page.runInPage('faWebglSetFuseWeights', [true]);
+      await page.runInPage('faWebglSetForwardPlan', [GPU_PLAN]);
       const failed: string[] = [];
       for (const c of CASES) failed.push(await scaledCase(page, c.name, {}, 1e-3));
       // Several blocks, some skipped whole by the causal mask.

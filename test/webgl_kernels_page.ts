@@ -8,7 +8,7 @@ import { dropoutKeep, dropoutThreshold, flashAttention } from '../src/index';
 import { CASES, caseData } from './cases';
 import type { AttentionCase } from './cases';
 import { runCase } from './setup/run_case';
-import { setWebGLBlockKeys, setWebGLFuseWeights } from '../kernels/webgl/flash_attention';
+import { setWebGLBlockKeys, setWebGLForwardPlan } from '../kernels/webgl/flash_attention';
 
 function webgl(): MathBackendWebGL {
   return tf.backend() as MathBackendWebGL;
@@ -158,7 +158,7 @@ async function derivedInputs(): Promise<{ output: number; grads: number }> {
 
 expose('faWebglMemoryProbe', memoryProbe);
 expose('faWebglSetBlockKeys', setWebGLBlockKeys);
-expose('faWebglSetFuseWeights', setWebGLFuseWeights);
+expose('faWebglSetForwardPlan', setWebGLForwardPlan);
 expose('faWebglDerivedInputs', derivedInputs);
 expose('faWebglRunScaledCase', runScaledCase);
 expose('faWebglDropoutMismatches', dropoutMismatches);

@@ -101,16 +101,22 @@ export function setWebGLBlockKeys(keys: number): void {
 }
 
 /**
- * Whether the forward, without dropout, takes P̃ = exp(s − lse) inside the accumulate pass instead of
- * a weights pass of its own (3 draws per key block instead of 4): 'auto' fuses on GPUs, where the
- * exp redone per fragment is cheap next to the texel fetches it saves, and not on CPU rasterizers
- * (SwiftShader, llvmpipe), where it is the other way round (measured; see the header).
+ * How the forward runs its key blocks, beyond their size. Both choices trade exps for fetches
+ * (see the header), so both default to on for GPUs and off for CPU rasterizers (SwiftShader,
+ * llvmpipe).
  */
-let fuseWeights: boolean | 'auto' = 'auto';
+export interface WebGLForwardPlan {
+  /** accumulate takes P̃ = exp(s − lse) from the scores itself: no weights pass (not with dropout). */
+  fuseWeights: boolean;
+  /** blockStats in one sweep over the scores with a running (max, sum) instead of two. */
+  onePassStats: boolean;
+}
 
-/** Tuning knob for benchmarks and tests: force the fused weights on or off, or 'auto'. */
-export function setWebGLFuseWeights(on: boolean | 'auto'): void {
-  fuseWeights = on;
+let planOverride: Partial<WebGLForwardPlan> = {};
+
+/** Tuning knob for benchmarks and tests: fixes parts of the forward plan ({} = the defaults). */
+export function setWebGLForwardPlan(plan: Partial<WebGLForwardPlan>): void {
+  planOverride = { ...plan };
 }
 
 const cpuRasterizers = new WeakMap<WebGL2RenderingContext | WebGLRenderingContext, boolean>();
@@ -127,10 +133,12 @@ function cpuRasterizer(gl: WebGL2RenderingContext | WebGLRenderingContext): bool
   return cpu;
 }
 
-/** Whether this forward fuses the weights pass into accumulate (see `fuseWeights`). */
-function fusesWeights(backend: MathBackendWebGL, c: AttentionConfig): boolean {
-  if (c.dropoutRate > 0) return false;
-  return fuseWeights === 'auto' ? !cpuRasterizer(backend.gpgpu.gl) : fuseWeights;
+function forwardPlan(backend: MathBackendWebGL, c: AttentionConfig): WebGLForwardPlan {
+  const gpu = !cpuRasterizer(backend.gpgpu.gl);
+  return {
+    fuseWeights: c.dropoutRate === 0 && (planOverride.fuseWeights ?? gpu),
+    onePassStats: planOverride.onePassStats ?? gpu,
+  };
 }
 
 const evenFloor = (n: number) => n - (n % 2);
@@ -211,14 +219,14 @@ const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   const x = unpackAttentionInputs(c, inputs);
   const optional = optionalInputs(c, x);
   // Decode shapes (few query rows, many keys) take the split-KV path (src/split_kv.ts).
-  const plan = webglSplitPlan(c, env().getNumber('WEBGL_MAX_TEXTURE_SIZE'));
-  if (plan.splits > 1) return splitForwardWebGL(backend, c, x, optional, plan);
+  const split = webglSplitPlan(c, env().getNumber('WEBGL_MAX_TEXTURE_SIZE'));
+  if (split.splits > 1) return splitForwardWebGL(backend, c, x, optional, split);
   const keys = blockKeys(c, env().getNumber('WEBGL_MAX_TEXTURE_SIZE'));
   const packed = packedInputs(backend, { Q: x.q, K: x.k, V: x.v });
   const { Q, K, V } = packed.info;
   const textures = packed.textures;
 
-  const fused = fusesWeights(backend, c);
+  const plan = forwardPlan(backend, c);
   let stats: TensorInfo | undefined;
   let sum: TensorInfo | undefined;
   for (let start = 0; start < c.seqK; start += keys) {
@@ -227,14 +235,14 @@ const flashAttentionWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
     const scores = run(backend, scoresProgram(c, textures, start, keys), [Q, K, ...optional]);
     textures.Scores = texShapeOf(backend, scores);
     if (stats) textures.Previous = texShapeOf(backend, stats);
-    const nextStats = run(backend, blockStatsProgram(c, textures, start, keys, !stats),
+    const nextStats = run(backend, blockStatsProgram(c, textures, start, keys, !stats, plan.onePassStats),
       [scores, ...(stats ? [stats] : []), ...optional]);
     textures.Stats = texShapeOf(backend, nextStats);
     // What accumulate reads: P̃ from a weights pass, or the scores themselves when it takes the exp.
-    const weights = fused ? undefined : run(backend, weightsProgram(c, textures, start, keys), [scores, nextStats, ...optional]);
+    const weights = plan.fuseWeights ? undefined : run(backend, weightsProgram(c, textures, start, keys), [scores, nextStats, ...optional]);
     if (weights) textures.Weights = texShapeOf(backend, weights);
     if (sum) textures.Previous = texShapeOf(backend, sum);
-    const nextSum = run(backend, accumulateProgram(c, textures, start, keys, !sum, fused),
+    const nextSum = run(backend, accumulateProgram(c, textures, start, keys, !sum, plan.fuseWeights),
       [weights ?? scores, V, nextStats, ...(sum ? [sum] : []), ...optional]);
     for (const t of [scores, weights, stats, sum]) if (t) backend.disposeIntermediateTensorInfo(t);
     stats = nextStats;
