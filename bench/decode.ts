@@ -3,8 +3,9 @@
 //      src/split_kv.ts decides ("rule"), forced through the split path with the rule's range count
 //      ("split"), and forced through the one-pass kernel ("one-pass");
 //   2. GPT-2 ms per generated token at several cache lengths with the KV cache, in the same three
-//      variants, against recomputing the whole prefix every token with naive attention (and with
-//      flash attention), as generation without a cache does.
+//      variants, against recomputing the whole prefix every token, as generation without a cache
+//      does: model.predict with naive attention (the target's baseline) and with flash attention, and
+//      the decoder's own forward over the whole window ("lean": the same kernels as a cached step).
 // Robustness: variants are interleaved (attention: round-robin rounds of queued calls; GPT-2: rounds
 // of one token per variant, cached ones on one shared cache, then the recompute ones, so all see the
 // same machine state), warm-up rounds first (pipelines compile on first use; the recompute window
@@ -24,6 +25,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import * as tf from '@tensorflow/tfjs-core';
+import type { Tensor2D } from '@tensorflow/tfjs-core';
 // A named import keeps the cpu backend in an esbuild bundle (its package is marked side-effect free).
 import { version_cpu } from '@tensorflow/tfjs-backend-cpu';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
@@ -139,15 +141,42 @@ async function cachedToken(decoder: Gpt2Decoder, cache: KVCache, token: number):
   return { next, total: done - start, enqueue: enqueued - start };
 }
 
+/** A cacheless way to get the logits [1, vocab] after a window of tokens. */
+interface Recompute {
+  name: string;
+  logits: (window: number[]) => Tensor2D;
+}
+
 /**
- * One cacheless token: `model.predict` over the whole window (logits at every position, as a
- * LayersModel computes them), then the argmax of the last position read back. The window keeps its
+ * The recompute baselines: `model.predict` of the LayersModel over the whole window, with naive and
+ * with flash attention (logits at every position, as the model computes them); and "lean": the
+ * decoder's prefill over the whole window on an emptied cache (the decode step's kernels, causal
+ * flash attention, logits at every position), the fastest cacheless forward this library has.
+ */
+function recomputes(naive: LayersModel, flash: LayersModel, lean: { decoder: Gpt2Decoder; cache: KVCache }): Recompute[] {
+  const leanLogits = (window: number[]): Tensor2D => {
+    lean.cache.lengths.fill(0);
+    const ids = tf.tensor2d(window, [1, window.length], 'int32');
+    const logits = lean.decoder.forward(lean.cache, ids, [window.length]);
+    const last = tf.tidy(() => tf.reshape(tf.slice(logits, [0, window.length - 1, 0], [1, 1, -1]), [1, -1]) as Tensor2D);
+    tf.dispose([ids, logits]);
+    return last;
+  };
+  return [
+    { name: 'naive', logits: window => recomputeLogits(naive, [window]) },
+    { name: 'flash', logits: window => recomputeLogits(flash, [window]) },
+    { name: 'lean', logits: leanLogits },
+  ];
+}
+
+/**
+ * One cacheless token: the logits after the window, then the argmax read back. The window keeps its
  * length (the oldest token leaves as the new one enters), so every call has the same shapes and
  * runs the shaders compiled by the warm-up calls.
  */
-async function recomputeToken(model: LayersModel, window: number[]): Promise<number> {
+async function recomputeToken(recompute: Recompute, window: number[]): Promise<number> {
   const start = performance.now();
-  const logits = recomputeLogits(model, [window]);
+  const logits = recompute.logits(window);
   const argmax = tf.argMax(tf.reshape(logits, [-1]));
   const next = (await argmax.data())[0];
   tf.dispose([logits, argmax]);
@@ -203,12 +232,14 @@ interface LengthResult { cached: TokenTimes[]; recompute: number[][]; counts: Re
  * token), then, in the first `recomputeRounds` rounds, one token per recompute model over a window of
  * `length` tokens. Warm-up rounds first (pipelines compile on first use), untimed.
  */
-async function gpt2Rounds(model: LayersModel, recomputeModels: LayersModel[], length: number, rounds: number,
+async function gpt2Rounds(naive: LayersModel, flash: LayersModel, recomputing: boolean, length: number, rounds: number,
   recomputeRounds: number, vocab: number, variants: Variant[]): Promise<LengthResult> {
-  const decoder = new Gpt2Decoder(model);
+  const decoder = new Gpt2Decoder(flash);
   const cache = decoder.newCache(1, cacheSize(length, rounds) + 2);
+  const leanCache = recomputing ? decoder.newCache(1, length) : null;
+  const baselines = leanCache ? recomputes(naive, flash, { decoder, cache: leanCache }) : [];
   const prompt = Array.from({ length }, () => Math.floor(Math.random() * vocab));
-  const windows = recomputeModels.map(() => [...prompt]);
+  const windows = baselines.map(() => [...prompt]);
   const result: LengthResult = {
     cached: variants.map(() => ({ total: [], enqueue: [] })), recompute: windows.map(() => []), counts: {},
   };
@@ -231,7 +262,7 @@ async function gpt2Rounds(model: LayersModel, recomputeModels: LayersModel[], le
       setForce(undefined);
       if (r >= recomputeRounds) continue;
       for (const [m, window] of windows.entries()) {
-        const ms = await recomputeToken(recomputeModels[m], window);
+        const ms = await recomputeToken(baselines[m], window);
         if (r >= 0) result.recompute[m].push(ms);
       }
     }
@@ -240,6 +271,7 @@ async function gpt2Rounds(model: LayersModel, recomputeModels: LayersModel[], le
   } finally {
     setForce(undefined);
     cache.dispose();
+    leanCache?.dispose();
     decoder.dispose();
   }
 }
@@ -285,42 +317,44 @@ async function main(): Promise<void> {
   naive.setWeights(flash.getWeights());
   summary(`\nGPT-2 ${values.preset}, batch 1, ms per token, median (min–max), in rounds after ${WARMUP_ROUNDS} warm-up ` +
     `rounds: each round one token with the cache per split variant (${rounds} rounds), then, in the first ` +
-    `${recomputeRounds} rounds, one token recomputing the ${'`'}length${'`'}-token window with naive and with flash ` +
-    'attention (model.predict, logits at every position, argmax of the last). enqueue = JS time until the ' +
+    `${recomputeRounds} rounds, one token recomputing the ${'`'}length${'`'}-token window: model.predict with naive and ` +
+    "with flash attention, and lean (the decoder's prefill on an emptied cache, flash attention); logits at every " +
+    'position, argmax of the last. enqueue = JS time until the ' +
     "cached step's forward() returned. Per cached step: dispatches / submits / buffers created (WebGPU API, with the " +
     'argmax and read-back) and tfjs kernels of forward() (no Reshape).\n');
   summary('| context | cache, rule | cache, split | cache, one-pass | enqueue (rule) | recompute, naive | recompute, flash | ' +
-    'rule vs naive recompute | dispatches / submits / buffers / kernels |');
-  summary('|---|---|---|---|---|---|---|---|---|');
+    'recompute, lean | rule vs naive recompute | rule vs lean recompute | dispatches / submits / buffers / kernels |');
+  summary('|---|---|---|---|---|---|---|---|---|---|---|');
   for (const length of lengths) {
     const base = { bench: 'gpt2-decode', preset: values.preset, cacheLength: length };
     // Attention reads the whole preallocated cache (keyLengths hide the unfilled part): the rule sees its size.
     const { variants } = variantsFor(heads, cacheSize(length, rounds));
     const recomputing = length <= Number(values['recompute-max']);
     try {
-      const r = await gpt2Rounds(flash, recomputing ? [naive, flash] : [], length, rounds, recomputeRounds, vocab, variants);
+      const r = await gpt2Rounds(naive, flash, recomputing, length, rounds, recomputeRounds, vocab, variants);
       const cells = variants.map((variant, n) => {
         const s = stats(r.cached[n].total), e = stats(r.cached[n].enqueue);
         report({ ...base, variant: `cache, ${variant.name}`, msPerToken: round(s.median), min: round(s.min), max: round(s.max),
           tokens: s.n, enqueueMs: round(e.median), tokensPerSecond: round(1000 / s.median), ...(n === 0 ? r.counts : {}) });
         return `${round(s.median)} (${round(s.min)}–${round(s.max)})`;
       });
-      const recompute = ['naive', 'flash'].map((name, m) => {
+      const recompute = ['naive', 'flash', 'lean'].map((name, m) => {
         if (!recomputing) return { cell: 'not run', median: NaN };
         const s = stats(r.recompute[m]);
-        report({ ...base, variant: `recompute, ${name} attention`, msPerToken: round(s.median), min: round(s.min),
+        report({ ...base, variant: `recompute, ${name}`, msPerToken: round(s.median), min: round(s.min),
           max: round(s.max), tokens: s.n, tokensPerSecond: round(1000 / s.median) });
         return { cell: `${round(s.median)} (${round(s.min)}–${round(s.max)})`, median: s.median };
       });
       const ruleMs = stats(r.cached[0].total).median;
-      const ratio = Number.isFinite(recompute[0].median) ? `${round(recompute[0].median / ruleMs)}×` : '—';
+      const ratio = (ms: number) => Number.isFinite(ms) ? `${round(ms / ruleMs)}×` : '—';
       const c = r.counts;
       summary(`| ${length} | ${cells.join(' | ')} | ${round(stats(r.cached[0].enqueue).median)} | ` +
-        `${recompute.map(x => x.cell).join(' | ')} | ${ratio} | ${c.dispatches} / ${c.submits} / ${c.buffersCreated} / ${c.tfjsKernels} |`);
+        `${recompute.map(x => x.cell).join(' | ')} | ${ratio(recompute[0].median)} | ${ratio(recompute[2].median)} | ` +
+        `${c.dispatches} / ${c.submits} / ${c.buffersCreated} / ${c.tfjsKernels} |`);
     } catch (error) {
       const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
       report({ ...base, variant: 'all', error: message });
-      summary(`| ${length} | error: ${message} | | | | | | | |`);
+      summary(`| ${length} | error: ${message} | | | | | | | | | |`);
     }
   }
   flash.dispose();

@@ -85,6 +85,13 @@ function layerNormOf(layer: LayerNorm): LayerNormWeights {
   return { gamma: required(layer, 'gamma'), beta: required(layer, 'beta'), epsilon: layer.epsilon };
 }
 
+/**
+ * Backends whose batchNorm broadcasts per-row statistics [N, 1] over the channels. tfjs' cpu (and
+ * wasm) kernel indexes mean and variance by flat position modulo their length instead, which is
+ * right for one row only.
+ */
+const ROW_STATISTICS_BATCH_NORM = new Set(['webgpu', 'webgl']);
+
 /** GPT-2's tanh GELU constants: 2·√(2/π)·(h + c·h³) = k·h·(h² + 1/c) with c = 0.044715, k = 2·√(2/π)·c. */
 const GELU_C = 0.044715;
 const GELU_K = 2 * Math.sqrt(2 / Math.PI) * GELU_C;
@@ -102,7 +109,7 @@ export class Gpt2Decoder {
   private readonly blocks: Block[] = [];
   private readonly lnF: LayerNormWeights;
   private readonly head: Tensor2D;
-  /** [C, C] of 1/C: x · average puts each row's mean in every column of that row. */
+  /** [C, 1] of 1/C: x · average is the row means, as the LayerNorm layer computes them. */
   private readonly average: Tensor2D;
   /** [1, 1] each: batchNorm's mean and variance in `gelu`. */
   private readonly geluShift: Tensor2D;
@@ -136,7 +143,7 @@ export class Gpt2Decoder {
     this.channels = tokens.channels;
     const c = this.channels;
     // Kept: a decoder made inside a caller's tidy outlives it.
-    this.average = tf.keep(tf.fill([c, c], 1 / c) as Tensor2D);
+    this.average = tf.keep(tf.fill([c, 1], 1 / c) as Tensor2D);
     this.geluShift = tf.keep(tf.tensor2d([-1 / GELU_C], [1, 1]));
     this.geluVariance = tf.keep(tf.tensor2d([1 / (GELU_K * GELU_K)], [1, 1]));
   }
@@ -205,15 +212,20 @@ export class Gpt2Decoder {
   /**
    * LayerNorm over the channels of x [N, C] (src/layers/layer_norm.ts) in four kernels: the row
    * means as a product with 1/C (as the layer computes them), the same for the squared deviations,
-   * then batchNorm, which computes (x − mean)·gamma/√(variance + ε) + beta in one kernel. The
-   * statistics are [N, C] (each row's value in every column), not [N, 1]: tfjs' cpu batchNorm
-   * indexes them by flat position modulo their length instead of broadcasting.
+   * then batchNorm, which computes (x − mean)·gamma/√(variance + ε) + beta in one kernel. Where
+   * batchNorm cannot take per-row statistics (ROW_STATISTICS_BATCH_NORM), rows > 1 take the
+   * elementwise form.
    */
   private layerNorm(x: Tensor2D, w: LayerNormWeights): Tensor2D {
     const mean = tf.matMul(x, this.average);
-    const variance = tf.matMul(tf.squaredDifference(x, mean), this.average);
-    const row = (t: Tensor) => tf.reshape(t, [1, -1]) as Tensor2D;
-    return tf.batchNorm(x, mean, variance, row(w.beta), row(w.gamma), w.epsilon) as Tensor2D;
+    if (x.shape[0] === 1 || ROW_STATISTICS_BATCH_NORM.has(tf.getBackend())) {
+      const variance = tf.matMul(tf.squaredDifference(x, mean), this.average);
+      const row = (t: Tensor) => tf.reshape(t, [1, -1]) as Tensor2D;
+      return tf.batchNorm(x, mean, variance, row(w.beta), row(w.gamma), w.epsilon) as Tensor2D;
+    }
+    const centered = tf.sub(x, mean);
+    const r = tf.rsqrt(tf.add(tf.matMul(tf.square(centered), this.average), w.epsilon));
+    return tf.add(tf.mul(tf.mul(centered, r), w.gamma), w.beta) as Tensor2D;
   }
 
   /**
