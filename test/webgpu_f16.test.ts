@@ -107,6 +107,11 @@ describe('float16 forward: larger tiles, skipped tiles and the fallback', () => 
       expect(await forwardFailures(cases, 2e-5)).toBe('');
     }));
 
+  test('staging loops with more invocations than tile elements (4 subgroups, 16 keys × 4 vec4 columns)',
+    withPlan(F32_REGISTERS, { groups: 4, keys: 16, accumulator: 'matrices' }, async () => {
+      expect(await forwardFailures(['plain', 'D=7 Dv=5', 'everything'].map(byName), 2e-5)).toBe('');
+    }));
+
   test('\'matrices\': rows whose max outgrows the lazy reference tile after tile are rescaled exactly',
     withPlan(F32_REGISTERS, { groups: 2, keys: 16, accumulator: 'matrices', valueCols: 16 }, async () => {
       // Key norms grow along the sequence, so most rows' max rises by far more than the slack

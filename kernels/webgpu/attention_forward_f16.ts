@@ -63,14 +63,26 @@ export interface F16Tiles {
 }
 
 /**
- * Fastest first where they fit (H100, N = 4096, bench/RESULTS.md float16 section): D = 64 takes
- * 8×32 (36 TFLOP/s with bounds checks; 64-key tiles ran at 5–7 with them, 38 without), D = 128 takes
- * 4×32 (Q staged for 8 subgroups exceeds 48 KiB there; the ranking there was noisy).
+ * Fastest first where they fit (H100, N = 4096, bounds checks on, bench/RESULTS.md float16
+ * section, 2026-11-26 18:50 UTC, medians of 5 interleaved rounds): D = 64 takes 8×32 with O in
+ * matrices and double-buffered K/V (40.6 TFLOP/s; the same single-buffered 35.5, O in lanes 33.3);
+ * D = 128 takes 4×32 with O in matrices (19.9; O in lanes 19.0; 8 subgroups do not fit 48 KiB
+ * there). The 'lanes' schedules serve devices without subgroups and the f16 registers plan.
  */
 export const F16_FORWARD_TILES: readonly F16Tiles[] = [
+  { groups: 8, keys: 32, accumulator: 'matrices', doubleBuffer: true }, { groups: 4, keys: 32, accumulator: 'matrices' },
+  { groups: 4, keys: 16, accumulator: 'matrices', doubleBuffer: true },
   { groups: 8, keys: 32 }, { groups: 4, keys: 32 }, { groups: 8, keys: 16 }, { groups: 4, keys: 16 },
   { groups: 2, keys: 32 }, { groups: 2, keys: 16 }, { groups: 1, keys: 16 },
 ];
+
+/**
+ * Fewest subgroups per workgroup of the subgroup-matrix plan: with 2 subgroups (2×64 and 2×32
+ * double-buffered, O in matrices) the H100 gave wrong outputs (errors 0.3–1·max|v| on plain cases,
+ * 18:50 UTC), where 4 and 8 were right on all 35 cases; unexplained, so smaller workgroups run
+ * the f16 registers plan.
+ */
+const MIN_MATRIX_GROUPS = 4;
 
 /**
  * The largest RESCALE_SLACK (log2 units) by which a row's exponent reference may lag its max in
@@ -255,18 +267,13 @@ ${chunks.map(ch => `  ${ch > 0 ? 'workgroupBarrier();\n  ' : ''}${storeO(ch)}
 
   // Each subgroup stages its own 16 Q rows, into K/V slot g / qGroups.
   const qSlot = `kv[g / ${L.qGroups}u]`, qBase = `(g % ${L.qGroups}u) * ${16 * L.QS}u`;
-  const stageQ = matrix ? `for (var e = lane; e < ${16 * (L.DP / 4)}u; e += ${SUBGROUP_SIZE}u) {
-    let rq = e / ${L.DP / 4}u;
-    let c4 = e % ${L.DP / 4}u;
-    var x = vec4<f32>(0.0);
-    if ((i0 + g * 16u + rq < SEQQ) & (c4 < DK4)) { x = load_q(b, h, i0 + g * 16u + rq, c4) * QSCALE; }
-    let base = ${qBase} + rq * QS + c4 * 4u;
-    ${[0, 1, 2, 3].map(e => `${qSlot}[base + ${e}u] = ${E}(x[${e}]);`).join(' ')}
-  }
+  const stageQ = matrix ? `${stageTile({ dst: qSlot, element: E, rows: 16, cols4: L.DP / 4, dim4: 'DK4', stride: L.QS,
+    first: 'i0 + g * 16u', limit: 'SEQQ', load: (row, c4) => `load_q(b, h, ${row}, ${c4})`, scale: 'QSCALE',
+    at: qBase, invocations: SUBGROUP_SIZE, thread: 'lane' })}
   workgroupBarrier();
 ${d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), qSlot, `${qBase} + ${d * 16}u`, false, 'QS')};`).join('\n')}`
     : `${stageTile({ dst: 'qs', element: E, rows: BQ, cols4: L.DP / 4, dim4: 'DK4', stride: L.QS, first: 'i0',
-      limit: 'SEQQ', load: (row, c4) => `load_q(b, h, ${row}, ${c4})`, scale: 'QSCALE' })}
+      limit: 'SEQQ', load: (row, c4) => `load_q(b, h, ${row}, ${c4})`, scale: 'QSCALE', invocations: WG })}
   workgroupBarrier();`;
 
   const body = () => `
@@ -327,9 +334,9 @@ ${c.dropoutRate > 0 ? '  let drop = dropoutRow(b, h, i);' : ''}
     ${liveTileTest(c)}
     ${L.slots > 1 ? '' : 'workgroupBarrier();'}
     ${stageTile({ dst: slot, element: E, rows: BK, cols4: L.DP / 4, dim4: 'DK4', stride: L.KS, first: 'j0',
-    limit: 'SEQK', load: (row, c4) => `load_k(b, hk, ${row}, ${c4})` })}
+    limit: 'SEQK', load: (row, c4) => `load_k(b, hk, ${row}, ${c4})`, invocations: WG })}
     ${stageTile({ dst: slot, element: E, rows: BK, cols4: L.DVP / 4, dim4: 'DV4', stride: L.VS, first: 'j0',
-    limit: 'SEQK', load: (row, c4) => `load_v(b, hk, ${row}, ${c4})`, at: L.VOFF })}
+    limit: 'SEQK', load: (row, c4) => `load_v(b, hk, ${row}, ${c4})`, at: L.VOFF, invocations: WG })}
     workgroupBarrier();
 ${scores}
     workgroupBarrier();
@@ -387,8 +394,8 @@ export const f16ForwardTuning: { tiles?: F16Tiles; subgroups: boolean } = { subg
  */
 export function forwardF16(device: GPUDevice, c: AttentionConfig, aux: AuxLayout, withAux: boolean):
     { spec: ProgramSpec; rows: number } | undefined {
-  const plan = f16Plan(device, 'forward');
-  if (!plan) return undefined;
+  const planned = f16Plan(device, 'forward');
+  if (!planned) return undefined;
   const useSubgroups = f16ForwardTuning.subgroups && device.features.has('subgroups') &&
     subgroupMinSize(device) >= 2;
   const limit = device.limits.maxComputeWorkgroupStorageSize;
@@ -396,9 +403,15 @@ export function forwardF16(device: GPUDevice, c: AttentionConfig, aux: AuxLayout
     ...(f16ForwardTuning.tiles ? [f16ForwardTuning.tiles] : isSoftwareAdapter(device) ? [SOFTWARE_F16_TILES] : []),
     ...F16_FORWARD_TILES,
   ];
-  const tiles = candidates.find(t => forwardF16WorkgroupBytes(c, plan, t, useSubgroups) <= limit &&
+  const fits = (t: F16Tiles, p: F16Plan) => forwardF16WorkgroupBytes(c, p, t, useSubgroups) <= limit &&
     SUBGROUP_SIZE * t.groups <= device.limits.maxComputeInvocationsPerWorkgroup &&
-    (useSubgroups || t.accumulator !== 'matrices'));
+    (useSubgroups || t.accumulator !== 'matrices') && (p.matmul !== 'subgroup-matrix' || t.groups >= MIN_MATRIX_GROUPS);
+  let plan = planned;
+  let tiles = candidates.find(t => fits(t, plan));
+  if (!tiles && plan.matmul === 'subgroup-matrix') {
+    plan = { matmul: 'registers', element: plan.element };
+    tiles = candidates.find(t => fits(t, plan));
+  }
   if (!tiles) throw new Error(`flashAttention (webgpu, float16): no tile size fits ${limit} bytes of workgroup memory`);
   return { spec: forwardF16Program(c, aux, withAux, plan, tiles, useSubgroups), rows: 16 * tiles.groups };
 }

@@ -158,23 +158,31 @@ export function rightType(e: ElementType): string { return `subgroup_matrix_righ
 export const RESULT_TYPE = 'subgroup_matrix_result<f32, 16, 16>';
 
 /**
- * A WGSL loop in which the workgroup's WG invocations copy rows [first, first + rows) of a tensor
- * into workgroup array `dst` (element type `element`, row stride `stride` elements, `cols4` vec4
- * columns, padded with zeros past `dim4` vec4 columns and past row `limit`), times `scale`.
+ * A WGSL loop in which `invocations` invocations (index `thread`, default the workgroup's WG
+ * invocations by `lidx`) copy rows [first, first + rows) of a tensor into workgroup array `dst`
+ * (element type `element`, row stride `stride` elements, `cols4` vec4 columns, padded with zeros
+ * past `dim4` vec4 columns and past row `limit`), times `scale`, from element `at` (a number or a
+ * WGSL u32 expression).
  * `load(row, col4)` is a WGSL expression of a vec4<f32>.
+ * The loop counts from 0 to a constant and the element index is the invocation index plus a
+ * multiple of `invocations`: Tint's integer range analysis then proves the workgroup-array indices
+ * in range and leaves out the bounds clamps that robustness would put on each store (where the
+ * invocations divide the tile; otherwise a guard and the clamps remain).
  */
 export function stageTile(o: { dst: string; element: ElementType; rows: number; cols4: number; dim4: string;
   stride: number; first: string; limit: string; load: (row: string, col4: string) => string; scale?: string;
-  at?: number }): string {
-  const colCheck = `c4 < ${o.dim4}`;
+  at?: number | string; invocations: number; thread?: string }): string {
+  const total = o.rows * o.cols4;
   const scaled = o.scale ? ` * ${o.scale}` : '';
   const lanes = [0, 1, 2, 3].map(e => `${o.dst}[base + ${e}u] = ${o.element}(x[${e}]);`).join(' ');
-  return `for (var e = lidx; e < ${o.rows * o.cols4}u; e += WG) {
-      let r = e / ${o.cols4}u;
+  const guard = total % o.invocations ? `if (e >= ${total}u) { break; }\n      ` : '';
+  return `for (var s = 0u; s < ${Math.ceil(total / o.invocations)}u; s++) {
+      let e = ${o.thread ?? 'lidx'} + s * ${o.invocations}u;
+      ${guard}let r = e / ${o.cols4}u;
       let c4 = e % ${o.cols4}u;
       var x = vec4<f32>(0.0);
-      if ((${o.first} + r < ${o.limit}) & (${colCheck})) { x = ${o.load(`${o.first} + r`, 'c4')}${scaled}; }
-      let base = ${o.at ?? 0}u + r * ${o.stride}u + c4 * 4u;
+      if ((${o.first} + r < ${o.limit}) & (c4 < ${o.dim4})) { x = ${o.load(`${o.first} + r`, 'c4')}${scaled}; }
+      let base = ${typeof o.at === 'string' ? o.at : `${o.at ?? 0}u`} + r * ${o.stride}u + c4 * 4u;
       ${lanes}
     }`;
 }
