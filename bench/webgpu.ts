@@ -338,18 +338,17 @@ async function abSchedule(limit: number, threads: number): Promise<void> {
 /**
  * `--ab-targets`: the candidates for issue 3's two ratio targets at N = 4096, B = 1, H = 12, in
  * interleaved rounds (rotated order each round), medians with min–max and the host's enqueue time
- * per call. Causal: the blocks schedule (one query block per workgroup, heaviest first) against
- * halved pairs (two workgroups per pair of blocks i and n−1−i, half the key walk each, partials
- * merged) with several tiles, at D = 64 and 128; block-sparse (blocks of 64, ~10 % live): the
- * default 64-row tiles against other tiles and the unmasked score inside live blocks; dense
- * forward (and forward+backward) in every round, so ratios are medians of same-round ratios.
+ * per call. Causal: the default schedule (halved pairs: two workgroups per pair of blocks i and
+ * n−1−i, half the key walk each, partials merged; mask on edge tiles) against the old one (one
+ * block per workgroup, heaviest first), at D = 64 and 128; block-sparse (blocks of 64, ~10 %
+ * live): the default against the mask on every tile, and 64-row tile variants; dense forward (and
+ * forward+backward) in every round, so ratios are medians of same-round ratios.
  * Every candidate's output is first compared with the default's. JSON in $OUT/webgpu_ab_targets.json.
  */
 async function abTargets(limit: number, threads: number): Promise<void> {
   const n = quick ? 256 : 4096;
   const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
   const BLOCKS: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
-  const HALVES: ForwardSchedule = { ...BLOCKS, pairBlocks: 'banded', halvePairs: true };
   const DEFAULT: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
   const values = new Int32Array((n / 64) ** 2);
   let seed = 12345;
@@ -365,23 +364,21 @@ async function abTargets(limit: number, threads: number): Promise<void> {
   const fits = (t: Tiles, d: number) => threadsOf(t).WG <= threads && forwardWorkgroupBytes(benchConfig(n, d), t, true) <= limit;
   const v = (name: string, d: number, options: FlashAttentionOptions, schedule: ForwardSchedule, tiles?: Tiles,
     pass: Row['pass'] = 'fwd'): Variant => ({ name, options, schedule, tiles, d, pass, base: `full ${pass} D=${d}` });
+  const sparseTiles = [G(T(64, 16, 4, 2)), { ...G(T(64, 16, 4, 2)), probsVec4: true }, T(64, 16, 4, 2)].filter(t => fits(t, 64));
   const variants: Variant[] = [
     v('full fwd D=64', 64, {}, DEFAULT),
     v('full fwd+bwd D=64', 64, {}, DEFAULT, undefined, 'fwd+bwd'),
     v('full fwd D=128', 128, {}, DEFAULT),
+    v('causal default D=64', 64, causal, DEFAULT),
+    v('causal default without edge-tile mask D=64', 64, causal, { ...DEFAULT, maskEdgeTilesOnly: false }),
     v('causal blocks (old default) D=64', 64, causal, BLOCKS),
-    v('causal halves, default tiles D=64', 64, causal, HALVES),
-    v('causal halves + edge-tile mask D=64', 64, causal, { ...HALVES, maskEdgeTilesOnly: true }),
-    ...[G(T(128, 16, 8, 2)), G(T(192, 32, 4, 4)), G(T(128, 16, 4, 2))].filter(t => fits(t, 64)).map(t =>
-      v(`causal halves ${t.rows}x${t.cols} ${t.rowsPerThread}x${t.colsPerThread} D=64`, 64, causal, HALVES, t)),
+    v('causal default D=128', 128, causal, DEFAULT),
     v('causal blocks (old default) D=128', 128, causal, BLOCKS),
-    v('causal paired whole D=128', 128, causal, { ...BLOCKS, pairBlocks: 'banded' }),
-    v('causal halves, default tiles D=128', 128, causal, HALVES),
-    v('sparse fwd, default tiles D=64', 64, sparse, BLOCKS),
-    v('sparse fwd, unmasked inside live blocks D=64', 64, sparse, { ...BLOCKS, maskEdgeTilesOnly: true }),
-    ...[G(T(64, 16, 8, 2)), G(T(64, 32, 4, 4)), G(T(32, 16, 4, 2))].filter(t => fits(t, 64)).map(t =>
-      v(`sparse fwd ${t.rows}x${t.cols} ${t.rowsPerThread}x${t.colsPerThread} D=64`, 64, sparse, BLOCKS, t)),
-    v('sparse fwd+bwd, default D=64', 64, sparse, BLOCKS, undefined, 'fwd+bwd'),
+    v('sparse fwd default D=64', 64, sparse, DEFAULT),
+    v('sparse fwd old (mask everywhere) D=64', 64, sparse, BLOCKS),
+    ...sparseTiles.map(t => v(`sparse fwd default, ${t.rows}x${t.cols} ${t.rowsPerThread}x${t.colsPerThread}` +
+      `${t.probsVec4 ? ' probsVec4' : ''}${t.rowsFromGlobal ? '' : ' Q staged'} D=64`, 64, sparse, DEFAULT, t)),
+    v('sparse fwd+bwd default D=64', 64, sparse, DEFAULT, undefined, 'fwd+bwd'),
   ];
   // Each forward candidate's output against the default schedule's on the same inputs.
   for (const d of [64, 128]) {

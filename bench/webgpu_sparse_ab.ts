@@ -5,7 +5,7 @@
 // against an older commit's kernels for an A/B between commits:
 //   bash /work/brief/bundle.sh <tag> <commit> bench/webgpu_sparse_ab.ts   (copy this file into the
 //   worktree first where the commit predates it), then on the GPU machine
-//   bash .gpu/run.sh webgpu_sparse_ab_<tag>.mjs [--rounds R] [--label NAME] [--n N (smoke tests)]
+//   bash .gpu/run.sh webgpu_sparse_ab_<tag>.mjs [--rounds R] [--label NAME] [--only TEXT] [--n N (smoke tests)]
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { flashAttention } from '../src/index';
@@ -30,6 +30,8 @@ async function settle(): Promise<void> {
 async function time(run: () => void, budgetMs: number): Promise<{ total: number; enqueue: number }> {
   run();
   await settle();
+  // As bench/webgpu_timing.ts: no collection of earlier garbage inside the timed batch (--expose-gc).
+  (globalThis as { gc?: () => void }).gc?.();
   let t0 = performance.now();
   run();
   await settle();
@@ -65,6 +67,9 @@ async function main(): Promise<void> {
     variants.push({ name: `${kind} fwd`, run: () => tf.tidy(() => { f(q, k, v); }) });
     variants.push({ name: `${kind} fwd+bwd`, run: () => tf.tidy(() => { tf.grads(f)([q, k, v], dy); }) });
   }
+  // --only TEXT keeps the variants whose name contains TEXT (e.g. for a CPU profile of one of them).
+  const only = arg('--only', '');
+  variants.splice(0, variants.length, ...variants.filter(x => x.name.includes(only)));
   const times = variants.map(() => [] as Array<{ total: number; enqueue: number }>);
   for (let r = 0; r < rounds; r++) {
     for (let i = 0; i < variants.length; i++) {

@@ -15,6 +15,16 @@ export async function settle(): Promise<void> {
   await backend().device.queue.onSubmittedWorkDone();
 }
 
+/**
+ * A full garbage collection when node runs with --expose-gc (NODE_OPTIONS=--expose-gc), so that a
+ * collection of earlier runs' garbage (tensors, Dawn objects with native finalizers) does not
+ * stall the host inside a timed batch and leave the GPU idle.
+ */
+export function collectGarbage(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc) gc();
+}
+
 /** Milliseconds per run of `run`, timing about `budgetMs` of runs (at least `minIters`, at most 50). */
 export async function timeMs(run: () => void, budgetMs: number, minIters = 1): Promise<number> {
   return (await timeWithEnqueue(run, budgetMs, minIters)).total;
@@ -29,6 +39,7 @@ export async function timeWithEnqueue(run: () => void, budgetMs: number, minIter
     Promise<{ total: number; enqueue: number }> {
   run();
   await settle();
+  collectGarbage();
   let t0 = performance.now();
   run();
   await settle();

@@ -78,8 +78,8 @@ function withSchedule(schedule: ForwardSchedule, t: Tiles | undefined, body: () 
   };
 }
 
-// The default schedule is the old one (faster on the H100 at D = 64, tuning.ts); the new one stays
-// selectable, so both are tested.
+// The default schedule (tuning.ts: halved causal pairs, mask on edge tiles) runs the shared case
+// list in webgpu_node.test.ts; these spell out the others, which stay selectable, so all are tested.
 const NEW_SCHEDULE: ForwardSchedule = { pairBlocks: 'banded', halvePairs: false, maskEdgeTilesOnly: true, sparseFromBits: true };
 const OLD_SCHEDULE: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
 

@@ -41,20 +41,19 @@ export function forwardGrid(c: AttentionConfig, rows: number, heads: number, pla
 }
 
 /**
- * WGSL of a paired grid: the dispatch's query blocks [qbFirst, qbEnd) (its rows, chunks.ts) are
- * paired from both ends, pair p = blocks qbEnd−1−p (run first: the heavier under a causal band)
- * and qbFirst + p; the middle block of an odd count runs alone. Defines qbHeavy, qbLight, blocks, bh,
- * and with halves `walkHalf` (workgroup x = 2·pair + half).
+ * WGSL of a paired grid: the dispatch's qbCount query blocks (of its rows, chunks.ts; numbered
+ * from 0, see pairedBlockRows) are paired from both ends, pair p = blocks qbCount−1−p (run first:
+ * the heavier under a causal band) and p; the middle block of an odd count runs alone. Defines
+ * qbHeavy, qbLight, blocks, bh, and with halves `walkHalf` (workgroup x = 2·pair + half).
  */
 function pairedIds(c: AttentionConfig, rows: number, halves: boolean): string {
   const perUnit = c.layout === 'BHSD' ? 'GROUP' : 'HQ';
-  return `let qbFirst = u.row_start / ${rows}u;
-  let qbCount = (u.row_end + ${rows - 1}u) / ${rows}u - qbFirst;
+  return `let qbCount = (u.row_end - u.row_start + ${rows - 1}u) / ${rows}u;
   let pair = wid.x${halves ? ' / 2u' : ''};
   ${halves ? 'let walkHalf = wid.x % 2u;' : ''}
   if ((2u * pair >= qbCount) | (wid.y >= u.heads_in_chunk)) { return; }
-  let qbHeavy = qbFirst + qbCount - 1u - pair;
-  let qbLight = qbFirst + pair;
+  let qbHeavy = qbCount - 1u - pair;
+  let qbLight = pair;
   let blocks = select(2u, 1u, qbHeavy == qbLight);
   let bh = u.unit_start * ${perUnit} + u.group_start + wid.y;`;
 }
@@ -212,11 +211,31 @@ function liveBitsFunction(c: AttentionConfig, aux: AuxLayout): string {
 }`;
 }
 
-/** blockTiles(qb, kl): the key tiles [x, y) that query block qb visits (window, keyLengths, the dispatch's keys). */
+/**
+ * Paired blocks are cut from the end of the dispatch's rows [row_start, row_end): blockStart(qb)
+ * is block qb's first row, wrapping below row_start for block 0 when the row count is not a
+ * multiple of BQ. A partial block is then the first one, which a causal band makes the lightest
+ * (N = 4096, 192-row blocks: every pair walks 260 key tiles, where top-aligned blocks put the
+ * 64-row partial block last, with all the keys, and pairs walked 268–276). blockRows(qb): its
+ * first row inside the dispatch and its last row. Block-sparse problems keep blocks aligned to
+ * the top, as the mask blocks are, so that a query block lies inside one row of mask blocks.
+ */
+function pairedBlockRows(c: AttentionConfig): string {
+  return `fn blockStart(qb: u32) -> u32 {
+  return u.row_start + qb * BQ${c.blockSize > 0 ? '' : ' - (BQ - (u.row_end - u.row_start) % BQ) % BQ'};
+}
+fn blockRows(qb: u32) -> vec2<u32> {
+  let i0 = blockStart(qb);
+  return vec2<u32>(select(i0, u.row_start, i32(i0) < i32(u.row_start)), min(i0 + BQ, u.row_end) - 1u);
+}`;
+}
+
+/** blockTiles(qb, kl): the key tiles [x, y) that paired block qb visits (window, keyLengths, the dispatch's keys). */
 function blockTilesFunction(c: AttentionConfig): string {
   return `fn blockTiles(qb: u32, kl: u32) -> vec2<u32> {
-  let iFirst = qb * BQ;
-  let iLast = min(iFirst + BQ, SEQQ) - 1u;
+  let rowsOf = blockRows(qb);
+  let iFirst = rowsOf.x;
+  let iLast = rowsOf.y;
   ${keyRange(c)}
   let tFirst = jLo / BK;
   return vec2<u32>(tFirst, select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo));
@@ -339,6 +358,7 @@ ${plan.halves ? '' : tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(
 ${plan.halves ? '' : tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'load')}
 ${scoreFunctions(c, aux, t.cols)}
 ${c.blockSize > 0 && plan.sparseFromBits ? liveBitsFunction(c, aux) : ''}
+${plan.paired ? pairedBlockRows(c) : ''}
 ${plan.halves ? blockTilesFunction(c) : MERGE_WEIGHTS}
 
 @compute @workgroup_size(${WG})
@@ -357,10 +377,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let qb = select(qbLight, qbHeavy, slot == 0u);
   // The previous block's last readers of workgroup memory are done before this one stages into it.
   workgroupBarrier();` : ''}
-  let i0 = qb * BQ;
+  let i0 = ${plan.paired ? 'blockStart(qb)' : 'qb * BQ'};
   ${t.rowsFromGlobal ? '' : stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
-  let iFirst = i0;
-  let iLast = min(i0 + BQ, SEQQ) - 1u;
+  ${plan.paired ? `let blockRange = blockRows(qb);
+  let iFirst = blockRange.x;
+  let iLast = blockRange.y;` : `let iFirst = i0;
+  let iLast = min(i0 + BQ, SEQQ) - 1u;`}
   ${keyRange(c)}
   ${plan.halves ? `let blockFirst = jLo / BK;
   let blockEnd = select(blockFirst, (jHi + BK - 1u) / BK, jHi > jLo);
@@ -369,7 +391,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let tFirst = blockFirst + min(max(walkLo, walkBase) - walkBase, blockEnd - blockFirst);
   let tEnd = blockFirst + min(max(walkHi, walkBase) - walkBase, blockEnd - blockFirst);` : `let tFirst = jLo / BK;
   let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);`}
-${rowsR.map(r => `  let i_${r} = i0 + ${rowOf(r)};
+${rowsR.map(r => `  let i_${r} = ${plan.paired
+    ? `select(i0 + ${rowOf(r)}, SEQQ, i32(i0 + ${rowOf(r)}) < i32(u.row_start))` : `i0 + ${rowOf(r)}`};
   var m_${r} = negInf();
   var l_${r} = 0.0;
 ${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}

@@ -113,7 +113,11 @@ function float32Forward(backend: WebGPUBackend, c: AttentionConfig, aux: AuxLayo
       return [forward, merge];
     }
   }
-  return [build({ ...plan, halves: false }, buffers)];
+  // Halves infeasible: whole pairs where heads are wide (H100, D = 128 causal: 2.95 ms paired
+  // against 5.7–8.7 one block per workgroup), else one block per workgroup, heaviest first
+  // (D = 64: 1.43 ms, against 1.40–2.61 for whole pairs); bench/RESULTS.md, webgpu section.
+  const wide = c.headDim > 64 || c.headDimV > 64;
+  return [build({ ...plan, halves: false, paired: plan.paired && wide }, buffers)];
 }
 
 const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }): TensorInfo[] => {

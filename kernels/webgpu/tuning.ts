@@ -44,11 +44,14 @@ export const webgpuAttentionTuning: {
   maxBindingBytes?: number;
 } = {
   subgroups: true,
-  // The H100 (bench/RESULTS.md, webgpu, 17:02 UTC, --ab-schedule medians of 7 rounds, D = 64): causal
-  // one block per workgroup 1.37 ms against 1.40–2.61 paired; block-sparse tile list 0.58 ms against
-  // 1.09–1.30 from mask bits; the edge-tile mask bought nothing measurable. (At D = 128 the paired
-  // causal schedule measured 2.94 ms against 4.26 once; not yet a default: see RESULTS.)
-  forwardSchedule: { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false },
+  // Measured on the H100 (bench/RESULTS.md, webgpu section, 2026-11-26 ~18:48 UTC, --ab-targets,
+  // medians of 5 interleaved rounds, N = 4096, H = 12): causal D = 64 halved pairs 1.369 ms against
+  // 1.432 one block per workgroup (192×32 4×4) and 1.40–2.61 whole pairs (17:02); causal D = 128
+  // halved pairs 2.97 and whole pairs 2.95 against 5.7–8.7 one block per workgroup (full 5.50);
+  // block-sparse (blocks of 64, 9.5 % live) with the mask only on edge tiles 0.413 against 0.432
+  // (a visited tile inside a live block needs none); the mask-bits walk was slower (1.09–1.30
+  // against 0.58, 17:02).
+  forwardSchedule: { pairBlocks: 'banded', halvePairs: true, maskEdgeTilesOnly: true, sparseFromBits: false },
 };
 
 export function maxBindingBytes(device: GPUDevice): number {
