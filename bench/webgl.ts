@@ -19,6 +19,7 @@ import '@tensorflow/tfjs-backend-webgl';
 import type { MathBackendWebGL } from '@tensorflow/tfjs-backend-webgl';
 import { flashAttention } from '../src/index';
 import { setWebGLForwardPlan } from '../kernels/webgl/flash_attention';
+import { setWebGLTogetherKeys } from '../kernels/webgl/flash_attention_grad';
 
 export interface BenchConfig {
   seqs: number[];
@@ -82,6 +83,7 @@ const VARIANTS: Record<string, (on: boolean) => void> = {
   'weights pass': on => setWebGLForwardPlan(on ? { fuseWeights: false } : {}),
   'two-pass stats': on => setWebGLForwardPlan(on ? { onePassStats: false } : {}),
   'GPU plan': on => setWebGLForwardPlan(on ? { fuseWeights: true, onePassStats: true } : {}),
+  'per-block backward': on => setWebGLTogetherKeys(on ? 0 : 1024),
 };
 
 function webgl(): MathBackendWebGL {
@@ -373,16 +375,16 @@ async function profile(n: number, config: BenchConfig, report: (line: string) =>
 
 /**
  * The GPU run (H100): N = 256 … 4096 forward and forward+backward, naive, flash and the flash variants
- * in interleaved rounds (9 rounds below N = 2048, 5 from there), then flash forward at 8192; per-program
- * times at N = 256 and 2048; stops starting measurements after 240 s (about 1.5 min expected).
+ * (up to N = 1024) in interleaved rounds (15 rounds below N = 2048, 5 from there); stops starting
+ * measurements after 240 s (about 1 min expected). `#profile=N` gives the per-program times.
  */
 const DEFAULT: BenchConfig = {
-  seqs: [256, 512, 1024, 2048, 4096, 8192], heads: 12, headDim: 64, maxBackwardSeq: 4096, naiveUpTo: 4096,
-  variantsUpTo: 4096, variants: ['weights pass', 'two-pass stats'], rounds: 9, bigSeq: 2048, bigRounds: 5, sampleMs: 60,
-  budgetSeconds: 240, profileSeqs: [256, 2048],
+  seqs: [256, 512, 1024, 2048, 4096], heads: 12, headDim: 64, maxBackwardSeq: 4096, naiveUpTo: 4096,
+  variantsUpTo: 1024, variants: ['per-block backward'], rounds: 15, bigSeq: 2048, bigRounds: 5, sampleMs: 60,
+  budgetSeconds: 240, profileSeqs: [],
 };
 const QUICK: BenchConfig = { ...DEFAULT, seqs: [256], maxBackwardSeq: 256, rounds: 3, profileSeqs: [] };
-const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, variants: ['GPU plan'],
+const SWIFTSHADER: BenchConfig = { ...DEFAULT, seqs: [256, 512, 1024], maxBackwardSeq: 512, variants: ['GPU plan', 'per-block backward'],
   rounds: 5, bigSeq: 1024, bigRounds: 3, sampleMs: 0, budgetSeconds: 900, profileSeqs: [] };
 
 async function post(line: string): Promise<void> {

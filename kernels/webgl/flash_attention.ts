@@ -92,7 +92,7 @@ let blockKeysTarget = 1024;
  * Elements a per-block texture ([B·Hq, Nq, blockKeys]) may hold: 256 MiB in float32, which keeps
  * 1024-key blocks up to N = 4096 at 12 heads (two such textures live at a time).
  */
-const BLOCK_ELEMENTS = 2 ** 26;
+export const BLOCK_ELEMENTS = 2 ** 26;
 
 /** Tuning knob for benchmarks: the most keys per block (even, ≥ 2) the webgl kernels use. */
 export function setWebGLBlockKeys(keys: number): void {

@@ -12,6 +12,12 @@
 // keys or rows recomputing the scores, which repeats the score work once per pair of output columns:
 // 10–20× slower than naive tfjs attention on SwiftShader; see bench/RESULTS.md.) dBias, when a bias
 // was given, loops over the (b, h, i, j) each bias element stands for.
+// Short sequences (Nk ≤ `togetherKeys`, at most two blocks, all P̃ and dS within one block texture's
+// budget) keep both blocks' P̃ and dS and run dq, dk and dv once over both: three draws fewer, and
+// every dk/dv fragment works, where per block half of them only copy the other block's keys. On the
+// H100 forward+backward was a tie with naive attention at N = 256–512 before (0.99–1.04×, 18:45 and
+// 18:56 UTC), where the draws and small under-filled programs weigh most; memory there is at most
+// one more block texture's worth, and longer sequences keep one block's textures at a time.
 import { env } from '@tensorflow/tfjs-core';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { unpackGradInputs } from '../../src/inputs';
@@ -21,10 +27,21 @@ import { dbiasProgram } from './dbias_program';
 import { dkdvProgram } from './dkdv_program';
 import { dqProgram } from './dq_program';
 import { dsProgram, dsReusesProbs } from './ds_program';
-import { blockKeys, blockVisible, checkWebGL2, optionalInputs, packedInputs, toUserLayout } from './flash_attention';
+import { BLOCK_ELEMENTS, blockKeys, blockVisible, checkWebGL2, optionalInputs, packedInputs, toUserLayout } from './flash_attention';
 import { probsProgram } from './probs_program';
 import { isWebGLBackend, run, texShapeOf, view } from './program';
 import { rowTermProgram } from './row_term_program';
+
+/**
+ * Most keys for which the backward keeps all (at most two) key blocks' P̃ and dS alive at once and
+ * runs dQ, dK and dV in one draw each (see the header).
+ */
+let togetherKeys = 1024;
+
+/** Tuning knob for benchmarks: the most keys for the together path above (0: never). */
+export function setWebGLTogetherKeys(keys: number): void {
+  togetherKeys = keys;
+}
 
 const flashAttentionGradWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   if (!isWebGLBackend(backend)) throw new Error('flashAttention: the webgl kernel needs the webgl backend');
@@ -39,29 +56,37 @@ const flashAttentionGradWebGL: KernelFunc = ({ inputs, backend, attrs }) => {
   const lse = view(x.lse, [1, c.batch, c.headsQ, c.seqQ]);
   const rowTerm = run(backend, rowTermProgram(c, textures), [O, DO, view(x.dLse, [1, c.batch, c.headsQ, c.seqQ])]);
 
+  // Block 0 always runs: it also writes the zeros of keys and rows that nothing reaches.
+  const starts: number[] = [];
+  for (let start = 0; start < c.seqK; start += keys) if (start === 0 || blockVisible(c, start, start + keys)) starts.push(start);
+  // Short sequences keep every block's P̃ and dS and run dQ, dK and dV once over all of them (fewer
+  // draws, and dK/dV fragments all working instead of half of them copying); longer ones run them
+  // per block, chained, so that only one block's textures are alive at a time.
+  const groups = starts.length <= 2 && c.seqK <= togetherKeys && 2 * c.batch * c.headsQ * c.seqQ * c.seqK <= BLOCK_ELEMENTS
+    ? [starts] : starts.map(start => [start]);
   let dq: TensorInfo | undefined, dk: TensorInfo | undefined, dv: TensorInfo | undefined;
-  for (let start = 0; start < c.seqK; start += keys) {
-    // Block 0 always runs: it also writes the zeros of keys and rows that nothing reaches.
-    if (start > 0 && !blockVisible(c, start, start + keys)) continue;
-    const probs = run(backend, probsProgram(c, textures, start, keys), [Q, K, lse, ...optional]);
-    textures.Probs = texShapeOf(backend, probs);
-    const ds = run(backend, dsProgram(c, textures, start, keys),
-      dsReusesProbs(c) ? [probs, V, DO, rowTerm, ...optional] : [Q, K, V, DO, lse, rowTerm, ...optional]);
-    textures.Ds = texShapeOf(backend, ds);
+  for (const group of groups) {
+    const probs: TensorInfo[] = [], ds: TensorInfo[] = [];
+    for (const [n, start] of group.entries()) {
+      probs.push(run(backend, probsProgram(c, textures, start, keys), [Q, K, lse, ...optional]));
+      textures.Probs = textures[`Probs${n}`] = texShapeOf(backend, probs[n]);
+      ds.push(run(backend, dsProgram(c, textures, start, keys),
+        dsReusesProbs(c) ? [probs[n], V, DO, rowTerm, ...optional] : [Q, K, V, DO, lse, rowTerm, ...optional]));
+      textures[`Ds${n}`] = texShapeOf(backend, ds[n]);
+    }
     const chain = (previous: TensorInfo | undefined, make: (first: boolean) => TensorInfo): TensorInfo => {
       if (previous) textures.Previous = texShapeOf(backend, previous);
       const next = make(!previous);
       if (previous) backend.disposeIntermediateTensorInfo(previous);
       return next;
     };
-    dq = chain(dq, first => run(backend, dqProgram(c, textures, start, keys, first),
-      [ds, K, ...(dq ? [dq] : []), ...optional]));
-    dk = chain(dk, first => run(backend, dkdvProgram(c, textures, 'dk', start, keys, first),
-      [ds, Q, ...(dk ? [dk] : []), ...optional]));
-    dv = chain(dv, first => run(backend, dkdvProgram(c, textures, 'dv', start, keys, first),
-      [probs, DO, ...(dv ? [dv] : []), ...optional]));
-    backend.disposeIntermediateTensorInfo(ds);
-    backend.disposeIntermediateTensorInfo(probs);
+    dq = chain(dq, first => run(backend, dqProgram(c, textures, group, keys, first),
+      [...ds, K, ...(dq ? [dq] : []), ...optional]));
+    dk = chain(dk, first => run(backend, dkdvProgram(c, textures, 'dk', group, keys, first),
+      [...ds, Q, ...(dk ? [dk] : []), ...optional]));
+    dv = chain(dv, first => run(backend, dkdvProgram(c, textures, 'dv', group, keys, first),
+      [...probs, DO, ...(dv ? [dv] : []), ...optional]));
+    for (const t of [...ds, ...probs]) backend.disposeIntermediateTensorInfo(t);
   }
   if (!dq || !dk || !dv) throw new Error('flashAttention (webgl): no key block ran');
   const dbias = c.biasShape.length

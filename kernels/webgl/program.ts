@@ -86,3 +86,8 @@ export function texShapeOf(backend: MathBackendWebGL, x: TensorInfo): [number, n
   if (!texShape) throw new Error('flashAttention (webgl): intermediate has no texture');
   return texShape;
 }
+
+/** `faKeyStart<n>`: the first key of each key block a backward program reads. */
+export function keyStartUniforms(keyStarts: number[]): Uniform[] {
+  return keyStarts.map((value, n) => ({ name: `faKeyStart${n}`, type: 'int', value }));
+}
