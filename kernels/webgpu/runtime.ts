@@ -131,38 +131,45 @@ export function runPrograms(backend: WebGPUBackend, programs: ProgramRun[],
   for (const b of encoderTemporaries.get(encoder) ?? []) b.destroy();
 }
 
-/** Encodes the programs' dispatches into `encoder` (made by runPrograms), one compute pass each. */
+/**
+ * Encodes the programs' dispatches into `encoder` (made by runPrograms) in one compute pass (each
+ * dispatch is its own synchronization scope, so a dispatch sees what the one before it wrote),
+ * with the uniforms of all of them in one buffer at aligned offsets: per kernel call one buffer
+ * and one write instead of one per dispatch, and fewer objects for the host to make and collect.
+ */
 export function encodePrograms(device: GPUDevice, encoder: GPUCommandEncoder, programs: ProgramRun[]): void {
   const temporary = encoderTemporaries.get(encoder) ?? [];
   encoderTemporaries.set(encoder, temporary);
-  for (const { spec, dispatches } of programs) {
+  const align = device.limits.minUniformBufferOffsetAlignment;
+  const runs = programs.flatMap(({ spec, dispatches }) => dispatches.map(d => ({ spec, d })));
+  if (runs.length === 0) return;
+  const slot = (spec: ProgramSpec) => Math.ceil(4 * (spec.uniforms.length + 1) / align) * align;
+  const values = new Uint32Array(runs.reduce((bytes, r) => bytes + slot(r.spec), 0) / 4);
+  const uniformBuffer = device.createBuffer({ size: values.byteLength, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  temporary.push(uniformBuffer);
+  const pass = encoder.beginComputePass();
+  let offset = 0;
+  for (const { spec, d } of runs) {
     const { pipeline, layout } = compile(device, spec);
-    for (const d of dispatches) {
-      const values = new Uint32Array(spec.uniforms.length + 1);
-      spec.uniforms.forEach((name, i) => {
-        const value = d.uniforms[name];
-        if (value === undefined) throw new Error(`flashAttention webgpu: uniform '${name}' missing`);
-        values[i] = value;
-      });
-      const uniformBuffer = device.createBuffer({
-        size: Math.max(16, Math.ceil(values.byteLength / 16) * 16),
-        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-      });
-      device.queue.writeBuffer(uniformBuffer, 0, values);
-      temporary.push(uniformBuffer);
-      const entries: GPUBindGroupEntry[] = spec.bindings.map((b, i) => {
-        const range = d.buffers[b.name];
-        if (!range) throw new Error(`flashAttention webgpu: binding '${b.name}' missing`);
-        return { binding: i, resource: { buffer: range.buffer, offset: range.offset, size: range.size } };
-      });
-      entries.push({ binding: spec.bindings.length, resource: { buffer: uniformBuffer } });
-      const pass = encoder.beginComputePass();
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, device.createBindGroup({ layout, entries }));
-      pass.dispatchWorkgroups(...d.workgroups);
-      pass.end();
-    }
+    spec.uniforms.forEach((name, i) => {
+      const value = d.uniforms[name];
+      if (value === undefined) throw new Error(`flashAttention webgpu: uniform '${name}' missing`);
+      values[offset / 4 + i] = value;
+    });
+    const entries: GPUBindGroupEntry[] = spec.bindings.map((b, i) => {
+      const range = d.buffers[b.name];
+      if (!range) throw new Error(`flashAttention webgpu: binding '${b.name}' missing`);
+      return { binding: i, resource: { buffer: range.buffer, offset: range.offset, size: range.size } };
+    });
+    const size = Math.ceil(4 * (spec.uniforms.length + 1) / 16) * 16;
+    entries.push({ binding: spec.bindings.length, resource: { buffer: uniformBuffer, offset, size } });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, device.createBindGroup({ layout, entries }));
+    pass.dispatchWorkgroups(...d.workgroups);
+    offset += slot(spec);
   }
+  pass.end();
+  device.queue.writeBuffer(uniformBuffer, 0, values);
 }
 
 /** Ends tfjs' open compute pass and submits its command encoder, so our work is queued after it. */
