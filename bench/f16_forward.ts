@@ -321,7 +321,8 @@ async function sweep(d: number, plan: F16Plan, limit: number): Promise<F16Tiles 
     const err = errors.get(t) ?? Infinity;
     const flops = 4 * H * n * n * d;
     say(`  ${JSON.stringify(t).padEnd(72)} median ${med.toFixed(3)} ms ${(flops / (med * 1e9)).toFixed(2).padStart(6)} TFLOP/s ` +
-      `(min ${(flops / (ms[0] * 1e9)).toFixed(1)}, max ${(flops / (ms[ms.length - 1] * 1e9)).toFixed(1)}) err ${err.toExponential(2)}`);
+      `(fastest round ${(flops / (ms[0] * 1e9)).toFixed(1)}, slowest ${(flops / (ms[ms.length - 1] * 1e9)).toFixed(1)}) ` +
+      `err ${err.toExponential(2)}`);
     if (err <= 2e-3 && !Number.isNaN(med) && (!best || med < best.ms)) best = { t, ms: med };
   }
   say(`D=${d}: fastest correct tiles ${JSON.stringify(best)}`);

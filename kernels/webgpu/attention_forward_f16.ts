@@ -64,14 +64,16 @@ export interface F16Tiles {
 
 /**
  * Fastest first where they fit (H100, N = 4096, bounds checks on, bench/RESULTS.md float16
- * section, 2026-11-26 18:50 UTC, medians of 5 interleaved rounds): D = 64 takes 8×32 with O in
- * matrices and double-buffered K/V (40.6 TFLOP/s; the same single-buffered 35.5, O in lanes 33.3);
- * D = 128 takes 4×32 with O in matrices (19.9; O in lanes 19.0; 8 subgroups do not fit 48 KiB
- * there). The 'lanes' schedules serve devices without subgroups and the f16 registers plan.
+ * section, 2026-11-26 18:50 and 19:03 UTC, medians of 5 interleaved rounds each, TFLOP/s):
+ * D = 64 takes 8×32 with O in matrices (35.5 and 28.3; double-buffered 40.6 and 22.4, O in lanes
+ * 33.3 and 13.3: the card's noise is about ±2× between runs, so only O in matrices over O in
+ * lanes held in both runs); D = 128 takes 4×32 with O in matrices (19.9 and 20.5; O in lanes 19.0
+ * and 11.6; 8 subgroups do not fit 48 KiB there). The 'lanes' schedules serve devices without
+ * subgroups.
  */
 export const F16_FORWARD_TILES: readonly F16Tiles[] = [
-  { groups: 8, keys: 32, accumulator: 'matrices', doubleBuffer: true }, { groups: 4, keys: 32, accumulator: 'matrices' },
-  { groups: 4, keys: 16, accumulator: 'matrices', doubleBuffer: true },
+  { groups: 8, keys: 32, accumulator: 'matrices' }, { groups: 4, keys: 32, accumulator: 'matrices' },
+  { groups: 4, keys: 16, accumulator: 'matrices' },
   { groups: 8, keys: 32 }, { groups: 4, keys: 32 }, { groups: 8, keys: 16 }, { groups: 4, keys: 16 },
   { groups: 2, keys: 32 }, { groups: 2, keys: 16 }, { groups: 1, keys: 16 },
 ];
@@ -79,8 +81,8 @@ export const F16_FORWARD_TILES: readonly F16Tiles[] = [
 /**
  * Fewest subgroups per workgroup of the subgroup-matrix plan: with 2 subgroups (2×64 and 2×32
  * double-buffered, O in matrices) the H100 gave wrong outputs (errors 0.3–1·max|v| on plain cases,
- * 18:50 UTC), where 4 and 8 were right on all 35 cases; unexplained, so smaller workgroups run
- * the f16 registers plan.
+ * 18:50 UTC), where 4 and 8 were right on all 35 cases (18:50 and 19:03); unexplained, so smaller
+ * workgroups run the f16 registers plan.
  */
 const MIN_MATRIX_GROUPS = 4;
 
