@@ -17,7 +17,8 @@
 //     writes take the key and value heads straight from it, only q is sliced;
 //   - the cache writes on webgpu are buffer copies recorded in tfjs' own command encoder.
 // GPT-2 small: 248 GPU dispatches per token (20 per block, 8 outside), was 494 through the layers;
-// on the H100, 28 ms per token at 1024 tokens of context, was 221 (bench/RESULTS.md, Decoding).
+// on the H100 at 1024 tokens of context 28 ms per token where the layers took 221 in the same run,
+// and still host-bound (bench/RESULTS.md, Decoding).
 //
 // `recomputeLogits` is the cacheless baseline: the whole model on the whole prefix every token.
 import * as tf from '@tensorflow/tfjs-core';
