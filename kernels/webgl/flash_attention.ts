@@ -50,14 +50,15 @@
 //   of its SMs). The forward is those two products plus ≈ 5 % of other passes (block stats, lse),
 //   naive attention the same two products plus 41 ms of softmax, scale and reduction passes at
 //   N = 2048 (≈ 75 % of the products' time), so flash can beat naive by at most ≈ 1.7× in the
-//   forward with single-output fragments; measured 1.42× at 2048 and 1.65× at 4096. Past that needs
+//   forward with single-output fragments; measured 1.42× at 2048 and 1.64–1.67× at 4096 (two runs),
+//   where 2× would need the products at ≥ 0.28 TFLOP/s, above the fetch rate. Past that needs
 //   more results per fragment (multiple render targets: not through runWebGLProgram, whose shader
 //   declares `out vec4 outputColor` without a location, and GLSL ES 3.00 wants a location on every
 //   output once there are several) or a quad of fragments sharing fetched texels through dFdx/dFdy
 //   (exact only if the bits are exchanged as 16-bit halves; its ALU cost is of the order of the
 //   fetch it saves): not done. The forward+backward is 7 such products against naive's 6 (the
-//   recomputation of q·k), won back by naive's passes over N² scores: 0.99–1.15× measured
-//   (N = 256–4096; at 256 and 512 within the rounds' spread).
+//   recomputation of q·k), won back by naive's passes over N² scores: 1.03×, 1.01×, 1.07×, 1.06×,
+//   1.15× at N = 256 … 4096 (19:06 UTC; at 256 and 512 a tie within the rounds' spread).
 // - Block size: 256-, 512- and 1024-key blocks gave the same H100 forward time at N = 4096 (17:22
 //   UTC), so blocks are as large as memory allows (up to 1024 keys, see `blockKeys`), all of one size
 //   (the last block is not a small remainder with the same fixed cost).

@@ -15,9 +15,10 @@
 // Short sequences (Nk ≤ `togetherKeys`, at most two blocks, all P̃ and dS within one block texture's
 // budget) keep both blocks' P̃ and dS and run dq, dk and dv once over both: three draws fewer, and
 // every dk/dv fragment works, where per block half of them only copy the other block's keys. On the
-// H100 forward+backward was a tie with naive attention at N = 256–512 before (0.99–1.04×, 18:45 and
-// 18:56 UTC), where the draws and small under-filled programs weigh most; memory there is at most
-// one more block texture's worth, and longer sequences keep one block's textures at a time.
+// H100 forward+backward over naive attention went from 0.96× to 1.03× at N = 256, 1.00× to 1.01× at
+// 512 and 1.06× to 1.07× at 1024 (per block vs together, same rounds, 19:06 UTC): small N is where
+// draws and under-filled programs weigh most. Memory there is at most one more block texture's
+// worth; longer sequences keep one block's textures at a time.
 import { env } from '@tensorflow/tfjs-core';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { unpackGradInputs } from '../../src/inputs';
