@@ -256,7 +256,8 @@ function benchConfig(n: number, d: number): AttentionConfig {
 /**
  * Sweep candidates (those that fit the device's workgroup memory run): the schedules with O in the
  * invocations' registers, then O in subgroup-matrix accumulators with lazy rescale, single- or
- * double-buffered K/V tiles (the matrix plan needs ≥ 4 subgroups, attention_forward_f16.ts).
+ * double-buffered K/V tiles, Q operands in registers or reloaded from workgroup memory (the matrix
+ * plan needs ≥ 4 subgroups, attention_forward_f16.ts).
  */
 const SWEEP_TILES: F16Tiles[] = [
   { groups: 8, keys: 32 }, { groups: 4, keys: 32 },
@@ -264,12 +265,15 @@ const SWEEP_TILES: F16Tiles[] = [
   { groups: 4, keys: 32, accumulator: 'matrices' }, { groups: 4, keys: 32, accumulator: 'matrices', doubleBuffer: true },
   { groups: 8, keys: 16, accumulator: 'matrices', doubleBuffer: true }, { groups: 4, keys: 16, accumulator: 'matrices', doubleBuffer: true },
   { groups: 4, keys: 16, accumulator: 'matrices' },
+  { groups: 4, keys: 16, accumulator: 'matrices', qShared: true },
+  { groups: 4, keys: 16, accumulator: 'matrices', qShared: true, doubleBuffer: true },
 ];
 
 /** --variants: the case list also runs on these schedules besides the default ones. */
 const VARIANT_CHECKS: F16Tiles[] = [
   { groups: 4, keys: 32, accumulator: 'matrices' }, { groups: 4, keys: 16, accumulator: 'matrices', doubleBuffer: true },
   { groups: 8, keys: 16, accumulator: 'matrices', doubleBuffer: true },
+  { groups: 4, keys: 16, accumulator: 'matrices', qShared: true, doubleBuffer: true },
 ];
 
 /** Max |a − b| / max|v| over all elements (NaN counts as infinite). */

@@ -55,6 +55,12 @@ export interface F16Tiles {
   /** Two K/V tile slots (default one). */
   doubleBuffer?: boolean;
   /**
+   * Matrix plan: Q stays in a workgroup slice per subgroup and its operands are loaded for every
+   * key tile, instead of living in registers (default): 4·D/16 fewer registers per invocation for
+   * wide heads, at the cost of 16·(D+8) f16 per subgroup of workgroup memory.
+   */
+  qShared?: boolean;
+  /**
    * Columns of O staged through `fs` at a time (a multiple of 16; default `keys`): T = P·V for
    * 'lanes', the rescale and the final read for 'matrices'. Wider chunks cost workgroup memory
    * and save barriers.
@@ -98,6 +104,8 @@ interface Layout {
   /** Element offset of the V tile in a `kv` slot. */
   VOFF: number;
   slots: number; qGroups: number; kvSize: number; qsSize: number; fsSize: number; psSize: number;
+  /** Elements per subgroup of the matrix plan's shared Q slices (0: Q operands in registers). */
+  qwSize: number;
 }
 
 function chunkWidth(t: F16Tiles): number {
@@ -111,20 +119,22 @@ function layoutOf(c: AttentionConfig, plan: F16Plan, t: F16Tiles): Layout {
   const KS = DP + 8, VS = DVP + 8, QS = DP + 8, FS = Math.max(t.keys, chunkWidth(t)) + 4, PS = t.keys + 8;
   const VOFF = t.keys * KS;
   const slots = t.doubleBuffer ? 2 : 1;
-  // The matrix plan stages Q once through the K/V slots, `qGroups` subgroups' 16 rows per slot
+  // Unless Q is kept shared, the matrix plan stages Q once through the K/V slots, `qGroups`
+  // subgroups' 16 rows per slot
   // (its operands then live in registers).
   const qGroups = Math.ceil(t.groups / slots);
-  const kvSize = Math.max(VOFF + t.keys * VS, matrix ? 16 * qGroups * QS : 0);
+  const qShared = matrix && t.qShared === true;
+  const kvSize = Math.max(VOFF + t.keys * VS, matrix && !qShared ? 16 * qGroups * QS : 0);
   return {
     DP, DVP, KS, VS, QS, FS, PS, VOFF, slots, qGroups, kvSize,
-    qsSize: matrix ? 0 : 16 * t.groups * QS, fsSize: 16 * FS, psSize: 16 * PS,
+    qsSize: matrix ? 0 : 16 * t.groups * QS, fsSize: 16 * FS, psSize: 16 * PS, qwSize: qShared ? 16 * QS : 0,
   };
 }
 
 export function forwardF16WorkgroupBytes(c: AttentionConfig, plan: F16Plan, t: F16Tiles, useSubgroups: boolean): number {
   const l = layoutOf(c, plan, t);
   const e = plan.element === 'f16' ? 2 : 4;
-  return e * (l.slots * l.kvSize + l.qsSize + t.groups * l.psSize) + 4 * t.groups * l.fsSize +
+  return e * (l.slots * l.kvSize + l.qsSize + t.groups * (l.psSize + l.qwSize)) + 4 * t.groups * l.fsSize +
     (t.accumulator === 'matrices' ? 4 * t.groups : 0) + (useSubgroups ? 0 : 4 * SUBGROUP_SIZE * t.groups) + 16;
 }
 
@@ -184,11 +194,12 @@ export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: b
   /** fs[g] position of element e of the invocation's O vec4 m within chunk ch. */
   const oAt = (m: number, ch: number, e: number) => `r * FS + half * 4u + ${8 * m - ch * CW + e}u`;
 
+  const qOperand = (d: number) => (L.qwSize ? matrixLoad(leftType(E), 'qw[g]', `${d * 16}u`, false, 'QS') : `qm${d}`);
   // S = Q·Kᵀ of this subgroup's rows into fs[g].
   const scores = matrix ? `
     ${k16.map(n => `{
       var acc = ${RESULT_TYPE}();
-${d16.map(d => `      acc = subgroupMatrixMultiplyAccumulate(qm${d}, ${matrixLoad(rightType(E), slot, `${n * 16 * L.KS + d * 16}u`, true, 'KS')}, acc);`).join('\n')}
+${d16.map(d => `      acc = subgroupMatrixMultiplyAccumulate(${qOperand(d)}, ${matrixLoad(rightType(E), slot, `${n * 16 * L.KS + d * 16}u`, true, 'KS')}, acc);`).join('\n')}
       subgroupMatrixStore(&fs[g], ${n * 16}u, acc, false, FS);
     }`).join('\n    ')}` : `
 ${cols.map(k => `    var s${k} = 0.0;`).join('\n')}
@@ -267,13 +278,14 @@ ${chunks.map(ch => `  ${ch > 0 ? 'workgroupBarrier();\n  ' : ''}${storeO(ch)}
   workgroupBarrier();
   ${o4.filter(m => chunkOf(m) === ch).map(m => `o${m} = vec4<f32>(${[0, 1, 2, 3].map(e => `fs[g][${oAt(m, ch, e)}]`).join(', ')});`).join('\n  ')}`).join('\n')}` : '';
 
-  // Each subgroup stages its own 16 Q rows, into K/V slot g / qGroups.
-  const qSlot = `kv[g / ${L.qGroups}u]`, qBase = `(g % ${L.qGroups}u) * ${16 * L.QS}u`;
+  // Each subgroup stages its own 16 Q rows, into its shared slice or K/V slot g / qGroups.
+  const qSlot = L.qwSize ? 'qw[g]' : `kv[g / ${L.qGroups}u]`;
+  const qBase = L.qwSize ? '0u' : `(g % ${L.qGroups}u) * ${16 * L.QS}u`;
   const stageQ = matrix ? `${stageTile({ dst: qSlot, element: E, rows: 16, cols4: L.DP / 4, dim4: 'DK4', stride: L.QS,
     first: 'i0 + g * 16u', limit: 'SEQQ', load: (row, c4) => `load_q(b, h, ${row}, ${c4})`, scale: 'QSCALE',
     at: qBase, invocations: SUBGROUP_SIZE, thread: 'lane' })}
   workgroupBarrier();
-${d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), qSlot, `${qBase} + ${d * 16}u`, false, 'QS')};`).join('\n')}`
+${L.qwSize ? '' : d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), qSlot, `${qBase} + ${d * 16}u`, false, 'QS')};`).join('\n')}`
     : `${stageTile({ dst: 'qs', element: E, rows: BQ, cols4: L.DP / 4, dim4: 'DK4', stride: L.QS, first: 'i0',
       limit: 'SEQQ', load: (row, c4) => `load_q(b, h, ${row}, ${c4})`, scale: 'QSCALE', invocations: WG })}
   workgroupBarrier();`;
@@ -293,6 +305,7 @@ const VOFF = ${L.VOFF}u;
 const QSCALE = ${f32(queryScale(c))};
 var<workgroup> kv: array<array<${E}, ${L.kvSize}>, ${L.slots}>;
 ${L.qsSize ? `var<workgroup> qs: array<${E}, ${L.qsSize}>;` : ''}
+${L.qwSize ? `var<workgroup> qw: array<array<${E}, ${L.qwSize}>, ${t.groups}>;` : ''}
 var<workgroup> fs: array<array<f32, ${L.fsSize}>, ${t.groups}>;
 var<workgroup> ps: array<array<${E}, ${L.psSize}>, ${t.groups}>;
 ${inMatrices ? `var<workgroup> grew: array<u32, ${t.groups}>;` : ''}
@@ -319,7 +332,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   // Scores of rows past the end are computed (and never stored) at the last row's indices.
   let iS = min(i, SEQQ - 1u);
   ${stageQ}
-${L.slots > 1 ? '  workgroupBarrier(); // every Q read out of the slots before the first K/V tile lands there\n' : ''}  let kl = keyLimitOf(b);
+${L.slots > 1 && !L.qwSize ? '  workgroupBarrier(); // every Q read out of the slots before the first K/V tile lands there\n' : ''}  let kl = keyLimitOf(b);
   let iFirst = i0;
   let iLast = min(i0 + BQ, SEQQ) - 1u;
   ${keyRange(c)}
