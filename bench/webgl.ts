@@ -83,7 +83,7 @@ const VARIANTS: Record<string, (on: boolean) => void> = {
   'weights pass': on => setWebGLForwardPlan(on ? { fuseWeights: false } : {}),
   'two-pass stats': on => setWebGLForwardPlan(on ? { onePassStats: false } : {}),
   'GPU plan': on => setWebGLForwardPlan(on ? { fuseWeights: true, onePassStats: true } : {}),
-  'per-block backward': on => setWebGLTogetherKeys(on ? 0 : 1024),
+  'per-block backward': on => setWebGLTogetherKeys(on ? 0 : undefined),
 };
 
 function webgl(): MathBackendWebGL {

@@ -186,6 +186,16 @@ describe('webgl kernels in headless Chromium', () => {
     });
   }, 300000);
 
+  test('backward with one key block per draw (the chained path of longer sequences): the case list, with gradients', async () => {
+    await withPage({}, async page => {
+      // The case list's short sequences otherwise run dQ, dK and dV once over both key blocks.
+      await page.runInPage('faWebglSetTogetherKeys', [0]);
+      const failed: string[] = [];
+      for (const c of CASES.filter(x => x.grad)) failed.push(await scaledCase(page, c.name, {}, 1e-3));
+      expect(failed.filter(x => x).join('\n')).toBe('');
+    });
+  }, 300000);
+
   test('the dropout mask is bit-exact with src/dropout.ts', async () => {
     await withPage({}, async page => {
       for (const [rate, seed] of [[0.3, 1234], [0.5, 4294967295], [0.9, 7]]) {

@@ -9,6 +9,7 @@ import { CASES, caseData } from './cases';
 import type { AttentionCase } from './cases';
 import { runCase } from './setup/run_case';
 import { setWebGLBlockKeys, setWebGLForwardPlan } from '../kernels/webgl/flash_attention';
+import { setWebGLTogetherKeys } from '../kernels/webgl/flash_attention_grad';
 
 function webgl(): MathBackendWebGL {
   return tf.backend() as MathBackendWebGL;
@@ -159,6 +160,7 @@ async function derivedInputs(): Promise<{ output: number; grads: number }> {
 expose('faWebglMemoryProbe', memoryProbe);
 expose('faWebglSetBlockKeys', setWebGLBlockKeys);
 expose('faWebglSetForwardPlan', setWebGLForwardPlan);
+expose('faWebglSetTogetherKeys', setWebGLTogetherKeys);
 expose('faWebglDerivedInputs', derivedInputs);
 expose('faWebglRunScaledCase', runScaledCase);
 expose('faWebglDropoutMismatches', dropoutMismatches);

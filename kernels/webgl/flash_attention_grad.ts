@@ -37,10 +37,11 @@ import { rowTermProgram } from './row_term_program';
  * Most keys for which the backward keeps all (at most two) key blocks' P̃ and dS alive at once and
  * runs dQ, dK and dV in one draw each (see the header).
  */
-let togetherKeys = 1024;
+const TOGETHER_KEYS = 1024;
+let togetherKeys = TOGETHER_KEYS;
 
-/** Tuning knob for benchmarks: the most keys for the together path above (0: never). */
-export function setWebGLTogetherKeys(keys: number): void {
+/** Tuning knob for benchmarks: the most keys for the together path above (0: never; no argument: the default). */
+export function setWebGLTogetherKeys(keys = TOGETHER_KEYS): void {
   togetherKeys = keys;
 }
 
