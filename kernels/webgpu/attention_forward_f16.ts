@@ -2,7 +2,8 @@
 // of `groups` subgroups of 32 invocations owns 16·groups query rows, 16 per subgroup; K and V tiles
 // of `keys` keys stream through workgroup memory as f16. Per key tile, each subgroup:
 //   1. S = Q·Kᵀ for its 16 rows: 16×16×16 subgroup-matrix products into f32 (its Q operands were
-//      loaded once into registers), stored to its own f32 slice of workgroup memory (`fs[g]`);
+//      loaded once into registers, or with `qShared` are reloaded from a workgroup slice), stored to
+//      its own f32 slice of workgroup memory (`fs[g]`);
 //   2. two invocations per row read the row's scores, apply every score modifier (attention_wgsl's
 //      score2: softcap, bias, ALiBi, causal/window/mask/keyLengths/block-sparse visibility), update
 //      the row's running max and sum in f32 (online softmax, base 2) and write P (with dropout,
