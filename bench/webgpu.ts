@@ -340,14 +340,13 @@ async function abSchedule(limit: number, threads: number): Promise<void> {
  * interleaved rounds (rotated order each round), medians with min–max and the host's enqueue time
  * per call. Causal: the default schedule (halved pairs: two workgroups per pair of blocks i and
  * n−1−i, half the key walk each, partials merged; mask on edge tiles) against the old one (one
- * block per workgroup, heaviest first), at D = 64 and 128; block-sparse (blocks of 64, ~10 %
- * live): the default against the mask on every tile, and 64-row tile variants; dense forward (and
+ * block per workgroup, heaviest first), at D = 64 and 128 (and whole pairs at 128); block-sparse
+ * (blocks of 64, ~10 % live): the default against the mask on every tile; dense forward (and
  * forward+backward) in every round, so ratios are medians of same-round ratios.
  * Every candidate's output is first compared with the default's. JSON in $OUT/webgpu_ab_targets.json.
  */
-async function abTargets(limit: number, threads: number): Promise<void> {
+async function abTargets(): Promise<void> {
   const n = quick ? 256 : 4096;
-  const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
   const BLOCKS: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
   const DEFAULT: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
   const values = new Int32Array((n / 64) ** 2);
@@ -361,23 +360,19 @@ async function abTargets(limit: number, threads: number): Promise<void> {
     name: string; options: FlashAttentionOptions; schedule: ForwardSchedule; tiles?: Tiles; d: number;
     pass: Row['pass']; base: string;
   }
-  const fits = (t: Tiles, d: number) => threadsOf(t).WG <= threads && forwardWorkgroupBytes(benchConfig(n, d), t, true) <= limit;
   const v = (name: string, d: number, options: FlashAttentionOptions, schedule: ForwardSchedule, tiles?: Tiles,
     pass: Row['pass'] = 'fwd'): Variant => ({ name, options, schedule, tiles, d, pass, base: `full ${pass} D=${d}` });
-  const sparseTiles = [G(T(64, 16, 4, 2)), { ...G(T(64, 16, 4, 2)), probsVec4: true }, T(64, 16, 4, 2)].filter(t => fits(t, 64));
   const variants: Variant[] = [
     v('full fwd D=64', 64, {}, DEFAULT),
     v('full fwd+bwd D=64', 64, {}, DEFAULT, undefined, 'fwd+bwd'),
     v('full fwd D=128', 128, {}, DEFAULT),
     v('causal default D=64', 64, causal, DEFAULT),
-    v('causal default without edge-tile mask D=64', 64, causal, { ...DEFAULT, maskEdgeTilesOnly: false }),
     v('causal blocks (old default) D=64', 64, causal, BLOCKS),
     v('causal default D=128', 128, causal, DEFAULT),
+    v('causal whole pairs D=128', 128, causal, { ...DEFAULT, halvePairs: false }),
     v('causal blocks (old default) D=128', 128, causal, BLOCKS),
     v('sparse fwd default D=64', 64, sparse, DEFAULT),
     v('sparse fwd old (mask everywhere) D=64', 64, sparse, BLOCKS),
-    ...sparseTiles.map(t => v(`sparse fwd default, ${t.rows}x${t.cols} ${t.rowsPerThread}x${t.colsPerThread}` +
-      `${t.probsVec4 ? ' probsVec4' : ''}${t.rowsFromGlobal ? '' : ' Q staged'} D=64`, 64, sparse, DEFAULT, t)),
     v('sparse fwd+bwd default D=64', 64, sparse, DEFAULT, undefined, 'fwd+bwd'),
   ];
   // Each forward candidate's output against the default schedule's on the same inputs.
@@ -538,7 +533,7 @@ async function main(): Promise<void> {
   console.log(`adapter: ${description}; subgroups ${device.features.has('subgroups')}; workgroup memory ${limit} B; ` +
     `max binding ${device.limits.maxStorageBufferBindingSize} B`);
   if (process.argv.includes('--ab-targets')) {
-    await abTargets(limit, device.limits.maxComputeInvocationsPerWorkgroup);
+    await abTargets();
     if (process.argv.includes('--final')) await final();
     return;
   }

@@ -14,7 +14,7 @@ import { forwardF16 } from './attention_forward_f16';
 import { NEG_INF_BITS, queryBlockGrid } from './attention_wgsl';
 import { attentionLayouts, boxDispatches, planBoxes, UnitGeometry, unitGeometry } from './chunks';
 import {
-  attentionInputBuffers, Chunking, Dispatch, isSoftwareAdapter, makeOutput, ProgramRun, runPrograms, scratchBuffer,
+  attentionInputBuffers, Chunking, Dispatch, isSoftwareAdapter, makeOutput, pooledScratch, ProgramRun, runPrograms,
   subgroupMinSize,
 } from './runtime';
 import { splitForwardWebGPU } from './flash_attention_split';
@@ -94,9 +94,7 @@ function float32Forward(backend: WebGPUBackend, c: AttentionConfig, aux: AuxLayo
   const partialBytes = 2 * rows * Math.ceil(c.headDimV / 4) * 16;
   const maxBytes = maxBindingBytes(device);
   if (plan.halves && Math.max(partialBytes, buffers.out.size, buffers.lse.size) <= maxBytes) {
-    const pooled = (bytes: number) => backend.bufferManager.acquireBuffer(Math.max(16, Math.ceil(bytes / 16) * 16),
-      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC);
-    const [partialOut, partialLse] = [pooled(partialBytes), pooled(2 * rows * 4)];
+    const [partialOut, partialLse] = [pooledScratch(backend, partialBytes), pooledScratch(backend, 2 * rows * 4)];
     scratch.push(partialOut, partialLse);
     const { out, lse, ...inputs } = buffers;
     const forward = build(plan, { ...inputs, partial_out: partialOut, partial_lse: partialLse });
@@ -139,8 +137,9 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
   // are released on the way out so a refused problem leaks nothing.
   const withAux = auxNeeded(c, false);
   const aux = auxLayout(c, false);
-  const auxBuffer = withAux ? scratchBuffer(device, aux.size * 4) : undefined;
   const scratch: GPUBuffer[] = [];
+  const auxBuffer = withAux ? pooledScratch(backend, aux.size * 4) : undefined;
+  if (auxBuffer) scratch.push(auxBuffer);
   try {
     if (auxBuffer) buffers.aux = auxBuffer;
     const f16 = c.precision === 'float16' ? forwardF16(device, c, aux, withAux) : undefined;
@@ -156,7 +155,6 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
     backend.disposeData(lse.info.dataId);
     throw error;
   } finally {
-    auxBuffer?.destroy();
     // Later users of these pooled buffers are queued after this call's submission.
     for (const b of scratch) backend.bufferManager.releaseBuffer(b);
   }

@@ -22,7 +22,7 @@ import { dqProgram, dqWorkgroupBytes } from './attention_backward_dq';
 import { f16BackwardPasses } from './attention_backward_f16';
 import { ROW_DOT_ROWS, rowDotProgram } from './row_dot';
 import { isAttentionConfig, pickTiles, planDispatches, webgpuAttentionTuning, webgpuBackendOf } from './flash_attention';
-import { attentionInputBuffers, gpuBuffer, makeOutput, runPrograms, scratchBuffer } from './runtime';
+import { attentionInputBuffers, gpuBuffer, makeOutput, pooledScratch, runPrograms } from './runtime';
 import { BACKWARD_TILES, forBlockSize } from './tiles';
 
 /** Sums `x` over `axes` (keeping them) with tfjs' own Sum kernel of this backend. */
@@ -57,7 +57,7 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
 
   const made = [dq.info, dk.info, dv.info, ...(dbias ? [dbias.info] : [])];
   const aux = auxLayout(c, true);
-  const auxBuffer = scratchBuffer(device, aux.size * 4);
+  const auxBuffer = pooledScratch(backend, aux.size * 4);
   try {
     buffers.aux = auxBuffer;
     const pick = (names: string[]) => Object.fromEntries(names.filter(n => buffers[n]).map(n => [n, buffers[n]]));
@@ -105,7 +105,8 @@ const flashAttentionGradWebGPU: KernelFunc = ({ inputs, backend: anyBackend, att
     for (const t of made) backend.disposeData(t.dataId);
     throw error;
   } finally {
-    auxBuffer.destroy();
+    // Later users of the pooled buffer are queued after this call's submission.
+    backend.bufferManager.releaseBuffer(auxBuffer);
   }
 
   const outputs = [dq.info, dk.info, dv.info];

@@ -3,6 +3,7 @@
 // binds with the other small inputs 32 times past the size at which its own plane would exceed
 // maxStorageBufferBindingSize. The source is read in ranges that fit the binding limit, one
 // dispatch each; one thread writes one word.
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { boundRange } from './chunks';
 import { Dispatch, encodePrograms, ProgramSpec } from './runtime';
 
@@ -40,7 +41,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * ahead of the programs that read it: in the kernel's own command buffer rather than a submission
  * of its own, so a kernel call is one submission.
  */
-export function packMask(device: GPUDevice, encoder: GPUCommandEncoder, mask: GPUBuffer, elements: number,
+export function packMask(backend: WebGPUBackend, encoder: GPUCommandEncoder, mask: GPUBuffer, elements: number,
   aux: GPUBuffer, at: number, maxBytes: number): void {
   const words = maskWords(elements);
   const perDispatch = Math.max(1, Math.min(Math.floor((maxBytes - 256) / 128), MAX_X * THREADS));
@@ -54,5 +55,5 @@ export function packMask(device: GPUDevice, encoder: GPUCommandEncoder, mask: GP
       uniforms: { word_start: w0, word_end: w1, elements, at, off_src: elementOffset },
     });
   }
-  encodePrograms(device, encoder, [{ spec: packMaskProgram(), dispatches }]);
+  encodePrograms(backend, encoder, [{ spec: packMaskProgram(), dispatches }]);
 }
