@@ -251,7 +251,7 @@ function stats(ms: number[]): { median: number; min: number; max: number } {
 async function abSchedule(limit: number, threads: number): Promise<void> {
   const n = quick ? 256 : 4096, d = 64, c = benchConfig(n, d);
   const G = (t: Tiles): Tiles => ({ ...t, rowsFromGlobal: true });
-  const OLD: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
+  const OLD: ForwardSchedule = { pairBlocks: 'never', halvePairs: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
   const NEW: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
   const paired = (t?: Tiles) => ({ schedule: { ...NEW, pairBlocks: 'banded' as const }, tiles: t });
   const values = new Int32Array((n / 64) ** 2);
@@ -347,7 +347,7 @@ async function abSchedule(limit: number, threads: number): Promise<void> {
  */
 async function abTargets(): Promise<void> {
   const n = quick ? 256 : 4096;
-  const BLOCKS: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
+  const BLOCKS: ForwardSchedule = { pairBlocks: 'never', halvePairs: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
   const DEFAULT: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
   const values = new Int32Array((n / 64) ** 2);
   let seed = 12345;
@@ -369,7 +369,7 @@ async function abTargets(): Promise<void> {
     v('causal default D=64', 64, causal, DEFAULT),
     v('causal blocks (old default) D=64', 64, causal, BLOCKS),
     v('causal default D=128', 128, causal, DEFAULT),
-    v('causal whole pairs D=128', 128, causal, { ...DEFAULT, halvePairs: false }),
+    v('causal halved pairs D=128', 128, causal, { ...DEFAULT, halvePairs: 'always' }),
     v('causal blocks (old default) D=128', 128, causal, BLOCKS),
     v('sparse fwd default D=64', 64, sparse, DEFAULT),
     v('sparse fwd old (mask everywhere) D=64', 64, sparse, BLOCKS),

@@ -80,8 +80,8 @@ function withSchedule(schedule: ForwardSchedule, t: Tiles | undefined, body: () 
 
 // The default schedule (tuning.ts: halved causal pairs, mask on edge tiles) runs the shared case
 // list in webgpu_node.test.ts; these spell out the others, which stay selectable, so all are tested.
-const NEW_SCHEDULE: ForwardSchedule = { pairBlocks: 'banded', halvePairs: false, maskEdgeTilesOnly: true, sparseFromBits: true };
-const OLD_SCHEDULE: ForwardSchedule = { pairBlocks: 'never', halvePairs: false, maskEdgeTilesOnly: false, sparseFromBits: false };
+const NEW_SCHEDULE: ForwardSchedule = { pairBlocks: 'banded', halvePairs: 'never', maskEdgeTilesOnly: true, sparseFromBits: true };
+const OLD_SCHEDULE: ForwardSchedule = { pairBlocks: 'never', halvePairs: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
 
 /** Forward-only cases for pairing and the block-sparse walk (8-row SwiftShader blocks). */
 const PAIRING_CASES: AttentionCase[] = [
@@ -205,7 +205,7 @@ describe('webgpu kernels with subgroups', () => {
       }));
 
   test('halved pairs (two workgroups per pair, half the key walk each, partials merged by lse) on every option',
-    withSchedule({ ...NEW_SCHEDULE, pairBlocks: 'always', halvePairs: true },
+    withSchedule({ ...NEW_SCHEDULE, pairBlocks: 'always', halvePairs: 'always' },
       { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 }, async () => {
         const c = plainConfig({ seqQ: 40, seqK: 40, windowRight: 0 });
         const tiles: Tiles = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 };
@@ -222,7 +222,7 @@ describe('webgpu kernels with subgroups', () => {
       }));
 
   test('halved pairs with query rows split over dispatches, and whole pairs where key ranges are split',
-    withSchedule({ ...NEW_SCHEDULE, pairBlocks: 'always', halvePairs: true },
+    withSchedule({ ...NEW_SCHEDULE, pairBlocks: 'always', halvePairs: 'always' },
       { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 }, async () => {
         // 16 KiB: the [72, 80] bias plane per head splits query rows only (partials stay whole);
         // 2 KiB: one head's k splits keys, where the merge cannot follow and pairs run whole.

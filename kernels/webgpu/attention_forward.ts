@@ -31,7 +31,9 @@ export interface ForwardPlan {
 
 export function forwardPlan(c: AttentionConfig, s: ForwardSchedule): ForwardPlan {
   const paired = s.pairBlocks === 'always' || (s.pairBlocks === 'banded' && isBanded(c));
-  return { paired, halves: paired && s.halvePairs, maskEdgeTilesOnly: s.maskEdgeTilesOnly, sparseFromBits: s.sparseFromBits };
+  const narrow = c.headDim <= 64 && c.headDimV <= 64;
+  const halves = paired && (s.halvePairs === 'always' || (s.halvePairs === 'narrow' && narrow));
+  return { paired, halves, maskEdgeTilesOnly: s.maskEdgeTilesOnly, sparseFromBits: s.sparseFromBits };
 }
 
 /** Workgroup grid of the forward: one workgroup per (query head, query block or pair of blocks or half a pair). */

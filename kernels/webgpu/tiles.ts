@@ -62,12 +62,12 @@ const FORWARD_TILES_WIDE: readonly Tiles[] = [G(192, 16, 4, 2), G(128, 16, 4, 2)
 const FORWARD_TILES_BANDED: readonly Tiles[] = [G(192, 32, 4, 4), G(128, 16, 4, 2), G(64, 16, 4, 2), ...FALLBACK_TILES];
 
 /**
- * Causal-like bands with paired query blocks (i with n−1−i in one workgroup, attention_forward.ts):
- * every workgroup does about (n + 1) blocks of keys, so the count should fill the GPU evenly.
- * 96-row blocks at N = 4096 give 43 blocks → 22 pairs × 12 heads = 264 workgroups, two per SM of
- * the H100's 132 in one wave, each with half the rows of the full forward's 192-row blocks and
- * 4224 keys (192 threads, as there). 4×4 per thread on 32-key tiles loads the fewest operands per
- * score; 4×2 on 16 keys is the other candidate (bench --ab). Not yet measured: see bench/RESULTS.md.
+ * Causal-like bands with whole paired query blocks (i with n−1−i in one workgroup,
+ * attention_forward.ts): every workgroup does about (n + 1) blocks of keys, so the count should
+ * fill the GPU evenly. 96-row blocks at N = 4096 give 43 blocks → 22 pairs × 12 heads = 264
+ * workgroups, two per SM of the H100's 132 in one wave. Wide heads run this by default (H100,
+ * D = 128: 96×16 4×2 2.74–2.95 ms against 4.18 one block per workgroup, bench/RESULTS.md); at
+ * D ≤ 64 halved pairs run instead, and of these tiles 96×32 4×4 measured 2.6 ms, 96×16 4×2 1.47.
  */
 const FORWARD_TILES_PAIRED: readonly Tiles[] = [G(96, 32, 4, 4), G(96, 16, 4, 2), G(64, 16, 4, 2), ...FALLBACK_TILES];
 const FORWARD_TILES_PAIRED_WIDE: readonly Tiles[] = [G(96, 16, 4, 2), G(64, 16, 4, 2), ...FALLBACK_TILES];

@@ -17,9 +17,10 @@ export interface ForwardSchedule {
    * two halves run by two workgroups, which write partial outputs and log-sum-exps that
    * merge_splits.ts combines. Under a causal band every workgroup then does the same work as every
    * other, and there are as many of them as the full forward has (two per pair), so the full
-   * forward's tiles fit the GPU the same way.
+   * forward's tiles fit the GPU the same way. 'narrow': for heads of at most 64 (D and Dv), where
+   * it was measured faster; wider heads run whole pairs.
    */
-  halvePairs: boolean;
+  halvePairs: 'narrow' | 'always' | 'never';
   /**
    * Evaluate the visibility mask only on key tiles that cross a band edge, the key limit or a
    * block-sparse boundary; tiles every key of which is visible take the unmasked score.
@@ -44,14 +45,16 @@ export const webgpuAttentionTuning: {
   maxBindingBytes?: number;
 } = {
   subgroups: true,
-  // Measured on the H100 (bench/RESULTS.md, webgpu section, 2026-11-26 ~18:48 UTC, --ab-targets,
-  // medians of 5 interleaved rounds, N = 4096, H = 12): causal D = 64 halved pairs 1.369 ms against
-  // 1.432 one block per workgroup (192×32 4×4) and 1.40–2.61 whole pairs (17:02); causal D = 128
-  // halved pairs 2.97 and whole pairs 2.95 against 5.7–8.7 one block per workgroup (full 5.50);
-  // block-sparse (blocks of 64, 9.5 % live) with the mask only on edge tiles 0.413 against 0.432
-  // (a visited tile inside a live block needs none); the mask-bits walk was slower (1.09–1.30
-  // against 0.58, 17:02).
-  forwardSchedule: { pairBlocks: 'banded', halvePairs: true, maskEdgeTilesOnly: true, sparseFromBits: false },
+  // Measured on the H100 (bench/RESULTS.md, webgpu section, 2026-11-26 18:48–19:16 UTC, --ab-targets,
+  // medians of 5 interleaved rounds, N = 4096, H = 12; full forward 2.30–2.35 ms in clean rounds):
+  // causal D = 64, halved pairs with blocks cut from the end 1.268 / 1.280 ms against 1.346 / 1.36
+  // one block per workgroup (192×32 4×4; 2.09 in one process) and 1.40–2.61 whole pairs (17:02);
+  // causal D = 128 (full 5.39), whole pairs 2.74 against halved pairs 2.83–4.81 (erratic over
+  // rounds, 2.97 once before the blocks were cut from the end) and 4.18 one block per workgroup;
+  // block-sparse (blocks of 64, 9.5 % live) with the mask only on edge tiles 0.400 / 0.413
+  // against 0.406 / 0.432 (a visited tile inside a live block needs none); the mask-bits walk was
+  // slower (1.09–1.30 against 0.58, 17:02).
+  forwardSchedule: { pairBlocks: 'banded', halvePairs: 'narrow', maskEdgeTilesOnly: true, sparseFromBits: false },
 };
 
 export function maxBindingBytes(device: GPUDevice): number {
