@@ -45,10 +45,11 @@ export const webgpuAttentionTuning: {
   maxBindingBytes?: number;
 } = {
   subgroups: true,
-  // Measured on the H100 (bench/RESULTS.md, webgpu section, 2026-11-26 18:48–19:16 UTC, --ab-targets,
+  // Measured on the H100 (bench/RESULTS.md, webgpu section, 2026-11-26 18:45–19:15 UTC, --ab-targets,
   // medians of 5 interleaved rounds, N = 4096, H = 12; full forward 2.30–2.35 ms in clean rounds):
-  // causal D = 64, halved pairs with blocks cut from the end 1.268 / 1.280 ms against 1.346 / 1.36
-  // one block per workgroup (192×32 4×4; 2.09 in one process) and 1.40–2.61 whole pairs (17:02);
+  // causal D = 64, halved pairs with blocks cut from the end 1.268 / 1.280 ms against 1.346 one
+  // block per workgroup (192×32 4×4; median 2.09, min 1.36 in the other run) and 1.40–2.61 whole
+  // pairs (17:02);
   // causal D = 128 (full 5.39), whole pairs 2.74 against halved pairs 2.83–4.81 (erratic over
   // rounds, 2.97 once before the blocks were cut from the end) and 4.18 one block per workgroup;
   // block-sparse (blocks of 64, 9.5 % live) with the mask only on edge tiles 0.400 / 0.413
