@@ -249,6 +249,17 @@ describe('webgpu kernels with subgroups', () => {
       await expectCasesPass([...SUBSET, ...PAIRING_CASES.filter(k => k.blockSparse)]);
     }));
 
+  test('the default schedule: halved pairs under causal bands with heads up to 64, whole pairs for wider heads', () => {
+    const schedule = webgpuAttentionTuning.forwardSchedule;
+    const plan = (over: Partial<AttentionConfig>) => forwardPlan(plainConfig(over), schedule);
+    expect(plan({ windowRight: 0, headDim: 64, headDimV: 64 })).toMatchObject({ paired: true, halves: true });
+    expect(plan({ windowRight: 0, headDim: 128, headDimV: 128 })).toMatchObject({ paired: true, halves: false });
+    expect(plan({ windowRight: 0, headDim: 64, headDimV: 80 })).toMatchObject({ paired: true, halves: false });
+    // Sliding windows (bounded left) and full attention keep one block per workgroup.
+    expect(plan({ windowRight: 0, windowLeft: 8 })).toMatchObject({ paired: false, halves: false });
+    expect(plan({})).toMatchObject({ paired: false, halves: false });
+  });
+
   test('the mask is evaluated only where a tile crosses a band edge or the key limit', () => {
     const tiles: Tiles = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 2 };
     const source = (over: Partial<AttentionConfig>, schedule = NEW_SCHEDULE) => {
