@@ -28,14 +28,18 @@ import type { ForwardSchedule } from '../kernels/webgpu/tuning';
 import { threadsOf, Tiles } from '../kernels/webgpu/tiles';
 import type { AttentionConfig } from '../src/config';
 import { initDawn } from '../src/node';
-import { backend, settle, timeWithEnqueue } from './webgpu_timing';
+import { backend, settle, timeRepeated } from './webgpu_timing';
 
 const H = 12;
 const quick = process.argv.includes('--quick');
+/** `--repeats R`: each row is the median of R timed batches (after a warm-up), its spread printed beside it. */
+const repeats = Math.max(1, Number(process.argv[process.argv.indexOf('--repeats') + 1]) || 1);
 
 interface Row {
   impl: string; pass: 'fwd' | 'fwd+bwd'; n: number; d: number; causal: boolean; note?: string;
   ms?: number; enqueueMs?: number; tflops?: number; peakMiB?: number; error?: string;
+  /** Fastest and slowest repeat (ms) when a row is timed more than once (--repeats). */
+  spread?: [number, number];
 }
 const rows: Row[] = [];
 
@@ -91,9 +95,10 @@ async function measure(row: Row, impl: Impl, budgetMs: number, withMemory = true
   const device = backend().device;
   device.pushErrorScope('validation');
   try {
-    const t = await timeWithEnqueue(step, budgetMs);
-    row.ms = t.total;
+    const t = await timeRepeated(step, budgetMs, repeats);
+    row.ms = t.median;
     row.enqueueMs = t.enqueue;
+    if (repeats > 1) row.spread = [t.min, t.max];
     row.tflops = flops(n, d, row.causal, row.pass) / (row.ms * 1e9);
     if (withMemory) {
       const profile = await tf.profile(() => { step(); });
@@ -116,6 +121,7 @@ function format(r: Row): string {
   const cells = [r.impl.padEnd(7), r.pass.padEnd(7), `N=${r.n}`.padEnd(8), `D=${r.d}`.padEnd(5),
     (r.causal ? 'causal' : 'full').padEnd(6),
     r.error ? `FAILED ${r.error}` : `${r.ms?.toFixed(3).padStart(9)} ms ${r.tflops?.toFixed(2).padStart(6)} TFLOP/s` +
+      (r.spread ? ` (${r.spread.map(x => x.toFixed(3)).join('–')})` : '') +
       (r.peakMiB !== undefined ? ` peak ${r.peakMiB.toFixed(1)} MiB` : ''), r.note ?? ''];
   return cells.join(' ');
 }

@@ -52,3 +52,30 @@ export async function timeWithEnqueue(run: () => void, budgetMs: number, minIter
   await settle();
   return { total: (performance.now() - t0) / iters, enqueue: (queued - t0) / iters };
 }
+
+export interface RepeatedTiming {
+  /** Median ms per run over the repeats, with the fastest and slowest repeat. */
+  median: number; min: number; max: number;
+  /** Median host time per run until the last run was queued. */
+  enqueue: number;
+}
+
+/**
+ * timeWithEnqueue `repeats` times after `warmMs` of untimed runs, reporting the median: one batch
+ * per measurement measured the first dense shape of an H100 process at 3–4× its steady time (--final
+ * at 73a1a21, 19:26 UTC: 8.5 ms where every repeat later measures about 2.3), while the rows after it were steady.
+ */
+export async function timeRepeated(run: () => void, budgetMs: number, repeats: number, warmMs = 200):
+    Promise<RepeatedTiming> {
+  const start = performance.now();
+  do {
+    run();
+    await settle();
+  } while (performance.now() - start < warmMs);
+  const samples: { total: number; enqueue: number }[] = [];
+  for (let i = 0; i < repeats; i++) samples.push(await timeWithEnqueue(run, budgetMs));
+  const totals = samples.map(s => s.total).sort((a, b) => a - b);
+  const enqueues = samples.map(s => s.enqueue).sort((a, b) => a - b);
+  const middle = (xs: number[]) => xs[Math.floor(xs.length / 2)];
+  return { median: middle(totals), min: totals[0], max: totals[totals.length - 1], enqueue: middle(enqueues) };
+}
