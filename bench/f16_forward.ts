@@ -5,13 +5,17 @@
 //   2. numerics: max and RMS error against float64 at N = 1024 … 16384 (sampled rows), random normal
 //      inputs and inputs with 1 % of entries ×10, float16 vs float32 mode;
 //   3. a schedule sweep at N = 4096 (D = 64, 128): every candidate of SWEEP_TILES that fits is first
-//      checked against the float32 kernel's output on the timed inputs, then the candidates are
-//      timed interleaved in rounds (medians); then TFLOP/s of float16 vs float32 mode, causal and
-//      not, N = 1024 … 65536, B = 1, H = 12.
-//   --variants also runs the case list (1.) with the matrix plan on VARIANT_CHECKS.
+//      checked against the float32 kernel's output on the timed inputs, then the candidates and the
+//      float32 kernel are timed interleaved in rounds (medians, host clock and GPU timestamps); then
+//      TFLOP/s of float16 vs float32 mode, causal and not, N = 1024 … 65536, B = 1, H = 12.
+//   --variants also runs the case list (1.) with the matrix plan on VARIANT_CHECKS; --check-best
+//   runs it (instead of 1. and 2.) on the sweep's fastest correct tiles per head size;
+//   --matrix-only checks the subgroup-matrix plan only; --sweep-only stops after the sweep;
+//   --rounds R sets the sweep's rounds.
 //
 //   /work/shared/gpu/pack.sh bench/f16_forward.ts   then on the GPU machine:
 //   bash .gpu/run.sh f16_forward.mjs [--quick] [--no-robustness] [--max-n N] [--skip-check] [--variants]
+//     [--check-best] [--matrix-only] [--sweep-only] [--rounds R]
 // Results: tables on stdout, JSON in $OUT/f16_forward<-norobust>.json when OUT is set.
 //
 // Timing as bench/webgpu.ts: after a warm-up run (compilation), `iters` runs are queued back to back
@@ -21,7 +25,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import { flashAttention } from '../src/index';
 import type { FlashAttentionOptions } from '../src/config';
-import { wgslBindings } from '../kernels/webgpu/runtime';
+import { range, wgslBindings } from '../kernels/webgpu/runtime';
 import { auxLayout } from '../kernels/webgpu/aux';
 import { F16Plan, f16Capabilities, f16Tuning, matrixPathFits, subgroupMatrixConfigs } from '../kernels/webgpu/f16_support';
 import {
@@ -33,13 +37,15 @@ import { caseTensors } from '../test/case_tensors';
 import { maxAbs } from '../test/compare';
 import { referenceForward } from '../test/reference';
 import type { AttentionConfig } from '../src/config';
-import { backend, settle, timeMs } from './webgpu_timing';
+import { backend, collectGarbage, settle, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const noRobustness = args.includes('--no-robustness');
 const maxN = Number(args[args.indexOf('--max-n') + 1]) || 65536;
+const matrixOnly = args.includes('--matrix-only');
+const rounds = Number(args[args.indexOf('--rounds') + 1]) || (quick ? 5 : 7);
 const log: string[] = [];
 const say = (line: string) => { log.push(line); console.log(line); };
 
@@ -254,27 +260,103 @@ function benchConfig(n: number, d: number): AttentionConfig {
 }
 
 /**
- * Sweep candidates (those that fit the device's workgroup memory run): the schedules with O in the
- * invocations' registers, then O in subgroup-matrix accumulators with lazy rescale, single- or
- * double-buffered K/V tiles, Q operands in registers or reloaded from workgroup memory (the matrix
- * plan needs ≥ 4 subgroups, attention_forward_f16.ts).
+ * Sweep candidates per head size (those that fit the device's workgroup memory run), all with O
+ * in subgroup-matrix accumulators (lazy rescale; the matrix plan needs ≥ 4 subgroups,
+ * attention_forward_f16.ts): the defaults, double-buffered K/V, K/V staged through registers
+ * ('batched', 'prefetch'), and at D = 128 Q operands reloaded from workgroup memory (qShared, 32
+ * registers fewer per invocation).
  */
-const SWEEP_TILES: F16Tiles[] = [
-  { groups: 8, keys: 32 }, { groups: 4, keys: 32 },
-  { groups: 8, keys: 32, accumulator: 'matrices', doubleBuffer: true }, { groups: 8, keys: 32, accumulator: 'matrices' },
-  { groups: 4, keys: 32, accumulator: 'matrices' }, { groups: 4, keys: 32, accumulator: 'matrices', doubleBuffer: true },
-  { groups: 8, keys: 16, accumulator: 'matrices', doubleBuffer: true }, { groups: 4, keys: 16, accumulator: 'matrices', doubleBuffer: true },
-  { groups: 4, keys: 16, accumulator: 'matrices' },
-  { groups: 4, keys: 16, accumulator: 'matrices', qShared: true },
-  { groups: 4, keys: 16, accumulator: 'matrices', qShared: true, doubleBuffer: true },
-];
+const m = (groups: number, keys: number, more: Partial<F16Tiles> = {}): F16Tiles =>
+  ({ groups, keys, accumulator: 'matrices', ...more });
+const SWEEP_TILES: Record<number, F16Tiles[]> = {
+  64: [m(8, 32), m(8, 32, { doubleBuffer: true }), m(8, 32, { stage: 'batched' }), m(8, 32, { stage: 'prefetch' }),
+    m(8, 32, { doubleBuffer: true, stage: 'prefetch' }), m(8, 16, { doubleBuffer: true, stage: 'prefetch' }),
+    m(4, 32, { stage: 'prefetch' })],
+  128: [m(4, 32), m(4, 32, { qShared: true }), m(4, 32, { qShared: true, stage: 'batched' }), m(4, 32, { stage: 'batched' }),
+    m(4, 16, { qShared: true }), m(4, 16, { qShared: true, stage: 'prefetch' }),
+    m(4, 16, { qShared: true, doubleBuffer: true, stage: 'prefetch' }), m(4, 16, { stage: 'prefetch' })],
+};
 
 /** --variants: the case list also runs on these schedules besides the default ones. */
 const VARIANT_CHECKS: F16Tiles[] = [
-  { groups: 4, keys: 32, accumulator: 'matrices' }, { groups: 4, keys: 16, accumulator: 'matrices', doubleBuffer: true },
-  { groups: 8, keys: 16, accumulator: 'matrices', doubleBuffer: true },
-  { groups: 4, keys: 16, accumulator: 'matrices', qShared: true, doubleBuffer: true },
+  m(8, 32, { doubleBuffer: true, stage: 'prefetch' }), m(4, 32, { qShared: true }),
+  m(4, 16, { qShared: true, doubleBuffer: true, stage: 'prefetch' }),
 ];
+
+/**
+ * GPU time of each compute pass from timestamp queries (where the device has 'timestamp-query'):
+ * while `active`, every compute pass begun on any command encoder gets begin/end timestamp writes.
+ * Host clocks around onSubmittedWorkDone also count submission gaps and host stalls; these do not.
+ */
+class PassTimer {
+  private readonly querySet: GPUQuerySet;
+  private readonly resolved: GPUBuffer;
+  private readonly readback: GPUBuffer;
+  private next = 0;
+  private active = false;
+
+  constructor(private readonly device: GPUDevice, private readonly capacity: number) {
+    this.querySet = device.createQuerySet({ type: 'timestamp', count: capacity });
+    this.resolved = device.createBuffer({ size: 8 * capacity, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+    this.readback = device.createBuffer({ size: 8 * capacity, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const proto = Object.getPrototypeOf(device.createCommandEncoder()) as GPUCommandEncoder;
+    const original = proto.beginComputePass;
+    const writes = (): GPUComputePassTimestampWrites | undefined => {
+      if (!this.active || this.next + 2 > this.capacity) return undefined;
+      this.next += 2;
+      return { querySet: this.querySet, beginningOfPassWriteIndex: this.next - 2, endOfPassWriteIndex: this.next - 1 };
+    };
+    proto.beginComputePass = function (this: GPUCommandEncoder, descriptor?: GPUComputePassDescriptor) {
+      const timestampWrites = writes();
+      return original.call(this, timestampWrites ? { ...descriptor, timestampWrites } : descriptor);
+    };
+  }
+
+  start(): void {
+    this.next = 0;
+    this.active = true;
+  }
+
+  /** Milliseconds of each pass since start() (after the GPU finished them). */
+  async stop(): Promise<number[]> {
+    this.active = false;
+    if (this.next === 0) return [];
+    const encoder = this.device.createCommandEncoder();
+    encoder.resolveQuerySet(this.querySet, 0, this.next, this.resolved, 0);
+    encoder.copyBufferToBuffer(this.resolved, 0, this.readback, 0, 8 * this.next);
+    this.device.queue.submit([encoder.finish()]);
+    await this.readback.mapAsync(GPUMapMode.READ, 0, 8 * this.next);
+    const t = new BigUint64Array(this.readback.getMappedRange(0, 8 * this.next).slice(0));
+    this.readback.unmap();
+    return range(this.next / 2).map(i => Number(t[2 * i + 1] - t[2 * i]) / 1e6);
+  }
+}
+
+let passTimer: PassTimer | undefined;
+
+const median = (x: number[]): number => [...x].sort((a, b) => a - b)[Math.floor(x.length / 2)];
+
+/**
+ * Milliseconds per call of `run`, host clock (as timeMs: a warm-up, one call to size the batch,
+ * then a batch of back-to-back calls, 2 to 50, about `budgetMs`) and, with a PassTimer, the median
+ * GPU time of the batch's compute passes (one per call for these programs).
+ */
+async function timeBoth(run: () => void, budgetMs: number): Promise<{ host: number; gpu?: number; passes?: number }> {
+  run();
+  await settle();
+  collectGarbage();
+  let t0 = performance.now();
+  run();
+  await settle();
+  const iters = Math.max(2, Math.min(50, Math.ceil(budgetMs / Math.max(performance.now() - t0, 0.01))));
+  passTimer?.start();
+  t0 = performance.now();
+  for (let i = 0; i < iters; i++) run();
+  await settle();
+  const host = (performance.now() - t0) / iters;
+  const passes = await passTimer?.stop();
+  return passes?.length ? { host, gpu: median(passes), passes: passes.length / iters } : { host };
+}
 
 /** Max |a − b| / max|v| over all elements (NaN counts as infinite). */
 function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>, vmax: number): number {
@@ -287,47 +369,64 @@ function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>, vmax: number): numb
 }
 
 /**
- * 3a. Every fitting candidate at N = 4096: its output against the float32 kernel's on the same
- * random normal inputs (which is within 1e-7·max|v| of float64), then `rounds` interleaved timings
- * (the order rotates each round); returns the fastest candidate whose output is within 2e-3·max|v|.
+ * 3a. Every fitting candidate at N = 4096 on the same random normal inputs: its output against the
+ * float32 kernel's (within 1e-7·max|v| of float64), then `rounds` interleaved rounds (the order
+ * rotates each round) of all candidates and the float32 kernel (the card's noise reference: it
+ * reads ~22 TFLOP/s when the card is steady). Per candidate: host and GPU-timestamp medians with
+ * their range, and the median over rounds of the float32 kernel's time / the candidate's in the
+ * same round. Returns the fastest candidate (by GPU median where timestamps exist) within
+ * 2e-3·max|v|.
  */
 async function sweep(d: number, plan: F16Plan, limit: number): Promise<F16Tiles | undefined> {
-  const n = Math.min(4096, maxN), rounds = quick ? 5 : 7;
-  const candidates = SWEEP_TILES.filter(t => forwardF16WorkgroupBytes(benchConfig(n, d), plan, t, true) <= limit);
+  const n = Math.min(4096, maxN);
+  const candidates = (SWEEP_TILES[d] ?? []).filter(t => forwardF16WorkgroupBytes(benchConfig(n, d), plan, t, true) <= limit);
   const [q, k, v] = [1, 2, 3].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
   const vmax = maxAbs(await v.data());
   const ref = await tf.tidy(() => flashAttention(q, k, v)).data();
   const errors = new Map<F16Tiles, number>();
+  const device = backend().device;
   for (const t of candidates) {
+    device.pushErrorScope('validation');
     const got = await withPlan(plan, t, async () => {
       const out = flashAttention(q, k, v, { precision: 'float16' });
       const data = await out.data();
       out.dispose();
       return data;
     });
-    errors.set(t, maxDiff(got, ref, vmax));
+    const invalid = await device.popErrorScope();
+    errors.set(t, invalid ? Infinity : maxDiff(got, ref, vmax));
+    if (invalid) say(`  ${JSON.stringify(t)}: WebGPU validation error: ${errorLines(invalid.message)}`);
   }
-  tf.dispose([q, k, v]);
-  const times = new Map<F16Tiles, number[]>(candidates.map(t => [t, []]));
+  const F32 = 'float32 kernel';
+  const entries: Array<F16Tiles | typeof F32> = [...candidates.filter(t => errors.get(t) !== Infinity), F32];
+  const host = new Map<F16Tiles | string, number[]>(entries.map(e => [e, []]));
+  const gpu = new Map<F16Tiles | string, number[]>(entries.map(e => [e, []]));
   for (let round = 0; round < rounds; round++) {
-    for (let x = 0; x < candidates.length; x++) {
-      const t = candidates[(x + round) % candidates.length];
-      const r = await withPlan(plan, t, () => measure({ precision: 'float16', n, d, causal: false,
-        note: `round ${round} tiles ${JSON.stringify(t)}` }, {}, 150, true));
-      if (r.ms !== undefined) times.get(t)?.push(r.ms);
+    for (let x = 0; x < entries.length; x++) {
+      const e = entries[(x + round) % entries.length];
+      const precision = e === F32 ? 'float32' : 'float16';
+      const call = () => tf.tidy(() => { flashAttention(q, k, v, { precision }); });
+      const r = await withPlan(e === F32 ? undefined : plan, e === F32 ? undefined : e, () => timeBoth(call, 150));
+      host.get(e)?.push(r.host);
+      if (r.gpu !== undefined) gpu.get(e)?.push(r.gpu);
     }
   }
+  tf.dispose([q, k, v]);
+  const flops = 4 * H * n * n * d;
+  const tflops = (ms: number) => (flops / (ms * 1e9)).toFixed(1);
+  const spread = (ms: number[]) => {
+    const s = [...ms].sort((a, b) => a - b);
+    return ms.length ? `${tflops(median(ms)).padStart(5)} TFLOP/s (${median(ms).toFixed(3)} ms; rounds ${tflops(s[s.length - 1])}–${tflops(s[0])})` : 'n/a';
+  };
   let best: { t: F16Tiles; ms: number } | undefined;
-  say(`\nD=${d} N=${n} sweep (median of ${rounds} interleaved rounds; error vs the float32 kernel / max|v|):`);
-  for (const t of candidates) {
-    const ms = [...(times.get(t) ?? [])].sort((a, b) => a - b);
-    const med = ms.length ? ms[Math.floor(ms.length / 2)] : NaN;
-    const err = errors.get(t) ?? Infinity;
-    const flops = 4 * H * n * n * d;
-    say(`  ${JSON.stringify(t).padEnd(72)} median ${med.toFixed(3)} ms ${(flops / (med * 1e9)).toFixed(2).padStart(6)} TFLOP/s ` +
-      `(fastest round ${(flops / (ms[0] * 1e9)).toFixed(1)}, slowest ${(flops / (ms[ms.length - 1] * 1e9)).toFixed(1)}) ` +
-      `err ${err.toExponential(2)}`);
-    if (err <= 2e-3 && !Number.isNaN(med) && (!best || med < best.ms)) best = { t, ms: med };
+  say(`\nD=${d} N=${n} sweep, ${rounds} interleaved rounds (medians; error vs the float32 kernel / max|v|):`);
+  for (const e of entries) {
+    const h = host.get(e) ?? [], g = gpu.get(e) ?? [], f = host.get(F32) ?? [];
+    const ratio = median(h.map((x, r) => f[r] / x));
+    const err = e === F32 ? '' : ` err ${errors.get(e)?.toExponential(2)}`;
+    say(`  ${(e === F32 ? F32 : JSON.stringify(e)).padEnd(84)} host ${spread(h)} gpu ${spread(g)} f32/this ${ratio.toFixed(2)}${err}`);
+    const ms = g.length ? median(g) : median(h);
+    if (e !== F32 && (errors.get(e) ?? Infinity) <= 2e-3 && (!best || ms < best.ms)) best = { t: e, ms };
   }
   say(`D=${d}: fastest correct tiles ${JSON.stringify(best)}`);
   return best?.t;
@@ -346,6 +445,8 @@ async function main(): Promise<void> {
   say(`subgroupMatrixConfigs: kernels see ${JSON.stringify(subgroupMatrixConfigs(device))}; ` +
     `device.adapterInfo lists ${listed(deviceInfo ?? {})}; adapter.info lists ${listed(setup.adapter.info)}`);
   const report: Record<string, unknown> = { adapter: setup.description, robustness: !noRobustness, caps };
+  if (device.features.has('timestamp-query')) passTimer = new PassTimer(device, 128);
+  say(`GPU timestamps: ${passTimer ? 'on' : 'off (no timestamp-query)'}`);
   const plans: F16Plan[] = [];
   // Where the feature is on but no configuration is listed, try the plan anyway (labelled).
   const forceMatrix = !matrixPathFits(caps) && device.features.has('chromium-experimental-subgroup-matrix');
@@ -354,9 +455,11 @@ async function main(): Promise<void> {
     if (await probeMatrixSyntax()) plans.push({ matmul: 'subgroup-matrix', element: 'f16' });
     else say('subgroup-matrix forward does not compile in either syntax: measuring the other plans');
   }
-  if (caps.shaderF16) plans.push({ matmul: 'registers', element: 'f16' });
-  plans.push({ matmul: 'registers', element: 'f32' });
-  if (!args.includes('--skip-check')) {
+  if (!matrixOnly || !plans.length) {
+    if (caps.shaderF16) plans.push({ matmul: 'registers', element: 'f16' });
+    plans.push({ matmul: 'registers', element: 'f32' });
+  }
+  if (!args.includes('--skip-check') && !args.includes('--check-best')) {
     report.cases = await checkCases(plans);
     if (args.includes('--variants') && plans[0].matmul === 'subgroup-matrix') {
       for (const t of VARIANT_CHECKS) report.cases = { ...(report.cases as object), ...await checkCases([plans[0]], t) };
@@ -370,6 +473,13 @@ async function main(): Promise<void> {
   }
   const best: Record<number, F16Tiles | undefined> = {};
   for (const d of [64, 128]) best[d] = await sweep(d, plan, limit);
+  if (args.includes('--check-best')) {
+    for (const d of [64, 128]) {
+      const t = best[d];
+      if (t) report.cases = { ...(report.cases as object), ...await checkCases([plan], t) };
+    }
+  }
+  if (args.includes('--sweep-only')) return finish(report);
   const sizes = (quick ? [Math.min(4096, maxN)] : [1024, 2048, 4096, 8192, 16384, 32768, 65536]).filter(n => n <= maxN);
   for (const d of [64, 128]) {
     for (const n of sizes) {

@@ -107,6 +107,18 @@ describe('float16 forward: larger tiles, skipped tiles and the fallback', () => 
       expect(await forwardFailures(cases, 2e-5)).toBe('');
     }));
 
+  test('K/V tiles staged through registers: prefetched (batched where block-sparse walks skip tiles), double-buffered',
+    withPlan(F32_REGISTERS, { groups: 2, keys: 16, accumulator: 'matrices', doubleBuffer: true, stage: 'prefetch' }, async () => {
+      const cases = ['plain', 'N=129 D=64', 'D=7 Dv=5', 'D=80', 'GQA 4:2', 'BSHD', 'causal Nq>Nk (empty rows)', 'window',
+        'keyLengths', 'keyLengths zero', 'block sparse', 'everything', 'NaN in v'].map(byName);
+      expect(await forwardFailures(cases, 2e-5)).toBe('');
+    }));
+
+  test('K/V tiles staged through registers in one batch per tile, one slot',
+    withPlan(F32_REGISTERS, { groups: 1, keys: 32, stage: 'batched' }, async () => {
+      expect(await forwardFailures(['N=129 D=64', 'D=7 Dv=5', 'causal', 'keyLengths', 'everything'].map(byName), 2e-5)).toBe('');
+    }));
+
   test('staging loops with more invocations than tile elements (4 subgroups, 16 keys × 4 vec4 columns)',
     withPlan(F32_REGISTERS, { groups: 4, keys: 16, accumulator: 'matrices' }, async () => {
       expect(await forwardFailures(['plain', 'D=7 Dv=5', 'everything'].map(byName), 2e-5)).toBe('');

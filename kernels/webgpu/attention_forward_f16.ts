@@ -38,6 +38,7 @@ import {
   COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, tensorAccess, vec4Q,
   vec4V,
 } from './attention_wgsl';
+import type { StageMode } from './attention_backward_f16_matrix';
 import {
   F16Plan, f16Plan, leftType, matrixDiagnostic, matrixLoad, planExtensions, RESULT_TYPE, rightType,
   roundUp, stageTile, SUBGROUP_SIZE,
@@ -55,6 +56,14 @@ export interface F16Tiles {
   accumulator?: F16Accumulator;
   /** Two K/V tile slots (default one). */
   doubleBuffer?: boolean;
+  /**
+   * How K/V tiles reach workgroup memory (default 'loop'): 'loop' loads, converts and stores one
+   * vec4 at a time; 'batched' loads all of an invocation's vec4s into registers first (the global
+   * loads in flight together); 'prefetch' issues the next tile's loads right after this tile is
+   * stored, so they are in flight during this tile's products (runs 'batched' with block-sparse
+   * masks, whose walks skip tiles). As the f16 backward's StageMode.
+   */
+  stage?: StageMode;
   /**
    * Matrix plan: Q stays in a workgroup slice per subgroup and its operands are loaded for every
    * key tile, instead of living in registers (default): 4·D/16 fewer registers per invocation for
@@ -121,14 +130,15 @@ function layoutOf(c: AttentionConfig, plan: F16Plan, t: F16Tiles): Layout {
   const VOFF = t.keys * KS;
   const slots = t.doubleBuffer ? 2 : 1;
   // Unless Q is kept shared, the matrix plan stages Q once through the K/V slots, `qGroups`
-  // subgroups' 16 rows per slot
-  // (its operands then live in registers).
+  // subgroups' 16 rows per slot (its operands then live in registers).
   const qGroups = Math.ceil(t.groups / slots);
   const qShared = matrix && t.qShared === true;
   const kvSize = Math.max(VOFF + t.keys * VS, matrix && !qShared ? 16 * qGroups * QS : 0);
   return {
     DP, DVP, KS, VS, QS, FS, PS, VOFF, slots, qGroups, kvSize,
-    qsSize: matrix ? 0 : 16 * t.groups * QS, fsSize: 16 * FS, psSize: 16 * PS, qwSize: qShared ? 16 * QS : 0,
+    // A Q slice ends where its last row does (no padding after it): 4×32 with qShared then fits
+    // 48 KiB at D = 128.
+    qsSize: matrix ? 0 : 16 * t.groups * QS, fsSize: 16 * FS, psSize: 16 * PS, qwSize: qShared ? 15 * QS + DP : 0,
   };
 }
 
@@ -137,6 +147,54 @@ export function forwardF16WorkgroupBytes(c: AttentionConfig, plan: F16Plan, t: F
   const e = plan.element === 'f16' ? 2 : 4;
   return e * (l.slots * l.kvSize + l.qsSize + t.groups * (l.psSize + l.qwSize)) + 4 * t.groups * l.fsSize +
     (t.accumulator === 'matrices' ? 4 * t.groups : 0) + (useSubgroups ? 0 : 4 * SUBGROUP_SIZE * t.groups) + 16;
+}
+
+/** One operand of the K/V tile as registerStaging stages it: `at` is its offset in the slot. */
+interface StagedOperand {
+  load: string;
+  at: number;
+  stride: number;
+  /** vec4 columns staged (the padded head) and the head's own (zero past them). */
+  cols4: number;
+  dim4: string;
+}
+
+/**
+ * 'batched' and 'prefetch' staging of a `rows`-row K/V tile by `wg` invocations, in the manner of
+ * the backward's walkedStaging (attention_backward_f16_matrix.ts) but into one slot at offsets:
+ * invocation lidx holds vec4s lidx, lidx + wg, … of each operand in its own variables (constant
+ * indices keep them in registers). Rows past the sequence and columns past the head are zeroed
+ * by select, so the loads carry no branch; their addresses are clamped to the walk's last key
+ * `kLast` (a prefetch past the last tile then reads no row outside the dispatch's K/V binding,
+ * chunks.ts) and the head's last column. `declare` once, `fetch(first)` into the registers,
+ * `store(dst)` them.
+ */
+function registerStaging(element: string, rows: number, wg: number, operands: StagedOperand[]):
+    { declare: string; fetch: (first: string) => string; store: (dst: string) => string } {
+  const parts = operands.map((o, n) => {
+    const total = rows * o.cols4, slots = Math.ceil(total / wg);
+    const name = (k: number) => `stg${n}_${k}`;
+    const index = (k: number) => (total % wg === 0 ? `lidx + ${k * wg}u` : `min(lidx + ${k * wg}u, ${total - 1}u)`);
+    const fetch = (first: string) => range(slots).map(k => `{
+      let e = ${index(k)};
+      let r = e / ${o.cols4}u;
+      let c = e % ${o.cols4}u;
+      let x = ${o.load}(b, hk, min(${first} + r, kLast), min(c, ${o.dim4} - 1u));
+      ${name(k)} = select(vec4<f32>(0.0), x, (${first} + r < SEQK) & (c < ${o.dim4}));
+    }`).join('\n    ');
+    const store = (dst: string) => range(slots).map(k => {
+      const body = `let e = lidx + ${k * wg}u;
+      let at = ${o.at}u + (e / ${o.cols4}u) * ${o.stride}u + (e % ${o.cols4}u) * 4u;
+${range(4).map(x => `      ${dst}[at + ${x}u] = ${element}(${name(k)}[${x}]);`).join('\n')}`;
+      return (k + 1) * wg <= total ? `{\n      ${body}\n    }` : `if (lidx + ${k * wg}u < ${total}u) {\n      ${body}\n    }`;
+    }).join('\n    ');
+    return { declare: range(slots).map(k => `var ${name(k)}: vec4<f32>;`).join(' '), fetch, store };
+  });
+  return {
+    declare: parts.map(p => p.declare).join('\n  '),
+    fetch: first => parts.map(p => p.fetch(first)).join('\n    '),
+    store: dst => parts.map(p => p.store(dst)).join('\n    '),
+  };
 }
 
 /**
@@ -291,6 +349,23 @@ ${L.qwSize ? '' : d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), qSlot, 
       limit: 'SEQQ', load: (row, c4) => `load_q(b, h, ${row}, ${c4})`, scale: 'QSCALE', invocations: WG })}
   workgroupBarrier();`;
 
+  // A prefetch walk must visit consecutive tiles: block-sparse walks skip some.
+  const stage: StageMode = t.stage === 'prefetch' && c.blockSize > 0 ? 'batched' : t.stage ?? 'loop';
+  const staging = registerStaging(E, BK, WG, [
+    { load: 'load_k', at: 0, stride: L.KS, cols4: L.DP / 4, dim4: 'DK4' },
+    { load: 'load_v', at: L.VOFF, stride: L.VS, cols4: L.DVP / 4, dim4: 'DV4' },
+  ]);
+  const stageKV = {
+    loop: `${stageTile({ dst: slot, element: E, rows: BK, cols4: L.DP / 4, dim4: 'DK4', stride: L.KS, first: 'j0',
+      limit: 'SEQK', load: (row, c4) => `load_k(b, hk, ${row}, ${c4})`, invocations: WG })}
+    ${stageTile({ dst: slot, element: E, rows: BK, cols4: L.DVP / 4, dim4: 'DV4', stride: L.VS, first: 'j0',
+      limit: 'SEQK', load: (row, c4) => `load_v(b, hk, ${row}, ${c4})`, at: L.VOFF, invocations: WG })}`,
+    batched: `${staging.fetch('j0')}
+    ${staging.store(slot)}`,
+    prefetch: `${staging.store(slot)}
+    ${staging.fetch('j0 + BK')}`,
+  }[stage];
+
   const body = () => `
 ${constants(c)}
 const BQ = ${BQ}u;
@@ -345,14 +420,11 @@ ${inMatrices && matrix ? range(L.DVP / 16).map(n => `  var om${n} = ${RESULT_TYP
     : o4.map(x => `  var o${x} = vec4<f32>(0.0);`).join('\n')}
 ${L.slots > 1 ? '  var slot = 0u;' : ''}
 ${c.dropoutRate > 0 ? '  let drop = dropoutRow(b, h, i);' : ''}
-  for (var t = tFirst; t < tEnd; t++) {
+${stage === 'loop' ? '' : `  let kLast = max(jHi, jLo + 1u) - 1u;\n  ${staging.declare}\n`}${stage === 'prefetch' ? `  if (tEnd > tFirst) {\n    ${staging.fetch('tFirst * BK')}\n  }\n` : ''}  for (var t = tFirst; t < tEnd; t++) {
     let j0 = t * BK;
     ${liveTileTest(c)}
     ${L.slots > 1 ? '' : 'workgroupBarrier();'}
-    ${stageTile({ dst: slot, element: E, rows: BK, cols4: L.DP / 4, dim4: 'DK4', stride: L.KS, first: 'j0',
-    limit: 'SEQK', load: (row, c4) => `load_k(b, hk, ${row}, ${c4})`, invocations: WG })}
-    ${stageTile({ dst: slot, element: E, rows: BK, cols4: L.DVP / 4, dim4: 'DV4', stride: L.VS, first: 'j0',
-    limit: 'SEQK', load: (row, c4) => `load_v(b, hk, ${row}, ${c4})`, at: L.VOFF, invocations: WG })}
+    ${stageKV}
     workgroupBarrier();
 ${scores}
     workgroupBarrier();
