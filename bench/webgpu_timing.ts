@@ -25,7 +25,11 @@ export function collectGarbage(): void {
   if (gc) gc();
 }
 
-/** Milliseconds per run of `run`, timing about `budgetMs` of runs (at least `minIters`, at most 50). */
+/**
+ * Milliseconds per run of `run`, timing about `budgetMs` of runs (at least `minIters`, at most
+ * 2000): a batch much shorter than the budget lets the wait for the GPU's completion signal weigh
+ * on sub-millisecond runs (with at most 50 runs, the block-sparse forward's batches were 20 ms).
+ */
 export async function timeMs(run: () => void, budgetMs: number, minIters = 1): Promise<number> {
   return (await timeWithEnqueue(run, budgetMs, minIters)).total;
 }
@@ -45,7 +49,7 @@ export async function timeWithEnqueue(run: () => void, budgetMs: number, minIter
   await settle();
   const once = performance.now() - t0;
   if (once > 1000) return { total: once, enqueue: NaN };
-  const iters = Math.max(minIters, Math.min(50, Math.ceil(budgetMs / Math.max(once, 0.01))));
+  const iters = Math.max(minIters, Math.min(2000, Math.ceil(budgetMs / Math.max(once, 0.01))));
   t0 = performance.now();
   for (let i = 0; i < iters; i++) run();
   const queued = performance.now();
