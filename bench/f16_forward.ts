@@ -9,7 +9,7 @@
 //      float32 kernel are timed interleaved in rounds (medians, host clock and GPU timestamps); then
 //      TFLOP/s of float16 vs float32 mode, causal and not, N = 1024 … 65536, B = 1, H = 12.
 //   --variants also runs the case list (1.) with the matrix plan on VARIANT_CHECKS; --check-best
-//   runs it (instead of 1. and 2.) on the sweep's fastest correct tiles per head size;
+//   also runs it on the sweep's fastest correct tiles per head size;
 //   --matrix-only checks the subgroup-matrix plan only; --sweep-only stops after the sweep;
 //   --rounds R sets the sweep's rounds.
 //
@@ -262,19 +262,18 @@ function benchConfig(n: number, d: number): AttentionConfig {
 /**
  * Sweep candidates per head size (those that fit the device's workgroup memory run), all with O
  * in subgroup-matrix accumulators (lazy rescale; the matrix plan needs ≥ 4 subgroups,
- * attention_forward_f16.ts): the defaults, double-buffered K/V, K/V staged through registers
- * ('batched', 'prefetch'), and at D = 128 Q operands reloaded from workgroup memory (qShared, 32
- * registers fewer per invocation).
+ * attention_forward_f16.ts): the previous defaults (8×32 at D = 64, 4×32 at D = 128), the
+ * defaults (f16ForwardTiles) and the runners-up of the 19:41 UTC run: K/V staged through
+ * registers ('batched', 'prefetch'), double-buffered K/V, Q operands reloaded from workgroup
+ * memory (qShared).
  */
 const m = (groups: number, keys: number, more: Partial<F16Tiles> = {}): F16Tiles =>
   ({ groups, keys, accumulator: 'matrices', ...more });
 const SWEEP_TILES: Record<number, F16Tiles[]> = {
-  64: [m(8, 32), m(8, 32, { doubleBuffer: true }), m(8, 32, { stage: 'batched' }), m(8, 32, { stage: 'prefetch' }),
-    m(8, 32, { doubleBuffer: true, stage: 'prefetch' }), m(8, 16, { doubleBuffer: true, stage: 'prefetch' }),
-    m(4, 32, { stage: 'prefetch' })],
-  128: [m(4, 32), m(4, 32, { qShared: true }), m(4, 32, { qShared: true, stage: 'batched' }), m(4, 32, { stage: 'batched' }),
-    m(4, 16, { qShared: true }), m(4, 16, { qShared: true, stage: 'prefetch' }),
-    m(4, 16, { qShared: true, doubleBuffer: true, stage: 'prefetch' }), m(4, 16, { stage: 'prefetch' })],
+  64: [m(8, 32), m(4, 32, { stage: 'prefetch' }), m(8, 32, { doubleBuffer: true, stage: 'prefetch' }), m(4, 32),
+    m(4, 32, { stage: 'batched' })],
+  128: [m(4, 32), m(4, 32, { qShared: true }), m(4, 32, { stage: 'batched' }), m(4, 32, { stage: 'prefetch' }),
+    m(4, 32, { qShared: true, stage: 'prefetch' })],
 };
 
 /** --variants: the case list also runs on these schedules besides the default ones. */
@@ -333,6 +332,8 @@ class PassTimer {
 }
 
 let passTimer: PassTimer | undefined;
+/** Per head size: each sweep entry's per-round times (the JSON report's `sweeps`). */
+const sweeps: Record<number, unknown> = {};
 
 const median = (x: number[]): number => [...x].sort((a, b) => a - b)[Math.floor(x.length / 2)];
 
@@ -429,6 +430,7 @@ async function sweep(d: number, plan: F16Plan, limit: number): Promise<F16Tiles 
     if (e !== F32 && (errors.get(e) ?? Infinity) <= 2e-3 && (!best || ms < best.ms)) best = { t: e, ms };
   }
   say(`D=${d}: fastest correct tiles ${JSON.stringify(best)}`);
+  sweeps[d] = entries.map(e => ({ entry: e, err: e === F32 ? undefined : errors.get(e), hostMs: host.get(e), gpuMs: gpu.get(e) }));
   return best?.t;
 }
 
@@ -459,7 +461,7 @@ async function main(): Promise<void> {
     if (caps.shaderF16) plans.push({ matmul: 'registers', element: 'f16' });
     plans.push({ matmul: 'registers', element: 'f32' });
   }
-  if (!args.includes('--skip-check') && !args.includes('--check-best')) {
+  if (!args.includes('--skip-check')) {
     report.cases = await checkCases(plans);
     if (args.includes('--variants') && plans[0].matmul === 'subgroup-matrix') {
       for (const t of VARIANT_CHECKS) report.cases = { ...(report.cases as object), ...await checkCases([plans[0]], t) };
@@ -495,6 +497,7 @@ async function main(): Promise<void> {
 
 function finish(report: Record<string, unknown>): void {
   report.rows = rows;
+  report.sweeps = sweeps;
   say('\nsummary');
   for (const r of rows) say(format(r));
   const out = process.env.OUT;

@@ -23,7 +23,9 @@
 // compile-time offset into a constant-size array (the subgroup's slice is `fs[g]`, `ps[g]`, the
 // K/V tile `kv[slot]`), so Tint's range test around it folds away; only the slice index is clamped.
 // K/V tiles may be double-buffered (`doubleBuffer`: the next tile is staged into the other slot,
-// which saves the barrier before staging). Key tiles outside the causal band / window / keyLengths
+// which saves the barrier before staging) and staged through registers (`stage`: all of an
+// invocation's loads in flight together, or the next tile's loads issued before this tile's
+// products). Key tiles outside the causal band / window / keyLengths
 // are never visited; block-sparse tiles with no live block are skipped. The 'registers' plan
 // computes S and P·V per invocation from the same workgroup tiles and writes them where the
 // matrices would, so everything around the products is the same code (and is tested on adapters
@@ -79,20 +81,31 @@ export interface F16Tiles {
 }
 
 /**
- * Fastest first where they fit (H100, N = 4096, bounds checks on, bench/RESULTS.md float16
- * section, 2026-11-26 18:50 and 19:03 UTC, medians of 5 interleaved rounds each, TFLOP/s):
- * D = 64 takes 8×32 with O in matrices (35.5 and 28.3; double-buffered 40.6 and 22.4, O in lanes
- * 33.3 and 13.3: the card's noise is about ±2× between runs, so only O in matrices over O in
- * lanes held in both runs); D = 128 takes 4×32 with O in matrices (19.9 and 20.5; O in lanes 19.0
- * and 11.6; 8 subgroups do not fit 48 KiB there). The 'lanes' schedules serve devices without
- * subgroups.
+ * Schedules fastest first where they fit, by head width (H100, N = 4096, bounds checks on,
+ * bench/RESULTS.md float16 forward, 2026-11-26 19:41 UTC: 15 interleaved rounds on shared inputs
+ * with the float32 kernel steady at 23.0 / 19.7 TFLOP/s beside them; host-clock medians):
+ *   - heads up to 64: 4×32 with O in matrices and the next K/V tile prefetched into registers
+ *     (8 vec4 per invocation), 79.7 TFLOP/s, against 62.2 for the previous default 8×32 (loop
+ *     staging), 72–76 for 8×32 double-buffered, batched or prefetched, 56.7 for 8×16;
+ *   - wider heads: 4×32 with O in matrices and Q operands reloaded from a workgroup slice
+ *     (qShared), 74.9 at D = 128, against 66.2 for the previous default (Q in registers), 74.5 with
+ *     batched staging, 56–63 for 4×16; a prefetch there would hold 16 vec4 per invocation beside
+ *     O's 64 registers.
+ * Then the previous defaults, and the 'lanes' schedules for devices without subgroups.
  */
-export const F16_FORWARD_TILES: readonly F16Tiles[] = [
+const NARROW_HEAD_TILES: readonly F16Tiles[] = [{ groups: 4, keys: 32, accumulator: 'matrices', stage: 'prefetch' }];
+const WIDE_HEAD_TILES: readonly F16Tiles[] = [{ groups: 4, keys: 32, accumulator: 'matrices', qShared: true }];
+const FALLBACK_TILES: readonly F16Tiles[] = [
   { groups: 8, keys: 32, accumulator: 'matrices' }, { groups: 4, keys: 32, accumulator: 'matrices' },
   { groups: 4, keys: 16, accumulator: 'matrices' },
   { groups: 8, keys: 32 }, { groups: 4, keys: 32 }, { groups: 8, keys: 16 }, { groups: 4, keys: 16 },
   { groups: 2, keys: 32 }, { groups: 2, keys: 16 }, { groups: 1, keys: 16 },
 ];
+
+/** The forward's schedule candidates for this problem, best first (the first that fits runs). */
+export function f16ForwardTiles(c: AttentionConfig): readonly F16Tiles[] {
+  return [...(Math.max(c.headDim, c.headDimV) > 64 ? WIDE_HEAD_TILES : NARROW_HEAD_TILES), ...FALLBACK_TILES];
+}
 
 /**
  * Fewest subgroups per workgroup of the subgroup-matrix plan: with 2 subgroups (2×64 and 2×32
@@ -489,7 +502,7 @@ export function forwardF16(device: GPUDevice, c: AttentionConfig, aux: AuxLayout
   const limit = device.limits.maxComputeWorkgroupStorageSize;
   const candidates = [
     ...(f16ForwardTuning.tiles ? [f16ForwardTuning.tiles] : isSoftwareAdapter(device) ? [SOFTWARE_F16_TILES] : []),
-    ...F16_FORWARD_TILES,
+    ...f16ForwardTiles(c),
   ];
   const fits = (t: F16Tiles, p: F16Plan) => forwardF16WorkgroupBytes(c, p, t, useSubgroups) <= limit &&
     SUBGROUP_SIZE * t.groups <= device.limits.maxComputeInvocationsPerWorkgroup &&
