@@ -82,15 +82,18 @@ export interface F16Tiles {
 
 /**
  * Schedules fastest first where they fit, by head width (H100, N = 4096, bounds checks on,
- * bench/RESULTS.md float16 forward, 2026-11-26 19:41 UTC: 15 interleaved rounds on shared inputs
- * with the float32 kernel steady at 23.0 / 19.7 TFLOP/s beside them; host-clock medians):
+ * bench/RESULTS.md float16 forward, 2026-11-26 19:41 and 19:44 UTC: 15 interleaved rounds each on
+ * shared inputs, the float32 kernel steady at 23.0–23.1 (D = 64) and 19.6–19.7 (D = 128) TFLOP/s
+ * beside them; host-clock medians, GPU-timestamp medians in brackets):
  *   - heads up to 64: 4×32 with O in matrices and the next K/V tile prefetched into registers
- *     (8 vec4 per invocation), 79.7 TFLOP/s, against 62.2 for the previous default 8×32 (loop
- *     staging), 72–76 for 8×32 double-buffered, batched or prefetched, 56.7 for 8×16;
+ *     (8 vec4 per invocation): 79.7 and 76.7 (87.4) TFLOP/s, against 62.2 and 62.5 (71.5) for the
+ *     previous default 8×32. The gain is the 4 subgroups: 4×32 staged by loop or batched read the
+ *     same (79.2, 79.9; 87.4), 8×32 double-buffered and prefetched 75.7 and 75.5 (78.6);
  *   - wider heads: 4×32 with O in matrices and Q operands reloaded from a workgroup slice
- *     (qShared), 74.9 at D = 128, against 66.2 for the previous default (Q in registers), 74.5 with
- *     batched staging, 56–63 for 4×16; a prefetch there would hold 16 vec4 per invocation beside
- *     O's 64 registers.
+ *     (qShared): 74.9 and 74.8 (78.6) at D = 128, against 66.2 and 67.2 (78.6) for the previous
+ *     default (Q in registers, whose batches had more slow passes), 74.5 and 74.0 with batched
+ *     staging; prefetched 70.6 (74.9), qShared and prefetched 68.7 (71.5): the prefetch holds 16
+ *     vec4 per invocation there, beside O's 64 registers.
  * Then the previous defaults, and the 'lanes' schedules for devices without subgroups.
  */
 const NARROW_HEAD_TILES: readonly F16Tiles[] = [{ groups: 4, keys: 32, accumulator: 'matrices', stage: 'prefetch' }];
