@@ -69,7 +69,7 @@ export interface F16Tiles {
   /**
    * Matrix plan: Q stays in a workgroup slice per subgroup and its operands are loaded for every
    * key tile, instead of living in registers (default): 4·D/16 fewer registers per invocation for
-   * wide heads, at the cost of 16·(D+8) f16 per subgroup of workgroup memory.
+   * wide heads, at the cost of 15·(D+8)+D f16 per subgroup of workgroup memory.
    */
   qShared?: boolean;
   /**
