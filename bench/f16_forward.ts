@@ -37,7 +37,7 @@ import { caseTensors } from '../test/case_tensors';
 import { maxAbs } from '../test/compare';
 import { referenceForward } from '../test/reference';
 import type { AttentionConfig } from '../src/config';
-import { backend, collectGarbage, settle, timeMs } from './webgpu_timing';
+import { backend, settle, sizeBatch, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = process.argv.slice(2);
@@ -343,15 +343,9 @@ const median = (x: number[]): number => [...x].sort((a, b) => a - b)[Math.floor(
  * GPU time of the batch's compute passes (one per call for these programs).
  */
 async function timeBoth(run: () => void, budgetMs: number): Promise<{ host: number; gpu?: number; passes?: number }> {
-  run();
-  await settle();
-  collectGarbage();
-  let t0 = performance.now();
-  run();
-  await settle();
-  const iters = Math.max(2, Math.min(50, Math.ceil(budgetMs / Math.max(performance.now() - t0, 0.01))));
+  const { iters } = await sizeBatch(run, budgetMs, 2, 50);
   passTimer?.start();
-  t0 = performance.now();
+  const t0 = performance.now();
   for (let i = 0; i < iters; i++) run();
   await settle();
   const host = (performance.now() - t0) / iters;

@@ -35,22 +35,31 @@ export async function timeMs(run: () => void, budgetMs: number, minIters = 1): P
 }
 
 /**
+ * A warm-up run (compilation), then one timed run (`once`, ms) that sizes a batch of about
+ * `budgetMs`: `iters` runs, clamped to [minIters, maxIters].
+ */
+export async function sizeBatch(run: () => void, budgetMs: number, minIters: number, maxIters: number):
+    Promise<{ once: number; iters: number }> {
+  run();
+  await settle();
+  collectGarbage();
+  const t0 = performance.now();
+  run();
+  await settle();
+  const once = performance.now() - t0;
+  return { once, iters: Math.max(minIters, Math.min(maxIters, Math.ceil(budgetMs / Math.max(once, 0.01)))) };
+}
+
+/**
  * timeMs's measurement with the host's share beside it: `enqueue` is the time per run until the
  * last run was queued; where it is close to `total`, host work (JS, encoding, submission) bounds
  * the run, not the GPU.
  */
 export async function timeWithEnqueue(run: () => void, budgetMs: number, minIters = 1):
     Promise<{ total: number; enqueue: number }> {
-  run();
-  await settle();
-  collectGarbage();
-  let t0 = performance.now();
-  run();
-  await settle();
-  const once = performance.now() - t0;
+  const { once, iters } = await sizeBatch(run, budgetMs, minIters, 2000);
   if (once > 1000) return { total: once, enqueue: NaN };
-  const iters = Math.max(minIters, Math.min(2000, Math.ceil(budgetMs / Math.max(once, 0.01))));
-  t0 = performance.now();
+  const t0 = performance.now();
   for (let i = 0; i < iters; i++) run();
   const queued = performance.now();
   await settle();
