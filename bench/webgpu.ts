@@ -261,6 +261,49 @@ function stats(ms: number[]): { median: number; min: number; max: number } {
 }
 
 /**
+ * A [1, 1, n/blockSize, n/blockSize] block mask with about `live` of its blocks live, from a fixed
+ * seed (every run and every mode the same mask), and the share actually live.
+ */
+function randomBlockMask(n: number, blockSize: number, live: number): { blockMask: tf.Tensor4D; liveShare: number } {
+  const nb = n / blockSize;
+  const values = new Int32Array(nb * nb);
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  for (let i = 0; i < values.length; i++) values[i] = rand() < live ? 1 : 0;
+  return {
+    blockMask: tf.tensor4d(values, [1, 1, nb, nb], 'int32'),
+    liveShare: values.reduce((a, b) => a + b, 0) / values.length,
+  };
+}
+
+interface RoundCandidate {
+  name: string; options: FlashAttentionOptions; schedule: ForwardSchedule; tiles?: Tiles; d: number; pass: Row['pass'];
+}
+
+/**
+ * Times each candidate once per round under its schedule and tiles, each round in a rotated order
+ * (so that the machine's drift falls on every candidate alike): per candidate its rounds' total
+ * and enqueue ms. Leaves the tuning at the last candidate's: callers restore it.
+ */
+async function interleavedRounds(label: string, n: number, candidates: RoundCandidate[], rounds: number,
+  budgetMs: (c: RoundCandidate) => number): Promise<Array<Array<{ total: number; enqueue: number }>>> {
+  const times = candidates.map(() => [] as Array<{ total: number; enqueue: number }>);
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < candidates.length; i++) {
+      const index = (i + round) % candidates.length;
+      const x = candidates[index];
+      webgpuAttentionTuning.forwardSchedule = x.schedule;
+      webgpuAttentionTuning.forwardTiles = x.tiles;
+      const r = await measure({ impl: 'flash', pass: x.pass, n, d: x.d, causal: x.options.causal === true,
+        note: `${label} round ${round}: ${x.name}` }, flash(x.options), budgetMs(x), false, false);
+      times[index].push({ total: r.ms ?? NaN, enqueue: r.enqueueMs ?? NaN });
+    }
+    console.log(`${label} round ${round + 1}/${rounds} done`);
+  }
+  return times;
+}
+
+/**
  * `--ab-schedule`: the forward's schedules at N = 4096, D = 64, B = 1, H = 12, in 7 interleaved
  * rounds (each round in a rotated order), medians with min–max. Causal: the old schedule (one
  * query block per workgroup, heaviest first, 192×32 4×4) with and without the edge-tile mask,
@@ -276,11 +319,7 @@ async function abSchedule(limit: number, threads: number): Promise<void> {
   const OLD: ForwardSchedule = { pairBlocks: 'never', halvePairs: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
   const NEW: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
   const paired = (t?: Tiles) => ({ schedule: { ...NEW, pairBlocks: 'banded' as const }, tiles: t });
-  const values = new Int32Array((n / 64) ** 2);
-  let seed = 12345;
-  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
-  for (let i = 0; i < values.length; i++) values[i] = rand() < 0.1 ? 1 : 0;
-  const blockMask = tf.tensor4d(values, [1, 1, n / 64, n / 64], 'int32');
+  const { blockMask } = randomBlockMask(n, 64, 0.1);
   const sparse = { blockSparse: { blockMask, blockSize: 64 } };
   interface Variant { name: string; options: FlashAttentionOptions; schedule: ForwardSchedule; tiles?: Tiles; d?: number }
   const variants: Variant[] = [
@@ -323,20 +362,9 @@ async function abSchedule(limit: number, threads: number): Promise<void> {
   }
   tf.dispose([q, k, v, ...reference.values()]);
 
-  const times = variants.map(() => [] as number[]);
   const rounds = quick ? 2 : 7;
-  for (let round = 0; round < rounds; round++) {
-    for (let k = 0; k < variants.length; k++) {
-      const index = (k + round) % variants.length;
-      const v = variants[index];
-      webgpuAttentionTuning.forwardSchedule = v.schedule;
-      webgpuAttentionTuning.forwardTiles = v.tiles;
-      const r = await measure({ impl: 'flash', pass: 'fwd', n, d: v.d ?? d, causal: v.options.causal === true,
-        note: `ab-schedule round ${round}: ${v.name}` }, flash(v.options), 400, false, false);
-      times[index].push(r.ms ?? NaN);
-    }
-    console.log(`ab-schedule round ${round + 1}/${rounds} done`);
-  }
+  const times = (await interleavedRounds('ab-schedule', n, variants.map(v => ({ ...v, d: v.d ?? d, pass: 'fwd' as const })),
+    rounds, () => 400)).map(ts => ts.map(t => t.total));
   webgpuAttentionTuning.forwardSchedule = NEW;
   webgpuAttentionTuning.forwardTiles = undefined;
   blockMask.dispose();
@@ -371,11 +399,7 @@ async function abTargets(): Promise<void> {
   const n = quick ? 256 : 4096;
   const BLOCKS: ForwardSchedule = { pairBlocks: 'never', halvePairs: 'never', maskEdgeTilesOnly: false, sparseFromBits: false };
   const DEFAULT: ForwardSchedule = { ...webgpuAttentionTuning.forwardSchedule };
-  const values = new Int32Array((n / 64) ** 2);
-  let seed = 12345;
-  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
-  for (let i = 0; i < values.length; i++) values[i] = rand() < 0.1 ? 1 : 0;
-  const blockMask = tf.tensor4d(values, [1, 1, n / 64, n / 64], 'int32');
+  const { blockMask } = randomBlockMask(n, 64, 0.1);
   const sparse = { blockSparse: { blockMask, blockSize: 64 } };
   const causal = { causal: true };
   interface Variant {
@@ -416,20 +440,8 @@ async function abTargets(): Promise<void> {
     }
     tf.dispose([q, k, vv]);
   }
-  const times = variants.map(() => [] as Array<{ total: number; enqueue: number }>);
   const rounds = quick ? 2 : 5;
-  for (let round = 0; round < rounds; round++) {
-    for (let i = 0; i < variants.length; i++) {
-      const index = (i + round) % variants.length;
-      const x = variants[index];
-      webgpuAttentionTuning.forwardSchedule = x.schedule;
-      webgpuAttentionTuning.forwardTiles = x.tiles;
-      const r = await measure({ impl: 'flash', pass: x.pass, n, d: x.d, causal: x.options.causal === true,
-        note: `ab-targets round ${round}: ${x.name}` }, flash(x.options), x.pass === 'fwd' ? 300 : 400, false, false);
-      times[index].push({ total: r.ms ?? NaN, enqueue: r.enqueueMs ?? NaN });
-    }
-    console.log(`ab-targets round ${round + 1}/${rounds} done`);
-  }
+  const times = await interleavedRounds('ab-targets', n, variants, rounds, x => (x.pass === 'fwd' ? 300 : 400));
   webgpuAttentionTuning.forwardSchedule = DEFAULT;
   webgpuAttentionTuning.forwardTiles = undefined;
   blockMask.dispose();
@@ -513,13 +525,8 @@ async function crossCheck(n: number, d: number, causal: boolean): Promise<void> 
 }
 
 async function blockSparse(d: number, live: number): Promise<void> {
-  const n = 4096, bs = 64, nb = n / bs;
-  const values = new Int32Array(nb * nb);
-  let seed = 12345;
-  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
-  for (let i = 0; i < values.length; i++) values[i] = rand() < live ? 1 : 0;
-  const blockMask = tf.tensor4d(values, [1, 1, nb, nb], 'int32');
-  const liveShare = values.reduce((a, b) => a + b, 0) / values.length;
+  const n = 4096, bs = 64;
+  const { blockMask, liveShare } = randomBlockMask(n, bs, live);
   for (const pass of ['fwd', 'fwd+bwd'] as const) {
     await measure({ impl: 'flash', pass, n, d, causal: false, note: `block-sparse ${(liveShare * 100).toFixed(1)}% live, block ${bs}` },
       flash({ blockSparse: { blockMask, blockSize: bs } }), 300);
