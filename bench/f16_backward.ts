@@ -3,9 +3,11 @@
 // against float32, in one run.
 //
 //   /work/shared/gpu/pack.sh bench/f16_backward.ts   then on the GPU machine:
-//   bash .gpu/run.sh f16_backward.mjs [check] [programs] [numerics] [bench] [quick|lean|full|tiny] [scalar]   (none of the
-//   first four: all; `full`: N = 1024, 2048, 4096, 8192, 16384 instead of 1024, 4096, 16384, `lean`: bench 4096 and 16384, numerics 1024 and 4096; `tiny`: bench N = 256, D = 64 only (a smoke test); `scalar`: the
-//   check also runs the scalar f16 tiles)
+//   bash .gpu/run.sh f16_backward.mjs [check] [programs] [numerics] [bench] [table] [quick|lean|full|tiny] [scalar]
+//     [repeats=R] [max-n=N] [until=S]
+//   (none of the first five: all but table; `full`: N = 1024, 2048, 4096, 8192, 16384 instead of 1024, 4096, 16384,
+//   `lean`: bench 4096 and 16384, numerics 1024 and 4096; `tiny`: bench and table N = 256, D = 64 only (a smoke
+//   test); `scalar`: the check also runs the scalar f16 tiles)
 //
 //   check     the shared case list's gradients with precision 'float16' against the float64
 //             reference, on the device's path (and the scalar f16 tiles with `scalar`) (max error relative
@@ -20,6 +22,10 @@
 //   bench     ms and TFLOP/s, forward and forward+backward, float16 and float32, causal and not,
 //             N = 1024 … 16384, D = 64 and 128 (FLOPs: forward 4·B·H·N²·D, halved when causal;
 //             forward+backward 3.5×).
+//   table     issue 8's item 5 on the final defaults (no tuning override): forward and forward+backward
+//             TFLOP/s, float16 and float32, causal and not, N = 1024 … 65536 (up to max-n=N), D = 64 and
+//             128, steady timing (steadyMs: medians of R repeats, default 5; 3 at N ≥ 32768), markdown
+//             tables at the end; cells not started before until=S seconds are listed as not measured.
 // Results: tables on stdout and JSON in $OUT/f16_backward.json (when OUT is set).
 import * as fs from 'fs';
 import * as path from 'path';
@@ -48,11 +54,18 @@ import type { F16Tiles } from '../kernels/webgpu/attention_backward_dkdv_f16';
 import { AttentionCase, CASES, CaseData, caseData } from '../test/cases';
 import { caseTensors, toTensor } from '../test/case_tensors';
 import { referenceGrads } from '../test/reference';
-import { backend, settle, timeMs } from './webgpu_timing';
+import { backend, collectGarbage, settle, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = new Set(process.argv.slice(2));
-const all = !['check', 'programs', 'numerics', 'bench'].some(a => args.has(a));
+const all = !['check', 'programs', 'numerics', 'bench', 'table'].some(a => args.has(a));
+/** The number of a `name=value` argument, or `fallback`. */
+const numberArg = (name: string, fallback: number): number => {
+  const word = [...args].find(a => a.startsWith(`${name}=`));
+  const value = word === undefined ? NaN : Number(word.slice(name.length + 1));
+  if (word !== undefined && !(value > 0)) throw new Error(`${word}: expected a positive number`);
+  return word === undefined ? fallback : value;
+};
 const quick = args.has('quick');
 const results: Record<string, unknown> = {};
 /** The float16 gradient tolerance of test/webgpu_f16_grad.test.ts (max error relative to max|ref| per tensor). */
@@ -217,31 +230,40 @@ async function numerics(): Promise<void> {
 }
 
 interface Row { precision: Precision; pass: 'fwd' | 'fwd+bwd' | 'bwd'; n: number; d: number; causal: boolean; note?: string;
-  ms?: number; tflops?: number; error?: string }
+  ms?: number; tflops?: number; error?: string; samples?: number[] }
 
-async function measure(row: Row, budgetMs = 200): Promise<Row> {
+/** Milliseconds per call of `step` (`timeMs` with a budget, or steadyMs). */
+type Timer = (step: () => void) => Promise<number>;
+
+async function measure(row: Row, budgetMs = 200, timer: Timer = step => timeMs(step, budgetMs, 2)): Promise<Row> {
   const { n, d } = row;
   const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
   const options: FlashAttentionOptions = { causal: row.causal, precision: row.precision };
-  const dLse = tf.zeros([1, H, n]);
-  const { output, lse } = flashAttention(q, k, v, { causal: row.causal, returnLse: true });
-  const { config, tensors } = normalizeAttention(q, k, v, options);
-  const gradInputs = packInputs(gradInputNames(config), { ...tensors, output, lse, dOutput: dy, dLse });
+  // The backward alone runs on the float32 forward's output and lse, made only for that pass.
+  const made: tf.Tensor[] = [];
+  const backwardStep = () => {
+    const dLse = tf.zeros([1, H, n]);
+    const { output, lse } = flashAttention(q, k, v, { causal: row.causal, returnLse: true });
+    made.push(dLse, output, lse);
+    const { config, tensors } = normalizeAttention(q, k, v, options);
+    const gradInputs = packInputs(gradInputNames(config), { ...tensors, output, lse, dOutput: dy, dLse });
+    return () => tf.tidy(() => { tf.engine().runKernel(FlashAttentionGrad, gradInputs, { ...config }); });
+  };
   const step = row.pass === 'fwd'
     ? () => tf.tidy(() => { flashAttention(q, k, v, options); })
     : row.pass === 'bwd'
-      ? () => tf.tidy(() => { tf.engine().runKernel(FlashAttentionGrad, gradInputs, { ...config }); })
+      ? backwardStep()
       : () => tf.tidy(() => {
         tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => flashAttention(a, b, c, options))([q, k, v], dy);
       });
   try {
-    row.ms = await validated(() => timeMs(step, budgetMs, 2));
+    row.ms = await validated(() => timer(step));
     const fwd = 4 * H * n * n * d * (row.causal ? 0.5 : 1);
     row.tflops = (row.pass === 'fwd' ? fwd : row.pass === 'bwd' ? 2.5 * fwd : 3.5 * fwd) / (row.ms * 1e9);
   } catch (e) {
     row.error = (e as Error).message.slice(0, 600);
   }
-  tf.dispose([q, k, v, dy, dLse, output, lse]);
+  tf.dispose([q, k, v, dy, ...made]);
   console.log([row.precision.padEnd(8), row.pass.padEnd(8), `N=${n}`.padEnd(8), `D=${d}`.padEnd(6),
     (row.causal ? 'causal' : 'full').padEnd(7), row.error ? `FAILED ${row.error}` :
       `${row.ms?.toFixed(3).padStart(9)} ms ${row.tflops?.toFixed(2).padStart(6)} TFLOP/s`, row.note ?? ''].join(' '));
@@ -486,6 +508,99 @@ async function bench(): Promise<void> {
   }
 }
 
+/**
+ * Median milliseconds per call of `step` over `repeats` batches: one untimed call (compilation,
+ * allocation), one timed call that sizes the batches to about `budgetMs` (1 to 200 calls), then the
+ * batches; every batch's time per call goes to `samples`. Leaner than webgpu_timing's timeRepeated
+ * (which sizes every repeat anew) because a call is up to several seconds at N = 65536.
+ */
+async function steadyMs(step: () => void, budgetMs: number, repeats: number, samples: number[]): Promise<number> {
+  step();
+  await settle();
+  collectGarbage();
+  let t0 = performance.now();
+  step();
+  await settle();
+  const iters = Math.max(1, Math.min(200, Math.round(budgetMs / (performance.now() - t0))));
+  for (let r = 0; r < repeats; r++) {
+    t0 = performance.now();
+    for (let i = 0; i < iters; i++) step();
+    await settle();
+    samples.push((performance.now() - t0) / iters);
+  }
+  return median(samples);
+}
+
+/**
+ * About two seconds of float32 forwards at N = 4096: on the H100 the first batches of a process read
+ * 3–5× slow while the card leaves its idle clocks (RESULTS: the 19:26 and 19:44 UTC runs).
+ */
+async function warmUp(): Promise<void> {
+  const n = args.has('tiny') ? 256 : 4096;
+  const [q, k, v] = [1, 2, 3].map(seed => tf.randomNormal([1, H, n, 64], 0, 1, 'float32', seed));
+  const t0 = performance.now();
+  while (performance.now() - t0 < 2000) {
+    for (let i = 0; i < 4; i++) tf.tidy(() => { flashAttention(q, k, v); });
+    await settle();
+  }
+  tf.dispose([q, k, v]);
+}
+
+/** Issue 8's item 5 on the final defaults (see the header), cells in N order, markdown tables at the end. */
+async function table(): Promise<void> {
+  const repeats = numberArg('repeats', 5);
+  const until = numberArg('until', Infinity);
+  const maxN = numberArg('max-n', 65536);
+  const sizes = args.has('tiny') ? [256] : [1024, 2048, 4096, 8192, 16384, 32768, 65536].filter(n => n <= maxN);
+  const heads = args.has('tiny') ? [64] : [64, 128];
+  webgpuF16BackwardTuning.dkdvTiles = undefined;
+  webgpuF16BackwardTuning.dqTiles = undefined;
+  console.log(`table: N ${sizes.join(', ')}, D ${heads.join(', ')}, ${repeats} repeats (3 at N >= 32768), ` +
+    `backward mode ${JSON.stringify(f16BackwardMode(backend().device))}`);
+  await warmUp();
+  const rows: Row[] = [];
+  for (const n of sizes) {
+    for (const d of heads) {
+      for (const causal of [false, true]) {
+        for (const pass of ['fwd', 'fwd+bwd'] as const) {
+          for (const precision of ['float16', 'float32'] as const) {
+            const row: Row = { precision, pass, n, d, causal, samples: [] };
+            if (performance.now() / 1000 > until) {
+              row.error = `not measured (past until=${until} s)`;
+              console.log(`${precision} ${pass} N=${n} D=${d} ${causal ? 'causal' : 'full'}: ${row.error}`);
+              rows.push(row);
+              continue;
+            }
+            rows.push(await measure(row, 0, async step => {
+              const ms = await steadyMs(step, 100, n >= 32768 ? Math.min(3, repeats) : repeats, row.samples ?? []);
+              row.note = `repeats ${row.samples?.map(x => x.toFixed(3)).join(' ')}`;
+              return ms;
+            }));
+          }
+        }
+      }
+    }
+  }
+  results.table = rows;
+  const cell = (precision: Precision, pass: Row['pass'], n: number, d: number, causal: boolean) =>
+    rows.find(r => r.precision === precision && r.pass === pass && r.n === n && r.d === d && r.causal === causal);
+  for (const pass of ['fwd', 'fwd+bwd'] as const) {
+    const groups = heads.flatMap(d => [false, true].map(causal => ({ d, causal })));
+    console.log(`\n${pass === 'fwd' ? 'forward' : 'forward+backward'}, TFLOP/s (f16 / f32 / speedup), B=1 H=${H}:\n`);
+    console.log(`| N | ${groups.map(g => `D=${g.d} ${g.causal ? 'causal' : 'full'} f16 | f32 | ×`).join(' | ')} |`);
+    console.log(`|---|${groups.map(() => '---|---|---').join('|')}|`);
+    for (const n of sizes) {
+      const cells = groups.map(({ d, causal }) => {
+        const [a, b] = [cell('float16', pass, n, d, causal), cell('float32', pass, n, d, causal)];
+        const f = (r?: Row) => (r?.tflops !== undefined ? r.tflops.toFixed(1) : r?.error?.startsWith('not measured') ? 'n/m' : 'FAILED');
+        const x = a?.ms !== undefined && b?.ms !== undefined ? `${(b.ms / a.ms).toFixed(2)}×` : '–';
+        return `${f(a)} | ${f(b)} | ${x}`;
+      });
+      console.log(`| ${n} | ${cells.join(' | ')} |`);
+    }
+  }
+}
+
 /** Errors of compiling `spec` (shader and pipeline), empty when it compiles. */
 async function compileErrors(spec: ProgramSpec): Promise<string> {
   const device = backend().device;
@@ -540,6 +655,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   if (all || args.has('check')) await check();
   if (all || args.has('bench')) await bench();
+  if (args.has('table')) await table();
   if (all || args.has('programs')) await programs();
   if (all || args.has('numerics')) await numerics();
   console.log(`total ${((performance.now() - t0) / 1000).toFixed(1)} s`);

@@ -11,11 +11,12 @@
 //   --variants also runs the case list (1.) with the matrix plan on VARIANT_CHECKS; --check-best
 //   also runs it on the sweep's fastest correct tiles per head size;
 //   --matrix-only checks the subgroup-matrix plan only; --sweep-only stops after the sweep;
-//   --rounds R sets the sweep's rounds.
+//   --rounds R sets the sweep's rounds; --q-shared runs only the case list (1.) on the matrix plan,
+//   with the default schedules and then with qShared forced on every case (Q_SHARED_CHECKS).
 //
 //   /work/shared/gpu/pack.sh bench/f16_forward.ts   then on the GPU machine:
 //   bash .gpu/run.sh f16_forward.mjs [--quick] [--no-robustness] [--max-n N] [--skip-check] [--variants]
-//     [--check-best] [--matrix-only] [--sweep-only] [--rounds R]
+//     [--check-best] [--matrix-only] [--sweep-only] [--rounds R] [--q-shared]
 // Results: tables on stdout, JSON in $OUT/f16_forward<-norobust>.json when OUT is set.
 //
 // Timing as bench/webgpu.ts: after a warm-up run (compilation), `iters` runs are queued back to back
@@ -24,7 +25,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import { flashAttention } from '../src/index';
-import type { FlashAttentionOptions } from '../src/config';
+import { FlashAttentionOptions, normalizeAttention } from '../src/config';
 import { range, wgslBindings } from '../kernels/webgpu/runtime';
 import { auxLayout } from '../kernels/webgpu/aux';
 import { F16Plan, f16Capabilities, f16Tuning, matrixPathFits, subgroupMatrixConfigs } from '../kernels/webgpu/f16_support';
@@ -101,19 +102,28 @@ async function probeMatrixSyntax(): Promise<boolean> {
   return false;
 }
 
-/** 1. The case list in float16 mode: worst output error / max|v| and lse error per plan (and tiles). */
+/**
+ * 1. The case list in float16 mode: worst output error / max|v| and lse error per plan (and tiles).
+ * Forced tiles that do not fit a case's workgroup memory fall back to the defaults there
+ * (forwardF16); those cases are listed as not forced.
+ */
 async function checkCases(plans: F16Plan[], tiles?: F16Tiles): Promise<Record<string, unknown>> {
   const report: Record<string, unknown> = {};
   for (const plan of plans) {
     const tol = plan.element === 'f32' ? 2e-5 : 4e-3;
     let worst = 0, worstName = '', worstLse = 0;
-    const failed: string[] = [];
+    const failed: string[] = [], notForced: string[] = [];
     const device = backend().device;
+    const limit = device.limits.maxComputeWorkgroupStorageSize;
     device.pushErrorScope('validation');
     await withPlan(plan, tiles, async () => {
       for (const c of CASES) {
         const data = caseData(c);
         const t = caseTensors(c, data);
+        if (tiles) {
+          const { config } = normalizeAttention(t.q, t.k, t.v, { ...t.options, precision: 'float16' });
+          if (forwardF16WorkgroupBytes(config, plan, tiles, device.features.has('subgroups')) > limit) notForced.push(c.name);
+        }
         const { output, lse } = flashAttention(t.q, t.k, t.v, { ...t.options, precision: 'float16', returnLse: true });
         const [got, gotLse] = [await output.data(), await lse.data()];
         tf.dispose([output, lse, ...t.all]);
@@ -140,8 +150,9 @@ async function checkCases(plans: F16Plan[], tiles?: F16Tiles): Promise<Record<st
     if (invalid) failed.unshift(`WebGPU validation error: ${errorLines(invalid.message)}`);
     const name = `${plan.matmul}/${plan.element}${tiles ? ` ${JSON.stringify(tiles)}` : ''}`;
     say(`cases ${name}: ${CASES.length} cases, worst output err ${worst.toExponential(2)}·max|v| (${worstName}), ` +
-      `worst lse err ${worstLse.toExponential(2)}; tolerance ${tol}: ${failed.length ? `FAILED ${failed.join('; ')}` : 'all pass'}`);
-    report[name] = { worst, worstName, worstLse, failed };
+      `worst lse err ${worstLse.toExponential(2)}; tolerance ${tol}: ${failed.length ? `FAILED ${failed.join('; ')}` : 'all pass'}` +
+      `${tiles ? `; tiles forced on ${CASES.length - notForced.length} cases${notForced.length ? `, not on (do not fit): ${notForced.join(', ')}` : ''}` : ''}`);
+    report[name] = { worst, worstName, worstLse, failed, notForced };
   }
   return report;
 }
@@ -281,6 +292,13 @@ const VARIANT_CHECKS: F16Tiles[] = [
   m(8, 32, { doubleBuffer: true, stage: 'prefetch' }), m(4, 32, { qShared: true }),
   m(4, 16, { qShared: true, doubleBuffer: true, stage: 'prefetch' }),
 ];
+
+/**
+ * --q-shared: the default schedules (f16ForwardTiles: 4×32 with prefetched K/V for heads up to 64,
+ * 4×32 for wider) with qShared forced on every case; by default only heads wider than 64 (D = 80 in
+ * the case list) reload Q from workgroup memory.
+ */
+const Q_SHARED_CHECKS: F16Tiles[] = [m(4, 32, { qShared: true }), m(4, 32, { qShared: true, stage: 'prefetch' })];
 
 /**
  * GPU time of each compute pass from timestamp queries (where the device has 'timestamp-query'):
@@ -472,6 +490,12 @@ async function main(): Promise<void> {
   if (!matrixOnly || !plans.length) {
     if (caps.shaderF16) plans.push({ matmul: 'registers', element: 'f16' });
     plans.push({ matmul: 'registers', element: 'f32' });
+  }
+  if (args.includes('--q-shared')) {
+    if (plans[0].matmul !== 'subgroup-matrix') say('no subgroup-matrix plan: qShared does not apply here (a smoke test only)');
+    report.cases = await checkCases([plans[0]]);
+    for (const t of Q_SHARED_CHECKS) report.cases = { ...(report.cases as object), ...await checkCases([plans[0]], t) };
+    return finish(report);
   }
   if (!args.includes('--skip-check')) {
     report.cases = await checkCases(plans);
