@@ -235,9 +235,15 @@ interface Row { precision: Precision; pass: 'fwd' | 'fwd+bwd' | 'bwd'; n: number
 /** Milliseconds per call of `step` (`timeMs` with a budget, or steadyMs). */
 type Timer = (step: () => void) => Promise<number>;
 
-async function measure(row: Row, budgetMs = 200, timer: Timer = step => timeMs(step, budgetMs, 2)): Promise<Row> {
+/** q, k, v and dO of a bench problem: random normal, made on the host (tf.randomNormal fills them in JS). */
+const benchInputs = (n: number, d: number): tf.Tensor[] =>
+  [1, 2, 3, 4].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
+
+/** Times one row; `inputs` (q, k, v, dO of the row's shape) are the caller's to dispose, else made here. */
+async function measure(row: Row, budgetMs = 200, timer: Timer = step => timeMs(step, budgetMs, 2), inputs?: tf.Tensor[]):
+    Promise<Row> {
   const { n, d } = row;
-  const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal([1, H, n, d], 0, 1, 'float32', seed));
+  const [q, k, v, dy] = inputs ?? benchInputs(n, d);
   const options: FlashAttentionOptions = { causal: row.causal, precision: row.precision };
   // The backward alone runs on the float32 forward's output and lse, made only for that pass.
   const made: tf.Tensor[] = [];
@@ -263,7 +269,7 @@ async function measure(row: Row, budgetMs = 200, timer: Timer = step => timeMs(s
   } catch (e) {
     row.error = (e as Error).message.slice(0, 600);
   }
-  tf.dispose([q, k, v, dy, ...made]);
+  tf.dispose([...(inputs ? [] : [q, k, v, dy]), ...made]);
   console.log([row.precision.padEnd(8), row.pass.padEnd(8), `N=${n}`.padEnd(8), `D=${d}`.padEnd(6),
     (row.causal ? 'causal' : 'full').padEnd(7), row.error ? `FAILED ${row.error}` :
       `${row.ms?.toFixed(3).padStart(9)} ms ${row.tflops?.toFixed(2).padStart(6)} TFLOP/s`, row.note ?? ''].join(' '));
@@ -509,16 +515,20 @@ async function bench(): Promise<void> {
 }
 
 /**
- * Median milliseconds per call of `step` over `repeats` batches: one untimed call (compilation,
- * allocation), one timed call that sizes the batches to about `budgetMs` (1 to 200 calls), then the
- * batches; every batch's time per call goes to `samples`. Leaner than webgpu_timing's timeRepeated
- * (which sizes every repeat anew) because a call is up to several seconds at N = 65536.
+ * Median milliseconds per call of `step` over `repeats` batches: untimed calls for at least 300 ms
+ * (compilation, allocation; at least one), one timed call that sizes the batches to about `budgetMs`
+ * (1 to 200 calls), then the batches; every batch's time per call goes to `samples`. Leaner than
+ * webgpu_timing's timeRepeated (which sizes every repeat anew) because a call is up to several
+ * seconds at N = 65536.
  */
 async function steadyMs(step: () => void, budgetMs: number, repeats: number, samples: number[]): Promise<number> {
-  step();
-  await settle();
-  collectGarbage();
   let t0 = performance.now();
+  do {
+    step();
+    await settle();
+  } while (performance.now() - t0 < 300);
+  collectGarbage();
+  t0 = performance.now();
   step();
   await settle();
   const iters = Math.max(1, Math.min(200, Math.round(budgetMs / (performance.now() - t0))));
@@ -532,14 +542,15 @@ async function steadyMs(step: () => void, budgetMs: number, repeats: number, sam
 }
 
 /**
- * About two seconds of float32 forwards at N = 4096: on the H100 the first batches of a process read
- * 3–5× slow while the card leaves its idle clocks (RESULTS: the 19:26 and 19:44 UTC runs).
+ * `ms` of float32 forwards at N = 4096: on the H100 the first batches after the GPU idled (process
+ * start; seconds of host work making inputs) read 3–5× slow while the card leaves its idle clocks
+ * (RESULTS: the 19:26 and 19:44 UTC runs, and the first table run at 20:38).
  */
-async function warmUp(): Promise<void> {
+async function warmUp(ms: number): Promise<void> {
   const n = args.has('tiny') ? 256 : 4096;
   const [q, k, v] = [1, 2, 3].map(seed => tf.randomNormal([1, H, n, 64], 0, 1, 'float32', seed));
   const t0 = performance.now();
-  while (performance.now() - t0 < 2000) {
+  while (performance.now() - t0 < ms) {
     for (let i = 0; i < 4; i++) tf.tidy(() => { flashAttention(q, k, v); });
     await settle();
   }
@@ -557,10 +568,13 @@ async function table(): Promise<void> {
   webgpuF16BackwardTuning.dqTiles = undefined;
   console.log(`table: N ${sizes.join(', ')}, D ${heads.join(', ')}, ${repeats} repeats (3 at N >= 32768), ` +
     `backward mode ${JSON.stringify(f16BackwardMode(backend().device))}`);
-  await warmUp();
+  await warmUp(2000);
   const rows: Row[] = [];
   for (const n of sizes) {
     for (const d of heads) {
+      // One set of inputs for the 8 cells of (N, D): at N = 65536 making a set takes seconds of JS.
+      const inputs = benchInputs(n, d);
+      await warmUp(1000);
       for (const causal of [false, true]) {
         for (const pass of ['fwd', 'fwd+bwd'] as const) {
           for (const precision of ['float16', 'float32'] as const) {
@@ -575,10 +589,11 @@ async function table(): Promise<void> {
               const ms = await steadyMs(step, 100, n >= 32768 ? Math.min(3, repeats) : repeats, row.samples ?? []);
               row.note = `repeats ${row.samples?.map(x => x.toFixed(3)).join(' ')}`;
               return ms;
-            }));
+            }, inputs));
           }
         }
       }
+      tf.dispose(inputs);
     }
   }
   results.table = rows;
