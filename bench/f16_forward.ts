@@ -7,7 +7,9 @@
 //   3. a schedule sweep at N = 4096 (D = 64, 128): every candidate of SWEEP_TILES that fits is first
 //      checked against the float32 kernel's output on the timed inputs, then the candidates and the
 //      float32 kernel are timed interleaved in rounds (medians, host clock and GPU timestamps); then
-//      TFLOP/s of float16 vs float32 mode, causal and not, N = 1024 … 65536, B = 1, H = 12.
+//      TFLOP/s of float16 vs float32 mode, causal and not, N = 1024 … 65536, B = 1, H = 12, forward only,
+//      with the sweep's fastest tiles (the table on the final defaults, forward+backward too, is
+//      bench/f16_backward.ts `table`).
 //   --variants also runs the case list (1.) with the matrix plan on VARIANT_CHECKS; --check-best
 //   also runs it on the sweep's fastest correct tiles per head size;
 //   --matrix-only checks the subgroup-matrix plan only; --sweep-only stops after the sweep;
