@@ -57,9 +57,14 @@
 //   declares `out vec4 outputColor` without a location, and GLSL ES 3.00 wants a location on every
 //   output once there are several) or a quad of fragments sharing fetched texels through dFdx/dFdy
 //   (exact only if the bits are exchanged as 16-bit halves; its ALU cost is of the order of the
-//   fetch it saves): not done. The forward+backward is 7 such products against naive's 6 (the
-//   recomputation of q·k), won back by naive's passes over N² scores: 1.03×, 1.01×, 1.07×, 1.06×,
-//   1.15× at N = 256 … 4096 (19:06 UTC; at 256 and 512 a tie within the rounds' spread).
+//   fetch it saves): not done. Operands from a uniform buffer (filled on the GPU through a
+//   PIXEL_PACK buffer) instead of a texture cut the fetches 4× but were measured no faster
+//   (bench/webgl_ceiling.ts, 21:01 UTC: q·k 0.22–0.23 TFLOP/s, P·V 0.10–0.19, at run-time or
+//   compile-time offsets): a uniform-buffer read costs about a texel fetch there, and the pixel
+//   shaders' multiply-add rate itself is only ≈ 0.9 TFLOP/s. The forward+backward is 7 such
+//   products against naive's 6 (the recomputation of q·k), won back by naive's passes over N²
+//   scores: 1.03×, 1.01×, 1.07×, 1.06×, 1.15× at N = 256 … 4096 (19:06 UTC; at 256 and 512 a tie
+//   within the rounds' spread).
 // - Block size: 256-, 512- and 1024-key blocks gave the same H100 forward time at N = 4096 (17:22
 //   UTC), so blocks are as large as memory allows (up to 1024 keys, see `blockKeys`), all of one size
 //   (the last block is not a small remainder with the same fixed cost).
