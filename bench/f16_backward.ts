@@ -230,7 +230,7 @@ async function numerics(): Promise<void> {
 }
 
 interface Row { precision: Precision; pass: 'fwd' | 'fwd+bwd' | 'bwd'; n: number; d: number; causal: boolean; note?: string;
-  ms?: number; tflops?: number; error?: string; samples?: number[] }
+  ms?: number; tflops?: number; error?: string; samples?: number[]; iters?: number }
 
 /** Milliseconds per call of `step` (`timeMs` with a budget, or steadyMs). */
 type Timer = (step: () => void) => Promise<number>;
@@ -515,23 +515,36 @@ async function bench(): Promise<void> {
 }
 
 /**
- * Median milliseconds per call of `step` over `repeats` batches: untimed calls for at least 300 ms
- * (compilation, allocation; at least one), one timed call that sizes the batches to about `budgetMs`
- * (1 to 200 calls), then the batches; every batch's time per call goes to `samples`. Leaner than
- * webgpu_timing's timeRepeated (which sizes every repeat anew) because a call is up to several
- * seconds at N = 65536.
+ * Median milliseconds per call of `step` over `repeats` batches: a full garbage collection, then
+ * untimed calls for at least 300 ms (compilation, allocation; at least one), then the batches,
+ * sized to about `budgetMs` (1 to 200 calls) on the fastest of 3 timed calls; every batch's time
+ * per call goes to `samples`, the calls per batch to `batch.iters`. Leaner than webgpu_timing's
+ * timeRepeated (which sizes every repeat anew) because a call is up to several seconds at N = 65536.
+ * The collection comes before the untimed calls, not right before sizing: the Dawn objects it frees
+ * are destroyed during the calls after it (Node with --expose-gc on SwiftShader: 4.6–11 ms for the
+ * first call after collecting 15 000 forwards' garbage, 0.2–0.35 ms without the collection). The
+ * table's first cell (float16 forward, N = 1024, D = 64, after the process's 3 s of warm-up) ran
+ * batches of one call in both H100 runs at 20:38 and 20:47 UTC (every sample a whole number of
+ * nanoseconds), so its sizing call took over 67 ms and its 1.17–1.22 ms were one call's round trip
+ * (bench/RESULTS.md, float16 section).
  */
-async function steadyMs(step: () => void, budgetMs: number, repeats: number, samples: number[]): Promise<number> {
+async function steadyMs(step: () => void, budgetMs: number, repeats: number, samples: number[], batch: { iters?: number } = {}):
+    Promise<number> {
+  collectGarbage();
   let t0 = performance.now();
   do {
     step();
     await settle();
   } while (performance.now() - t0 < 300);
-  collectGarbage();
-  t0 = performance.now();
-  step();
-  await settle();
-  const iters = Math.max(1, Math.min(200, Math.round(budgetMs / (performance.now() - t0))));
+  let once = Infinity;
+  for (let i = 0; i < 3; i++) {
+    t0 = performance.now();
+    step();
+    await settle();
+    once = Math.min(once, performance.now() - t0);
+  }
+  const iters = Math.max(1, Math.min(200, Math.round(budgetMs / once)));
+  batch.iters = iters;
   for (let r = 0; r < repeats; r++) {
     t0 = performance.now();
     for (let i = 0; i < iters; i++) step();
@@ -586,8 +599,8 @@ async function table(): Promise<void> {
               continue;
             }
             rows.push(await measure(row, 0, async step => {
-              const ms = await steadyMs(step, 100, n >= 32768 ? Math.min(3, repeats) : repeats, row.samples ?? []);
-              row.note = `repeats ${row.samples?.map(x => x.toFixed(3)).join(' ')}`;
+              const ms = await steadyMs(step, 100, n >= 32768 ? Math.min(3, repeats) : repeats, row.samples ?? [], row);
+              row.note = `${row.iters} calls per batch, repeats ${row.samples?.map(x => x.toFixed(3)).join(' ')}`;
               return ms;
             }, inputs));
           }

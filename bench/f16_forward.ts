@@ -14,11 +14,14 @@
 //   also runs it on the sweep's fastest correct tiles per head size;
 //   --matrix-only checks the subgroup-matrix plan only; --sweep-only stops after the sweep;
 //   --rounds R sets the sweep's rounds; --q-shared runs only the case list (1.) on the matrix plan,
-//   with the default schedules and then with qShared forced on every case (Q_SHARED_CHECKS).
+//   with the default schedules and then with qShared forced on every case (Q_SHARED_CHECKS);
+//   --small-n runs only the case list on the device's first plan (unless --skip-check) and then
+//   smallN(): the float16 forward on its defaults against the float32 kernel where the host bounds
+//   a call (N = 1024, 2048) and at N = 4096, host, enqueue and GPU time per call.
 //
 //   /work/shared/gpu/pack.sh bench/f16_forward.ts   then on the GPU machine:
 //   bash .gpu/run.sh f16_forward.mjs [--quick] [--no-robustness] [--max-n N] [--skip-check] [--variants]
-//     [--check-best] [--matrix-only] [--sweep-only] [--rounds R] [--q-shared]
+//     [--check-best] [--matrix-only] [--sweep-only] [--rounds R] [--q-shared] [--small-n]
 // Results: tables on stdout, JSON in $OUT/f16_forward<-norobust>.json when OUT is set.
 //
 // Timing as bench/webgpu.ts: after a warm-up run (compilation), `iters` runs are queued back to back
@@ -40,7 +43,7 @@ import { caseTensors } from '../test/case_tensors';
 import { maxAbs } from '../test/compare';
 import { referenceForward } from '../test/reference';
 import type { AttentionConfig } from '../src/config';
-import { backend, settle, sizeBatch, timeMs } from './webgpu_timing';
+import { backend, collectGarbage, settle, sizeBatch, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = process.argv.slice(2);
@@ -466,6 +469,73 @@ async function sweep(d: number, plan: F16Plan, limit: number): Promise<F16Tiles 
   return best?.t;
 }
 
+/**
+ * --small-n: `rounds` interleaved rounds (the order rotates each round) of the float16 forward on its
+ * default plan and tiles (no override) and the float32 kernel, B = 1, H = 12, at N = 1024 and 2048
+ * (D = 64, 128, causal and not), where a call is bounded by host work rather than the GPU, and at
+ * N = 4096 (D = 64, 128, full). Per entry: a full garbage collection, 150 ms of untimed calls, a
+ * batch sized to about 100 ms on the fastest of 3 timed calls (2 to 400 calls), then host ms per
+ * call (to onSubmittedWorkDone), the host's time per call to queue the batch (`enqueue`), and the
+ * median GPU time per compute pass from timestamps (the first 64 passes of the batch).
+ */
+async function smallN(): Promise<void> {
+  // --max-n below 1024 (smoke tests on SwiftShader) runs that N alone.
+  const small = [1024, 2048].filter(n => n <= maxN);
+  const shapes = (small.length ? small : [maxN]).flatMap(n => [64, 128].flatMap(d => [false, true].map(causal => ({ n, d, causal }))))
+    .concat(maxN >= 4096 ? [64, 128].map(d => ({ n: 4096, d, causal: false })) : []);
+  const inputs = new Map(shapes.map(s => [`${s.n}/${s.d}`,
+    [1, 2, 3].map(seed => tf.randomNormal([1, H, s.n, s.d], 0, 1, 'float32', seed))]));
+  const entries = shapes.flatMap(s => (['float16', 'float32'] as const).map(precision => ({ ...s, precision })));
+  const name = (e: typeof entries[number]) => `${e.precision} N=${e.n} D=${e.d} ${e.causal ? 'causal' : 'full'}`;
+  const times = new Map(entries.map(e => [e, [] as Array<{ host: number; enqueue: number; gpu?: number; passes?: number; iters: number }>]));
+  await warmUp();
+  await warmUp();
+  for (let round = 0; round < rounds; round++) {
+    for (let x = 0; x < entries.length; x++) {
+      const e = entries[(x + round) % entries.length];
+      const [q, k, v] = inputs.get(`${e.n}/${e.d}`) ?? [];
+      const run = () => tf.tidy(() => { flashAttention(q, k, v, { causal: e.causal, precision: e.precision }); });
+      collectGarbage();
+      let t0 = performance.now();
+      do {
+        run();
+        await settle();
+      } while (performance.now() - t0 < 150);
+      let once = Infinity;
+      for (let i = 0; i < 3; i++) {
+        t0 = performance.now();
+        run();
+        await settle();
+        once = Math.min(once, performance.now() - t0);
+      }
+      const iters = Math.max(2, Math.min(400, Math.round(100 / once)));
+      passTimer?.start();
+      t0 = performance.now();
+      for (let i = 0; i < iters; i++) run();
+      const queued = performance.now();
+      await settle();
+      const host = (performance.now() - t0) / iters;
+      const passes = await passTimer?.stop();
+      const r = { host, enqueue: (queued - t0) / iters, iters, ...(passes?.length ? { gpu: median(passes), passes: passes.length } : {}) };
+      times.get(e)?.push(r);
+      say(`round ${round} ${name(e).padEnd(28)} host ${host.toFixed(3)} enqueue ${r.enqueue.toFixed(3)} gpu ${r.gpu?.toFixed(3) ?? 'n/a'} ms (${iters} calls)`);
+    }
+  }
+  for (const xs of inputs.values()) tf.dispose(xs);
+  say(`\nsmall-n: medians over ${rounds} rounds, ms per call (TFLOP/s from host time; f16/f32 = time ratio in the same round, median):`);
+  for (const e of entries) {
+    const t = times.get(e) ?? [];
+    const flops = 4 * H * e.n * e.n * e.d * (e.causal ? 0.5 : 1);
+    const host = median(t.map(x => x.host));
+    const other = times.get(entries.find(o => o.n === e.n && o.d === e.d && o.causal === e.causal && o.precision !== e.precision) ?? e) ?? [];
+    const ratio = median(t.map((x, r) => (other[r] ? x.host / other[r].host : NaN)));
+    const gpu = t.filter(x => x.gpu !== undefined).map(x => x.gpu ?? 0);
+    say(`  ${name(e).padEnd(28)} host ${host.toFixed(3)} (${(flops / (host * 1e9)).toFixed(1)} TFLOP/s; rounds ${t.map(x => x.host.toFixed(3)).join(' ')}) ` +
+      `enqueue ${median(t.map(x => x.enqueue)).toFixed(3)} gpu/pass ${gpu.length ? median(gpu).toFixed(3) : 'n/a'} ` +
+      `calls ${t.map(x => x.iters).join(' ')} ${e.precision === 'float16' ? `f16/f32 ${ratio.toFixed(2)}` : ''}`);
+  }
+}
+
 async function main(): Promise<void> {
   const setup = await initDawn({ unsafeFeatures: true, disableRobustness: noRobustness, swiftShaderFallback: true });
   const device = setup.device;
@@ -492,6 +562,11 @@ async function main(): Promise<void> {
   if (!matrixOnly || !plans.length) {
     if (caps.shaderF16) plans.push({ matmul: 'registers', element: 'f16' });
     plans.push({ matmul: 'registers', element: 'f32' });
+  }
+  if (args.includes('--small-n')) {
+    if (!args.includes('--skip-check')) report.cases = await checkCases([plans[0]]);
+    await smallN();
+    return finish(report);
   }
   if (args.includes('--q-shared')) {
     if (plans[0].matmul !== 'subgroup-matrix') say('no subgroup-matrix plan: qShared does not apply here (a smoke test only)');
