@@ -67,6 +67,18 @@ function bindings(c: AttentionConfig, program: DkdvF16Mode): BindingSpec[] {
 export function dkdvF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mode: F16Mode,
   program: DkdvF16Mode = 'dkdv'): ProgramSpec {
   const binds = bindings(c, program);
+  return {
+    key: JSON.stringify({ program: 'attention_backward_dkdv_f16', config: shaderConfig(c), tiles: t, mode, pass: program }),
+    bindings: binds, uniforms: [...COMMON_UNIFORMS, ...binds.map(b => `off_${b.name}`)],
+    // Built only when the pipeline cache misses (host time per call otherwise, as the forward's).
+    body: () => dkdvF16Source(c, aux, t, mode, program),
+    extensions: f16Extensions(mode),
+    chunking: { rows: t.cols, keys: t.rows, accumulates: 'rows' },
+  };
+}
+
+/** The WGSL of dkdvF16Program after its bindings. */
+function dkdvF16Source(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mode: F16Mode, program: DkdvF16Mode): string {
   const columns = program === 'biasColumns';
   const ops = matrixOps(mode);
   const E = mode.element;
@@ -167,7 +179,7 @@ ${columns ? '        st[r * SS + col] = ds;' : `        pt[r * PS + col] = ${E}(
     }
   }`).join('\n');
 
-  const body = () => `
+  return `
 ${constants(c)}
 const BK = ${t.rows}u;
 const BQ = ${t.cols}u;
@@ -241,10 +253,4 @@ ${columns ? '' : `${storeTiles('dka', 'dk', kStrides, D16, c.headDim, ` * ${f32(
 ${storeTiles('dva', 'dv', vStrides, DV16, c.headDimV, '')}`}
 }
 `;
-  return {
-    key: JSON.stringify({ program: 'attention_backward_dkdv_f16', config: shaderConfig(c), tiles: t, mode, pass: program }),
-    bindings: binds, uniforms: [...COMMON_UNIFORMS, ...binds.map(b => `off_${b.name}`)], body,
-    extensions: f16Extensions(mode),
-    chunking: { rows: t.cols, keys: t.rows, accumulates: 'rows' },
-  };
 }

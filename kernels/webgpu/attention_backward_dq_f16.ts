@@ -48,6 +48,19 @@ function bindings(c: AttentionConfig): BindingSpec[] {
 
 export function dqF16Program(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mode: F16Mode): ProgramSpec {
   const binds = bindings(c);
+  return {
+    key: JSON.stringify({ program: 'attention_backward_dq_f16', config: shaderConfig(c), tiles: t, mode }),
+    bindings: binds, uniforms: [...COMMON_UNIFORMS, ...binds.map(b => `off_${b.name}`)],
+    // Built only when the pipeline cache misses (host time per call otherwise, as the forward's).
+    body: () => dqF16Source(c, aux, t, mode),
+    extensions: f16Extensions(mode),
+    // Key ranges of a split unit add into dQ (and the bias' row sums) written by the dispatch before.
+    chunking: { rows: t.rows, keys: t.cols, accumulates: 'keys' },
+  };
+}
+
+/** The WGSL of dqF16Program after its bindings. */
+function dqF16Source(c: AttentionConfig, aux: AuxLayout, t: F16Tiles, mode: F16Mode): string {
   const ops = matrixOps(mode);
   const E = mode.element;
   const { KS, VS, SS, PS } = strides(c, t);
@@ -116,7 +129,7 @@ ${rowSums ? '      st[r * SS + col] = ds;' : ''}
     }
   }`).join('\n');
 
-  const body = () => `
+  return `
 ${constants(c)}
 const BQ = ${t.rows}u;
 const BK = ${t.cols}u;
@@ -188,11 +201,4 @@ ${rowSums ? `  if ((lidx < BQ) & (i0 + lidx < SEQQ)) {
 ${stores}
 }
 `;
-  return {
-    key: JSON.stringify({ program: 'attention_backward_dq_f16', config: shaderConfig(c), tiles: t, mode }),
-    bindings: binds, uniforms: [...COMMON_UNIFORMS, ...binds.map(b => `off_${b.name}`)], body,
-    extensions: f16Extensions(mode),
-    // Key ranges of a split unit add into dQ (and the bias' row sums) written by the dispatch before.
-    chunking: { rows: t.rows, keys: t.cols, accumulates: 'keys' },
-  };
 }

@@ -239,10 +239,23 @@ export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: b
   if (t.keys % 16 !== 0 || chunkWidth(t) % 16 !== 0) {
     throw new Error(`flashAttention (webgpu, float16): tiles ${JSON.stringify(t)} are not multiples of 16`);
   }
-  const inMatrices = t.accumulator === 'matrices';
-  if (inMatrices && !useSubgroups) {
+  if (t.accumulator === 'matrices' && !useSubgroups) {
     throw new Error('flashAttention (webgpu, float16): the \'matrices\' accumulator needs subgroups');
   }
+  return {
+    key: JSON.stringify({ program: 'attention_forward_f16', config: shaderConfig(c), plan, tiles: t, useSubgroups, withAux }),
+    bindings, uniforms,
+    // Built only when the pipeline cache misses: assembling the text took 50–90 µs of host time per
+    // call (D = 64 / 128, measured in Node), a sizeable part of a call at N = 1024, where the host,
+    // not the GPU, bounds the forward.
+    body: () => forwardF16Source(c, aux, plan, t, useSubgroups),
+    extensions: planExtensions(plan, useSubgroups),
+  };
+}
+
+/** The WGSL of forwardF16Program after its bindings (see the header). */
+function forwardF16Source(c: AttentionConfig, aux: AuxLayout, plan: F16Plan, t: F16Tiles, useSubgroups: boolean): string {
+  const inMatrices = t.accumulator === 'matrices';
   const L = layoutOf(c, plan, t);
   const E = plan.element;
   const matrix = plan.matmul === 'subgroup-matrix';
@@ -382,7 +395,7 @@ ${L.qwSize ? '' : d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), qSlot, 
     ${staging.fetch('j0 + BK')}`,
   }[stage];
 
-  const body = () => `
+  return `
 ${constants(c)}
 const BQ = ${BQ}u;
 const BK = ${BK}u;
@@ -479,11 +492,6 @@ ${o4.map(x => {
   }
 }
 `;
-  return {
-    key: JSON.stringify({ program: 'attention_forward_f16', config: shaderConfig(c), plan, tiles: t, useSubgroups, withAux }),
-    bindings, uniforms, body,
-    extensions: planExtensions(plan, useSubgroups),
-  };
 }
 
 /** Tiles for a CPU adapter (tests): compile time dominates there. */
