@@ -520,13 +520,14 @@ async function bench(): Promise<void> {
  * sized to about `budgetMs` (1 to 200 calls) on the fastest of 3 timed calls; every batch's time
  * per call goes to `samples`, the calls per batch to `batch.iters`. Leaner than webgpu_timing's
  * timeRepeated (which sizes every repeat anew) because a call is up to several seconds at N = 65536.
- * The collection comes before the untimed calls, not right before sizing: the Dawn objects it frees
- * are destroyed during the calls after it (Node with --expose-gc on SwiftShader: 4.6–11 ms for the
- * first call after collecting 15 000 forwards' garbage, 0.2–0.35 ms without the collection). The
- * table's first cell (float16 forward, N = 1024, D = 64, after the process's 3 s of warm-up) ran
- * batches of one call in both H100 runs at 20:38 and 20:47 UTC (every sample a whole number of
- * nanoseconds), so its sizing call took over 67 ms and its 1.17–1.22 ms were one call's round trip
- * (bench/RESULTS.md, float16 section).
+ * The collection comes before the untimed calls, not right before sizing: the calls right after it
+ * are slow, presumably while the Dawn objects it freed are destroyed (Node with --expose-gc on
+ * SwiftShader: 4.6–11 ms for the first call after collecting 15 000 forwards' garbage, 0.2–0.35 ms
+ * without the collection). The table's first cell (float16 forward, N = 1024, D = 64, after the
+ * process's 3 s of warm-up) ran batches of one call in both H100 runs at 20:38 and 20:47 UTC (every
+ * sample a whole number of nanoseconds), so its sizing call took over 67 ms and its 1.17–1.22 ms
+ * were one call's round trip (bench/RESULTS.md, float16 section, 21:06 UTC; with this sizing: 200
+ * calls, 0.239 ms).
  */
 async function steadyMs(step: () => void, budgetMs: number, repeats: number, samples: number[], batch: { iters?: number } = {}):
     Promise<number> {
