@@ -361,7 +361,7 @@ const sweeps: Record<number, unknown> = {};
 const median = (x: number[]): number => [...x].sort((a, b) => a - b)[Math.floor(x.length / 2)];
 
 /**
- * Milliseconds per call of `run`, host clock (as timeMs: a warm-up, one call to size the batch,
+ * Milliseconds per call of `run`, host clock (as timeMs: a warm-up, the fastest of three calls sizes the batch,
  * then a batch of back-to-back calls, 2 to 50, about `budgetMs`) and, with a PassTimer, the median
  * GPU time of the batch's compute passes (one per call for these programs).
  */

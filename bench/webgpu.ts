@@ -12,7 +12,7 @@
 //   under a 2 MiB binding limit vs unsplit; --quick)
 // Results: a table on stdout and JSON in $OUT/webgpu_bench.json (when OUT is set).
 //
-// Timing: after a warm-up (compilation), one run is timed to size the batch, then `iters` runs are
+// Timing: after a warm-up (compilation), the fastest of three runs sizes the batch, then `iters` runs are
 // queued back to back and timed with the host clock around queue.onSubmittedWorkDone(). Memory:
 // tf.profile's peakBytes (bytes of live tensors at the peak, which includes the naive scores).
 import * as fs from 'fs';

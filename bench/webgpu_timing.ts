@@ -35,18 +35,26 @@ export async function timeMs(run: () => void, budgetMs: number, minIters = 1): P
 }
 
 /**
- * A warm-up run (compilation), then one timed run (`once`, ms) that sizes a batch of about
- * `budgetMs`: `iters` runs, clamped to [minIters, maxIters].
+ * A warm-up run (compilation), then the fastest of up to three timed runs (`once`, ms) sizes a batch
+ * of about `budgetMs`: `iters` runs, clamped to [minIters, maxIters]. Not one run: the runs right
+ * after a full garbage collection are slow (SwiftShader: 4.6–11 ms against 0.2–0.35 for a float16
+ * forward), and sizing on such a run shrank the H100 table's batches to one call (bench/RESULTS.md,
+ * float16 section, 21:06 UTC).
  */
 export async function sizeBatch(run: () => void, budgetMs: number, minIters: number, maxIters: number):
     Promise<{ once: number; iters: number }> {
   run();
   await settle();
   collectGarbage();
-  const t0 = performance.now();
-  run();
-  await settle();
-  const once = performance.now() - t0;
+  let once = Infinity;
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    run();
+    await settle();
+    once = Math.min(once, performance.now() - t0);
+    // Runs of seconds: one is enough (timeWithEnqueue then reports that run itself).
+    if (once > 1000) break;
+  }
   return { once, iters: Math.max(minIters, Math.min(maxIters, Math.ceil(budgetMs / Math.max(once, 0.01)))) };
 }
 
