@@ -17,11 +17,15 @@
 //   with the default schedules and then with qShared forced on every case (Q_SHARED_CHECKS);
 //   --small-n runs only the case list on the device's first plan (unless --skip-check) and then
 //   smallN(): the float16 forward on its defaults against the float32 kernel where the host bounds
-//   a call (N = 1024, 2048) and at N = 4096, host, enqueue and GPU time per call.
+//   a call (N = 1024, 2048) and at N = 4096, host, enqueue and GPU time per call;
+//   --pairing runs the case list (unless --skip-check) on the device's first plan with the default
+//   block schedule and then with paired and with halved query blocks forced on every case, then
+//   pairingAB(): the causal forward with one block per workgroup, whole pairs and halved pairs
+//   (f16ForwardTuning.schedule) interleaved, N = 2048 … 8192, D = 64 and 128.
 //
 //   /work/shared/gpu/pack.sh bench/f16_forward.ts   then on the GPU machine:
 //   bash .gpu/run.sh f16_forward.mjs [--quick] [--no-robustness] [--max-n N] [--skip-check] [--variants]
-//     [--check-best] [--matrix-only] [--sweep-only] [--rounds R] [--q-shared] [--small-n]
+//     [--check-best] [--matrix-only] [--sweep-only] [--rounds R] [--q-shared] [--small-n] [--pairing]
 // Results: tables on stdout, JSON in $OUT/f16_forward<-norobust>.json when OUT is set.
 //
 // Timing as bench/webgpu.ts: after a warm-up run (compilation), `iters` runs are queued back to back
@@ -83,7 +87,7 @@ async function probeMatrixSyntax(): Promise<boolean> {
   for (const templated of [false, true]) {
     f16Tuning.templatedLoad = templated;
     const spec = forwardF16Program(c, auxLayout(c, false), false, { matmul: 'subgroup-matrix', element: 'f16' },
-      { groups: 4, keys: 32 }, true);
+      { groups: 4, keys: 32 }, true, { paired: false, halves: false });
     device.pushErrorScope('validation');
     const module = device.createShaderModule({ code: wgslBindings(spec) + spec.body() });
     const info = await module.getCompilationInfo();
@@ -469,14 +473,44 @@ async function sweep(d: number, plan: F16Plan, limit: number): Promise<F16Tiles 
   return best?.t;
 }
 
+interface EntryTiming { host: number; enqueue: number; gpu?: number; passes?: number; iters: number }
+
+/**
+ * One entry of an interleaved round: a full garbage collection, 150 ms of untimed calls, a batch
+ * sized to about 100 ms on the fastest of 3 timed calls (2 to 400 calls), then host ms per call (to
+ * onSubmittedWorkDone), the host's time per call to queue the batch (`enqueue`), and the median
+ * GPU time per compute pass from timestamps (the first 64 passes of the batch).
+ */
+async function timeEntry(run: () => void): Promise<EntryTiming> {
+  collectGarbage();
+  let t0 = performance.now();
+  do {
+    run();
+    await settle();
+  } while (performance.now() - t0 < 150);
+  let once = Infinity;
+  for (let i = 0; i < 3; i++) {
+    t0 = performance.now();
+    run();
+    await settle();
+    once = Math.min(once, performance.now() - t0);
+  }
+  const iters = Math.max(2, Math.min(400, Math.round(100 / once)));
+  passTimer?.start();
+  t0 = performance.now();
+  for (let i = 0; i < iters; i++) run();
+  const queued = performance.now();
+  await settle();
+  const host = (performance.now() - t0) / iters;
+  const passes = await passTimer?.stop();
+  return { host, enqueue: (queued - t0) / iters, iters, ...(passes?.length ? { gpu: median(passes), passes: passes.length } : {}) };
+}
+
 /**
  * --small-n: `rounds` interleaved rounds (the order rotates each round) of the float16 forward on its
  * default plan and tiles (no override) and the float32 kernel, B = 1, H = 12, at N = 1024 and 2048
  * (D = 64, 128, causal and not), where a call is bounded by host work rather than the GPU, and at
- * N = 4096 (D = 64, 128, full). Per entry: a full garbage collection, 150 ms of untimed calls, a
- * batch sized to about 100 ms on the fastest of 3 timed calls (2 to 400 calls), then host ms per
- * call (to onSubmittedWorkDone), the host's time per call to queue the batch (`enqueue`), and the
- * median GPU time per compute pass from timestamps (the first 64 passes of the batch).
+ * N = 4096 (D = 64, 128, full); each entry timed by timeEntry.
  */
 async function smallN(): Promise<void> {
   // --max-n below 1024 (smoke tests on SwiftShader) runs that N alone.
@@ -487,38 +521,16 @@ async function smallN(): Promise<void> {
     [1, 2, 3].map(seed => tf.randomNormal([1, H, s.n, s.d], 0, 1, 'float32', seed))]));
   const entries = shapes.flatMap(s => (['float16', 'float32'] as const).map(precision => ({ ...s, precision })));
   const name = (e: typeof entries[number]) => `${e.precision} N=${e.n} D=${e.d} ${e.causal ? 'causal' : 'full'}`;
-  const times = new Map(entries.map(e => [e, [] as Array<{ host: number; enqueue: number; gpu?: number; passes?: number; iters: number }>]));
+  const times = new Map(entries.map(e => [e, [] as EntryTiming[]]));
   await warmUp();
   await warmUp();
   for (let round = 0; round < rounds; round++) {
     for (let x = 0; x < entries.length; x++) {
       const e = entries[(x + round) % entries.length];
       const [q, k, v] = inputs.get(`${e.n}/${e.d}`) ?? [];
-      const run = () => tf.tidy(() => { flashAttention(q, k, v, { causal: e.causal, precision: e.precision }); });
-      collectGarbage();
-      let t0 = performance.now();
-      do {
-        run();
-        await settle();
-      } while (performance.now() - t0 < 150);
-      let once = Infinity;
-      for (let i = 0; i < 3; i++) {
-        t0 = performance.now();
-        run();
-        await settle();
-        once = Math.min(once, performance.now() - t0);
-      }
-      const iters = Math.max(2, Math.min(400, Math.round(100 / once)));
-      passTimer?.start();
-      t0 = performance.now();
-      for (let i = 0; i < iters; i++) run();
-      const queued = performance.now();
-      await settle();
-      const host = (performance.now() - t0) / iters;
-      const passes = await passTimer?.stop();
-      const r = { host, enqueue: (queued - t0) / iters, iters, ...(passes?.length ? { gpu: median(passes), passes: passes.length } : {}) };
+      const r = await timeEntry(() => tf.tidy(() => { flashAttention(q, k, v, { causal: e.causal, precision: e.precision }); }));
       times.get(e)?.push(r);
-      say(`round ${round} ${name(e).padEnd(28)} host ${host.toFixed(3)} enqueue ${r.enqueue.toFixed(3)} gpu ${r.gpu?.toFixed(3) ?? 'n/a'} ms (${iters} calls)`);
+      say(`round ${round} ${name(e).padEnd(28)} host ${r.host.toFixed(3)} enqueue ${r.enqueue.toFixed(3)} gpu ${r.gpu?.toFixed(3) ?? 'n/a'} ms (${r.iters} calls)`);
     }
   }
   for (const xs of inputs.values()) tf.dispose(xs);
@@ -534,6 +546,72 @@ async function smallN(): Promise<void> {
       `enqueue ${median(t.map(x => x.enqueue)).toFixed(3)} gpu/pass ${gpu.length ? median(gpu).toFixed(3) : 'n/a'} ` +
       `calls ${t.map(x => x.iters).join(' ')} ${e.precision === 'float16' ? `f16/f32 ${ratio.toFixed(2)}` : ''}`);
   }
+}
+
+type PairSchedule = typeof f16ForwardTuning.schedule;
+
+/** The float16 forward's block-pairing schedules (f16ForwardTuning.schedule) that --pairing compares. */
+const PAIRINGS: Record<string, PairSchedule> = {
+  'one block per workgroup': { pairBlocks: 'never', halvePairs: 'never' },
+  'whole pairs': { pairBlocks: 'banded', halvePairs: 'never' },
+  'halved pairs': { pairBlocks: 'banded', halvePairs: 'always' },
+};
+
+const withSchedule = async <T>(schedule: PairSchedule, body: () => Promise<T>): Promise<T> => {
+  const saved = f16ForwardTuning.schedule;
+  f16ForwardTuning.schedule = schedule;
+  try {
+    return await body();
+  } finally {
+    f16ForwardTuning.schedule = saved;
+  }
+};
+
+/**
+ * --pairing (b): the float16 causal forward (default plan and tiles) under each of PAIRINGS, and
+ * the full forward of the same shape as a reference, B = 1, H = 12, N = 2048, 4096, 8192 (to
+ * --max-n), D = 64 and 128, in `rounds` interleaved rounds (the order rotates each round) after
+ * two seconds of warm-up; each entry timed by timeEntry. TFLOP/s count causal FLOPs as half.
+ */
+async function pairingAB(): Promise<Record<string, unknown>> {
+  const sizes = [2048, 4096, 8192].filter(n => n <= maxN);
+  const shapes = (sizes.length ? sizes : [maxN]).flatMap(n => [64, 128].map(d => ({ n, d })));
+  const inputs = new Map(shapes.map(s => [`${s.n}/${s.d}`,
+    [1, 2, 3].map(seed => tf.randomNormal([1, H, s.n, s.d], 0, 1, 'float32', seed))]));
+  const FULL = 'full (reference)';
+  const entries = shapes.flatMap(s => [...Object.keys(PAIRINGS), FULL].map(schedule => ({ ...s, schedule })));
+  const name = (e: typeof entries[number]) => `N=${e.n} D=${e.d} ${e.schedule === FULL ? FULL : `causal, ${e.schedule}`}`;
+  const times = new Map(entries.map(e => [e, [] as EntryTiming[]]));
+  await warmUp();
+  await warmUp();
+  for (let round = 0; round < rounds; round++) {
+    for (let x = 0; x < entries.length; x++) {
+      const e = entries[(x + round) % entries.length];
+      const [q, k, v] = inputs.get(`${e.n}/${e.d}`) ?? [];
+      const causal = e.schedule !== FULL;
+      const run = () => tf.tidy(() => { flashAttention(q, k, v, { causal, precision: 'float16' }); });
+      const r = await withSchedule(PAIRINGS[e.schedule] ?? f16ForwardTuning.schedule, () => timeEntry(run));
+      times.get(e)?.push(r);
+      say(`round ${round} ${name(e).padEnd(44)} host ${r.host.toFixed(3)} enqueue ${r.enqueue.toFixed(3)} gpu ${r.gpu?.toFixed(3) ?? 'n/a'} ms (${r.iters} calls)`);
+    }
+  }
+  for (const xs of inputs.values()) tf.dispose(xs);
+  say(`\npairing: medians over ${rounds} rounds, ms per call (TFLOP/s from host time, causal FLOPs halved; ` +
+    'old/this = median over rounds of the one-block-per-workgroup time / this time in the same round):');
+  const summary: unknown[] = [];
+  for (const e of entries) {
+    const t = times.get(e) ?? [];
+    const flops = 4 * H * e.n * e.n * e.d * (e.schedule === FULL ? 1 : 0.5);
+    const host = median(t.map(x => x.host));
+    const old = times.get(entries.find(o => o.n === e.n && o.d === e.d && o.schedule === 'one block per workgroup') ?? e) ?? [];
+    const ratio = median(t.map((x, r) => old[r].host / x.host));
+    const gpu = t.filter(x => x.gpu !== undefined).map(x => x.gpu ?? 0);
+    summary.push({ ...e, hostMs: t.map(x => x.host), gpuMs: t.map(x => x.gpu), iters: t.map(x => x.iters), medianMs: host, oldOverThis: ratio });
+    say(`  ${name(e).padEnd(44)} host ${host.toFixed(3)} (${(flops / (host * 1e9)).toFixed(1)} TFLOP/s; rounds ` +
+      `${t.map(x => x.host.toFixed(3)).join(' ')}) gpu/pass ${gpu.length ? median(gpu).toFixed(3) : 'n/a'} ` +
+      `calls ${t.map(x => x.iters).join(' ')}${e.schedule === FULL ? '' : ` old/this ${ratio.toFixed(3)}`}`);
+  }
+  return { rounds, entries: summary };
 }
 
 async function main(): Promise<void> {
@@ -566,6 +644,20 @@ async function main(): Promise<void> {
   if (args.includes('--small-n')) {
     if (!args.includes('--skip-check')) report.cases = await checkCases([plans[0]]);
     await smallN();
+    return finish(report);
+  }
+  if (args.includes('--pairing')) {
+    // (a) The case list on the device's first plan: default schedule, then paired and halved
+    // blocks forced on every case (pairBlocks 'always': unbanded problems pair too).
+    if (!args.includes('--skip-check')) {
+      report.cases = await checkCases([plans[0]]);
+      for (const halvePairs of ['never', 'always'] as const) {
+        say(`forced: pairBlocks 'always', halvePairs '${halvePairs}'`);
+        const checked = await withSchedule({ pairBlocks: 'always', halvePairs }, () => checkCases([plans[0]]));
+        report.cases = { ...(report.cases as object), [`pairBlocks always, halvePairs ${halvePairs}`]: checked };
+      }
+    }
+    report.pairing = await pairingAB();
     return finish(report);
   }
   if (args.includes('--q-shared')) {

@@ -16,7 +16,11 @@ import { compareForward, compareLse, maxAbs } from './compare';
 import { referenceForward } from './reference';
 import { DawnWebGPU, initDawnWebGPU } from './setup/webgpu_node';
 import { F16Plan, f16Capabilities, f16Tuning, matrixPathFits } from '../kernels/webgpu/f16_support';
-import { f16ForwardTuning, F16Tiles } from '../kernels/webgpu/attention_forward_f16';
+import { f16ForwardTuning, f16Pairing, F16Tiles } from '../kernels/webgpu/attention_forward_f16';
+import { forwardGrid } from '../kernels/webgpu/attention_forward';
+import { webgpuAttentionTuning } from '../kernels/webgpu/tuning';
+import type { ForwardSchedule } from '../kernels/webgpu/tuning';
+import { normalizeAttention } from '../src/config';
 
 /**
  * Forward error bound of the real f16 plans, relative to max|v| (Q, K, P and V rounded to f16, every
@@ -189,6 +193,118 @@ describe('float16 forward: larger tiles, skipped tiles and the fallback', () => 
       warn.mockRestore();
     }
   });
+});
+
+type PairSchedule = Pick<ForwardSchedule, 'pairBlocks' | 'halvePairs'>;
+
+/** withPlan under a block-pairing schedule (f16ForwardTuning.schedule), restored after. */
+function withPairing(schedule: PairSchedule, tiles: F16Tiles, body: () => Promise<void>): () => Promise<void> {
+  return withPlan(F32_REGISTERS, tiles, async () => {
+    const saved = f16ForwardTuning.schedule;
+    f16ForwardTuning.schedule = schedule;
+    try {
+      await body();
+    } finally {
+      f16ForwardTuning.schedule = saved;
+    }
+  });
+}
+
+/** The WGSL of every shader module compiled while `body` runs (programs are compiled once per key). */
+async function compiledDuring(device: GPUDevice, body: () => Promise<void>): Promise<string[]> {
+  const spy = jest.spyOn(device, 'createShaderModule');
+  try {
+    await body();
+    return spy.mock.calls.map(([descriptor]) => descriptor.code);
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+/**
+ * Pairing cases beyond the shared list's: block counts odd and even at 16 and 64 rows per block,
+ * the partial block (cut from the end of the rows, so it is block 0) of 1 to 15 rows.
+ */
+const PAIRING_CASES: AttentionCase[] = [
+  { name: 'causal, 3 blocks of 16 (a pair and a middle block)', b: 1, hq: 2, hkv: 1, nq: 40, nk: 40, d: 8, dv: 4,
+    grad: false, causal: true },
+  { name: 'causal Nq < Nk', b: 1, hq: 2, hkv: 2, nq: 24, nk: 56, d: 8, dv: 4, grad: false, causal: true },
+  { name: 'causal Nq > Nk, BSHD', b: 2, hq: 2, hkv: 1, nq: 56, nk: 24, d: 8, dv: 4, grad: false, causal: true,
+    layout: 'BSHD' },
+  { name: 'causal window, keyLengths', b: 2, hq: 2, hkv: 2, nq: 36, nk: 44, d: 8, dv: 4, grad: false,
+    windowSize: [9, 0], keyLengths: [30, 44] },
+];
+
+/** The shared list's cases that pairing touches: odd N (17, 129), Nq ≠ Nk, causal, windows and every option. */
+const PAIRED_LIST = ['plain', 'N=129 D=64', 'D=7 Dv=5', 'Nq<Nk', 'Nq>Nk', 'GQA 4:2', 'BSHD', 'causal', 'causal Nq<Nk',
+  'causal Nq>Nk (empty rows)', 'window', 'window+causal', 'keyLengths', 'keyLengths zero', 'alibi [B,H]',
+  'mask int32 fully masked rows', 'dropout', 'block sparse broadcast causal', 'everything'].map(byName);
+const NON_FINITE = ['NaN in q', 'Inf in k', 'NaN in v'].map(byName);
+
+describe('float16 forward: paired query blocks and halved pairs (the float32 forward\'s causal schedule)', () => {
+  let gpu: DawnWebGPU;
+  beforeAll(async () => { gpu = await initDawnWebGPU({ subgroups: true }); }, 120000);
+
+  const config = (over: Partial<AttentionCase>) => {
+    const k: AttentionCase = { ...byName('causal'), nq: 40, nk: 40, ...over };
+    const t = caseTensors(k, caseData(k));
+    try {
+      return normalizeAttention(t.q, t.k, t.v, { ...t.options, precision: 'float16' }).config;
+    } finally {
+      tf.dispose(t.all);
+    }
+  };
+
+  test('paired blocks (i with n−1−i in one workgroup) on every option: 16-row blocks, 16-key tiles',
+    withPairing({ pairBlocks: 'always', halvePairs: 'never' }, { groups: 1, keys: 16 }, async () => {
+      const pairing = f16Pairing(config({}));
+      expect(pairing).toEqual({ paired: true, halves: false });
+      expect(forwardGrid(config({}), 16, 2, pairing)).toEqual([2, 2, 1]);
+      const modules = await compiledDuring(gpu.device, async () => {
+        expect(await forwardFailures([...PAIRED_LIST, ...PAIRING_CASES, ...NON_FINITE], 2e-5)).toBe('');
+      });
+      expect(modules.some(code => code.includes('qbHeavy') && code.includes('store_out('))).toBe(true);
+    }));
+
+  test('halved pairs (two workgroups per pair, half the key walk each, partials merged by lse) on every option',
+    withPairing({ pairBlocks: 'always', halvePairs: 'always' }, { groups: 1, keys: 16 }, async () => {
+      const pairing = f16Pairing(config({}));
+      expect(pairing).toEqual({ paired: true, halves: true });
+      expect(forwardGrid(config({}), 16, 2, pairing)).toEqual([4, 2, 1]);
+      const modules = await compiledDuring(gpu.device, async () => {
+        expect(await forwardFailures([...PAIRED_LIST, ...PAIRING_CASES, ...NON_FINITE], 2e-5)).toBe('');
+      });
+      expect(modules.some(code => code.includes('walkHalf') && code.includes('partial_out[') && !code.includes('store_out('))).toBe(true);
+      expect(modules.some(code => code.includes('partial_lse[s * ROWS'))).toBe(true);
+    }));
+
+  test('halved pairs on the narrow-head default\'s shape: 64-row blocks, O in \'matrices\', K/V prefetched',
+    withPairing({ pairBlocks: 'always', halvePairs: 'always' }, { groups: 4, keys: 16, accumulator: 'matrices', stage: 'prefetch' },
+      async () => {
+        const cases = ['N=129 D=64', 'D=7 Dv=5', 'causal Nq>Nk (empty rows)', 'window+causal', 'keyLengths zero',
+          'block sparse broadcast causal', 'everything', 'NaN in v'].map(byName);
+        expect(await forwardFailures([...cases, ...PAIRING_CASES], 2e-5)).toBe('');
+      }));
+
+  test('where halves can not run (partials over the binding limit) narrow heads run one block per workgroup, wide heads whole pairs',
+    withPairing({ pairBlocks: 'banded', halvePairs: 'always' }, { groups: 1, keys: 16 }, async () => {
+      // 4 KiB: each head's q, k, v and output fit, the [2, 320, DV4] partials (10 KiB at Dv = 4) do not.
+      const narrow: AttentionCase = { name: 'halves over the limit, Dv = 4', b: 2, hq: 4, hkv: 4, nq: 40, nk: 40, d: 8, dv: 4,
+        grad: false, causal: true };
+      const wide: AttentionCase = { ...narrow, name: 'halves over the limit, Dv = 68', b: 1, hq: 1, hkv: 1, nq: 12, nk: 12, dv: 68 };
+      const ran: string[][] = [];
+      webgpuAttentionTuning.maxBindingBytes = 4096;
+      try {
+        for (const k of [narrow, wide]) {
+          ran.push(await compiledDuring(gpu.device, async () => { expect(await forwardFailures([k], 2e-5)).toBe(''); }));
+        }
+      } finally {
+        webgpuAttentionTuning.maxBindingBytes = undefined;
+      }
+      const forwardOf = (codes: string[]) => codes.filter(code => code.includes('keyLimitOf'));
+      expect(ran.map(codes => forwardOf(codes).map(code => [code.includes('qbHeavy'), code.includes('walkHalf')])))
+        .toEqual([[[false, false]], [[true, false]]]);
+    }));
 });
 
 describe('float16 forward on the adapter\'s f16 hardware', () => {

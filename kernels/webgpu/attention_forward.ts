@@ -20,24 +20,35 @@ import { BindingSpec, f32, ProgramSpec, range } from './runtime';
 import { isBanded, rowReduce, threadsOf, Tiles } from './tiles';
 import type { ForwardSchedule } from './tuning';
 
-/** The forward program's schedule for one problem (ForwardSchedule resolved against the config). */
-export interface ForwardPlan {
+/**
+ * How query blocks map to workgroups (ForwardSchedule's pairBlocks and halvePairs resolved against
+ * the config); the float16 forward (attention_forward_f16.ts) pairs its blocks the same way.
+ */
+export interface BlockPairing {
   paired: boolean;
   /** Two workgroups per pair, each half of its key walk, writing partials (ForwardSchedule.halvePairs). */
   halves: boolean;
+}
+
+export function blockPairing(c: AttentionConfig, s: Pick<ForwardSchedule, 'pairBlocks' | 'halvePairs'>): BlockPairing {
+  const paired = s.pairBlocks === 'always' || (s.pairBlocks === 'banded' && isBanded(c));
+  const narrow = c.headDim <= 64 && c.headDimV <= 64;
+  const halves = paired && (s.halvePairs === 'always' || (s.halvePairs === 'narrow' && narrow));
+  return { paired, halves };
+}
+
+/** The forward program's schedule for one problem (ForwardSchedule resolved against the config). */
+export interface ForwardPlan extends BlockPairing {
   maskEdgeTilesOnly: boolean;
   sparseFromBits: boolean;
 }
 
 export function forwardPlan(c: AttentionConfig, s: ForwardSchedule): ForwardPlan {
-  const paired = s.pairBlocks === 'always' || (s.pairBlocks === 'banded' && isBanded(c));
-  const narrow = c.headDim <= 64 && c.headDimV <= 64;
-  const halves = paired && (s.halvePairs === 'always' || (s.halvePairs === 'narrow' && narrow));
-  return { paired, halves, maskEdgeTilesOnly: s.maskEdgeTilesOnly, sparseFromBits: s.sparseFromBits };
+  return { ...blockPairing(c, s), maskEdgeTilesOnly: s.maskEdgeTilesOnly, sparseFromBits: s.sparseFromBits };
 }
 
 /** Workgroup grid of the forward: one workgroup per (query head, query block or pair of blocks or half a pair). */
-export function forwardGrid(c: AttentionConfig, rows: number, heads: number, plan: ForwardPlan): [number, number, number] {
+export function forwardGrid(c: AttentionConfig, rows: number, heads: number, plan: BlockPairing): [number, number, number] {
   const pairs = Math.ceil(Math.ceil(c.seqQ / rows) / 2);
   return plan.halves ? [2 * pairs, heads, 1] : plan.paired ? [pairs, heads, 1] : queryBlockGrid(c, rows, heads);
 }
@@ -48,7 +59,7 @@ export function forwardGrid(c: AttentionConfig, rows: number, heads: number, pla
  * the heavier under a causal band) and p; the middle block of an odd count runs alone. Defines
  * qbHeavy, qbLight, blocks, bh, and with halves `walkHalf` (workgroup x = 2·pair + half).
  */
-function pairedIds(c: AttentionConfig, rows: number, halves: boolean): string {
+export function pairedIds(c: AttentionConfig, rows: number, halves: boolean): string {
   const perUnit = c.layout === 'BHSD' ? 'GROUP' : 'HQ';
   return `let qbCount = (u.row_end - u.row_start + ${rows - 1}u) / ${rows}u;
   let pair = wid.x${halves ? ' / 2u' : ''};
@@ -222,7 +233,7 @@ function liveBitsFunction(c: AttentionConfig, aux: AuxLayout): string {
  * first row inside the dispatch and its last row. Block-sparse problems keep blocks aligned to
  * the top, as the mask blocks are, so that a query block lies inside one row of mask blocks.
  */
-function pairedBlockRows(c: AttentionConfig): string {
+export function pairedBlockRows(c: AttentionConfig): string {
   return `fn blockStart(qb: u32) -> u32 {
   return u.row_start + qb * BQ${c.blockSize > 0 ? '' : ' - (BQ - (u.row_end - u.row_start) % BQ) % BQ'};
 }
@@ -233,7 +244,7 @@ fn blockRows(qb: u32) -> vec2<u32> {
 }
 
 /** blockTiles(qb, kl): the key tiles [x, y) that paired block qb visits (window, keyLengths, the dispatch's keys). */
-function blockTilesFunction(c: AttentionConfig): string {
+export function blockTilesFunction(c: AttentionConfig): string {
   return `fn blockTiles(qb: u32, kl: u32) -> vec2<u32> {
   let rowsOf = blockRows(qb);
   let iFirst = rowsOf.x;
@@ -242,6 +253,41 @@ function blockTilesFunction(c: AttentionConfig): string {
   let tFirst = jLo / BK;
   return vec2<u32>(tFirst, select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo));
 }`;
+}
+
+/**
+ * With halves (after pairedIds and blockTilesFunction): the pair's walk is the heavy block's key
+ * tiles, then the light block's; this workgroup takes positions [walkLo, walkHi) of it.
+ */
+export const PAIR_WALK_HALVES = `let heavyTiles = blockTiles(qbHeavy, kl);
+  let lightTiles = blockTiles(qbLight, kl);
+  let nHeavy = heavyTiles.y - heavyTiles.x;
+  let walkLength = nHeavy + select(lightTiles.y - lightTiles.x, 0u, blocks == 1u);
+  let walkMid = (walkLength + 1u) / 2u;
+  let walkLo = select(0u, walkMid, walkHalf == 1u);
+  let walkHi = select(walkMid, walkLength, walkHalf == 1u);`;
+
+/** Opens the loop over a paired workgroup's blocks (`slot` 0: the heavy one), defining `qb`; the caller closes it. */
+export function pairedBlockLoop(slot: string): string {
+  return `for (var ${slot} = 0u; ${slot} < blocks; ${slot}++) {
+  let qb = select(qbLight, qbHeavy, ${slot} == 0u);
+  // The previous block's last readers of workgroup memory are done before this one stages into it.
+  workgroupBarrier();`;
+}
+
+/** With halves, in pairedBlockLoop after keyRange: block qb's key tiles [tFirst, tEnd) in this half of the walk. */
+export function halfWalkTiles(slot: string): string {
+  return `let blockFirst = jLo / BK;
+  let blockEnd = select(blockFirst, (jHi + BK - 1u) / BK, jHi > jLo);
+  // This block's part of the pair's walk (heavy block's tiles at 0, the light one's after them).
+  let walkBase = select(nHeavy, 0u, ${slot} == 0u);
+  let tFirst = blockFirst + min(max(walkLo, walkBase) - walkBase, blockEnd - blockFirst);
+  let tEnd = blockFirst + min(max(walkHi, walkBase) - walkBase, blockEnd - blockFirst);`;
+}
+
+/** Query row `i` of a paired block (pairedBlockRows), SEQQ (no row) where the block wraps below the dispatch's rows. */
+export function pairedRow(i: string): string {
+  return `select(${i}, SEQQ, i32(${i}) < i32(u.row_start))`;
 }
 
 export function forwardProgram(c: AttentionConfig, aux: AuxLayout, withAux: boolean, t: Tiles,
@@ -324,15 +370,6 @@ ${rowResult(r)}
 ${oxX.map(x => `    if (${colOk(x)}) { partial_out[prow * DV4 + tc + ${x * TC}u - u.off_partial_out] = ${O(r, x)} * inv; }`).join('\n')}
     if (tc == 0u) { partial_lse[prow - u.off_partial_lse] = lseNew; }
   }`).join('\n');
-  // With halves: the pair's walk is the heavy block's key tiles, then the light block's; this
-  // workgroup takes positions [walkLo, walkHi) of it.
-  const walkHalves = () => `let heavyTiles = blockTiles(qbHeavy, kl);
-  let lightTiles = blockTiles(qbLight, kl);
-  let nHeavy = heavyTiles.y - heavyTiles.x;
-  let walkLength = nHeavy + select(lightTiles.y - lightTiles.x, 0u, blocks == 1u);
-  let walkMid = (walkLength + 1u) / 2u;
-  let walkLo = select(0u, walkMid, walkHalf == 1u);
-  let walkHi = select(walkMid, walkLength, walkHalf == 1u);`;
   const body = () => `
 ${constants(c)}
 const BQ = ${t.rows}u;
@@ -374,11 +411,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${c.hasKeyLengths
     ? 'if (lidx == 0u) { flag = keyLimitOf(b); }\n  let kl = workgroupUniformLoad(&flag);'
     : 'let kl = SEQK;'}
-  ${plan.halves ? walkHalves() : ''}
-  ${plan.paired ? `for (var slot = 0u; slot < blocks; slot++) {
-  let qb = select(qbLight, qbHeavy, slot == 0u);
-  // The previous block's last readers of workgroup memory are done before this one stages into it.
-  workgroupBarrier();` : ''}
+  ${plan.halves ? PAIR_WALK_HALVES : ''}
+  ${plan.paired ? pairedBlockLoop('slot') : ''}
   let i0 = ${plan.paired ? 'blockStart(qb)' : 'qb * BQ'};
   ${t.rowsFromGlobal ? '' : stageRows({ dst: 'qs', stride: 'QS', cols4: 'DK4', rows: 'BQ', first: 'i0', limit: 'SEQQ', load: 'load_q', head: 'h', scale: 'QSCALE' })}
   ${plan.paired ? `let blockRange = blockRows(qb);
@@ -386,15 +420,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let iLast = blockRange.y;` : `let iFirst = i0;
   let iLast = min(i0 + BQ, SEQQ) - 1u;`}
   ${keyRange(c)}
-  ${plan.halves ? `let blockFirst = jLo / BK;
-  let blockEnd = select(blockFirst, (jHi + BK - 1u) / BK, jHi > jLo);
-  // This block's part of the pair's walk (heavy block's tiles at 0, the light one's after them).
-  let walkBase = select(nHeavy, 0u, slot == 0u);
-  let tFirst = blockFirst + min(max(walkLo, walkBase) - walkBase, blockEnd - blockFirst);
-  let tEnd = blockFirst + min(max(walkHi, walkBase) - walkBase, blockEnd - blockFirst);` : `let tFirst = jLo / BK;
+  ${plan.halves ? halfWalkTiles('slot') : `let tFirst = jLo / BK;
   let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);`}
-${rowsR.map(r => `  let i_${r} = ${plan.paired
-    ? `select(i0 + ${rowOf(r)}, SEQQ, i32(i0 + ${rowOf(r)}) < i32(u.row_start))` : `i0 + ${rowOf(r)}`};
+${rowsR.map(r => `  let i_${r} = ${plan.paired ? pairedRow(`i0 + ${rowOf(r)}`) : `i0 + ${rowOf(r)}`};
   var m_${r} = negInf();
   var l_${r} = 0.0;
 ${t.rowsFromGlobal && vec4Q(c) ? `  let qrow_${r} = (b * ${qs.batch}u + h * ${qs.head}u + min(i_${r}, SEQQ - 1u) * ${qs.seq}u - u.off_q) / 4u;\n` : ''}${c.dropoutRate > 0 ? `  let drop_${r} = dropoutRow(b, h, i_${r});\n` : ''}${oxX.map(x => `  var ${O(r, x)} = vec4<f32>(0.0);`).join('\n')}`).join('\n')}

@@ -33,9 +33,15 @@
 // broadcast: with a thread-0 branch before the matrix products the H100 gave wrong outputs for
 // exactly those cases; without it all 35 cases of test/cases.ts pass there (bench/RESULTS.md,
 // float16 forward).
+// Under a causal band, query blocks may run paired (i with n−1−i in one workgroup) or as halved
+// pairs (two workgroups per pair, partial outputs merged by merge_splits.ts), exactly as in the
+// float32 forward and with its WGSL helpers (f16ForwardTuning.schedule; flash_attention.ts).
 import { AttentionConfig } from '../../src/config';
 import type { AuxLayout } from './aux';
-import { forwardBindings, shaderConfig } from './attention_forward';
+import {
+  BlockPairing, blockPairing, blockTilesFunction, forwardBindings, halfWalkTiles, PAIR_WALK_HALVES, pairedBlockLoop,
+  pairedBlockRows, pairedIds, pairedRow, shaderConfig,
+} from './attention_forward';
 import {
   COMMON_UNIFORMS, constants, keyRange, queryBlockIds, queryScale, scoreFunctions, tensorAccess, vec4Q,
   vec4V,
@@ -46,6 +52,7 @@ import {
   roundUp, stageTile, SUBGROUP_SIZE,
 } from './f16_support';
 import { f32, isSoftwareAdapter, ProgramSpec, range, subgroupMinSize } from './runtime';
+import type { ForwardSchedule } from './tuning';
 
 /** How a forward program holds the O accumulator (see the header). */
 export type F16Accumulator = 'matrices' | 'lanes';
@@ -232,9 +239,14 @@ function liveTileTest(c: AttentionConfig): string {
     if (!live) { continue; }`;
 }
 
+/**
+ * `pairing`: query blocks i and n−1−i in one workgroup, or with halves in two that split the pair's
+ * key walk and write partials for merge_splits.ts, as the float32 forward (attention_forward.ts,
+ * whose WGSL helpers these are; flash_attention.ts runs the merge).
+ */
 export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: boolean, plan: F16Plan, t: F16Tiles,
-  useSubgroups: boolean): ProgramSpec {
-  const bindings = forwardBindings(c, withAux);
+  useSubgroups: boolean, pairing: BlockPairing): ProgramSpec {
+  const bindings = forwardBindings(c, withAux, pairing.halves);
   const uniforms = [...COMMON_UNIFORMS, ...bindings.map(b => `off_${b.name}`)];
   if (t.keys % 16 !== 0 || chunkWidth(t) % 16 !== 0) {
     throw new Error(`flashAttention (webgpu, float16): tiles ${JSON.stringify(t)} are not multiples of 16`);
@@ -243,18 +255,19 @@ export function forwardF16Program(c: AttentionConfig, aux: AuxLayout, withAux: b
     throw new Error('flashAttention (webgpu, float16): the \'matrices\' accumulator needs subgroups');
   }
   return {
-    key: JSON.stringify({ program: 'attention_forward_f16', config: shaderConfig(c), plan, tiles: t, useSubgroups, withAux }),
+    key: JSON.stringify({ program: 'attention_forward_f16', config: shaderConfig(c), plan, tiles: t, useSubgroups, withAux, pairing }),
     bindings, uniforms,
     // Built only when the pipeline cache misses: assembling the text took 50–90 µs of host time per
     // call (D = 64 / 128, measured in Node), a sizeable part of a call at N = 1024, where the host,
     // not the GPU, bounds the forward.
-    body: () => forwardF16Source(c, aux, plan, t, useSubgroups),
+    body: () => forwardF16Source(c, aux, plan, t, useSubgroups, pairing),
     extensions: planExtensions(plan, useSubgroups),
   };
 }
 
 /** The WGSL of forwardF16Program after its bindings (see the header). */
-function forwardF16Source(c: AttentionConfig, aux: AuxLayout, plan: F16Plan, t: F16Tiles, useSubgroups: boolean): string {
+function forwardF16Source(c: AttentionConfig, aux: AuxLayout, plan: F16Plan, t: F16Tiles, useSubgroups: boolean,
+  pairing: BlockPairing): string {
   const inMatrices = t.accumulator === 'matrices';
   const L = layoutOf(c, plan, t);
   const E = plan.element;
@@ -395,6 +408,9 @@ ${L.qwSize ? '' : d16.map(d => `  let qm${d} = ${matrixLoad(leftType(E), qSlot, 
     ${staging.fetch('j0 + BK')}`,
   }[stage];
 
+  // With halves, this half's partial output and lse for the row (by absolute row, merge_splits.ts),
+  // also where its part of the walk is empty (output 0, lse −∞, which the merge weighs 0).
+  const lseAt = pairing.halves ? 'partial_lse[prow - u.off_partial_lse]' : 'lse[bh * SEQQ + i - u.off_lse]';
   return `
 ${constants(c)}
 const BQ = ${BQ}u;
@@ -408,6 +424,7 @@ const FS = ${L.FS}u;
 const PS = ${L.PS}u;
 const VOFF = ${L.VOFF}u;
 const QSCALE = ${f32(queryScale(c))};
+${pairing.halves ? `const ROWS = ${c.batch * c.headsQ * c.seqQ}u;` : ''}
 var<workgroup> kv: array<array<${E}, ${L.kvSize}>, ${L.slots}>;
 ${L.qsSize ? `var<workgroup> qs: array<${E}, ${L.qsSize}>;` : ''}
 ${L.qwSize ? `var<workgroup> qw: array<array<${E}, ${L.qwSize}>, ${t.groups}>;` : ''}
@@ -418,8 +435,10 @@ ${useSubgroups ? '' : `var<workgroup> red: array<f32, ${WG}>;`}
 ${tensorAccess(c, 'q', c.headsQ, c.seqQ, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'k', c.headsKV, c.seqK, c.headDim, vec4Q(c), 'load')}
 ${tensorAccess(c, 'v', c.headsKV, c.seqK, c.headDimV, vec4V(c), 'load')}
-${tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'store')}
+${pairing.halves ? '' : tensorAccess(c, 'out', c.headsQ, c.seqQ, c.headDimV, vec4V(c), 'store')}
 ${scoreFunctions(c, aux, BK)}
+${pairing.paired ? pairedBlockRows(c) : ''}
+${pairing.halves ? blockTilesFunction(c) : ''}
 
 ${matrixDiagnostic(plan)}@compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
@@ -428,21 +447,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let half = lane % 2u;
   let r = lane / 2u;
   let row = g * 16u + r;
-  ${queryBlockIds(c, BQ)}
+  ${pairing.paired ? pairedIds(c, BQ, pairing.halves) : queryBlockIds(c, BQ)}
   let b = bh / HQ;
   let h = bh % HQ;
   let hk = h / GROUP;
-  let i0 = qb * BQ;
-  let i = i0 + row;
+  let kl = keyLimitOf(b);
+  ${pairing.halves ? PAIR_WALK_HALVES : ''}
+  ${pairing.paired ? pairedBlockLoop('pairSlot') : ''}
+  let i0 = ${pairing.paired ? 'blockStart(qb)' : 'qb * BQ'};
+  let i = ${pairing.paired ? pairedRow('i0 + row') : 'i0 + row'};
   // Scores of rows past the end are computed (and never stored) at the last row's indices.
   let iS = min(i, SEQQ - 1u);
   ${stageQ}
-${L.slots > 1 && !L.qwSize ? '  workgroupBarrier(); // every Q read out of the slots before the first K/V tile lands there\n' : ''}  let kl = keyLimitOf(b);
-  let iFirst = i0;
-  let iLast = min(i0 + BQ, SEQQ) - 1u;
+${L.slots > 1 && !L.qwSize ? '  workgroupBarrier(); // every Q read out of the slots before the first K/V tile lands there\n' : ''}  ${pairing.paired ? `let blockRange = blockRows(qb);
+  let iFirst = blockRange.x;
+  let iLast = blockRange.y;` : `let iFirst = i0;
+  let iLast = min(i0 + BQ, SEQQ) - 1u;`}
   ${keyRange(c)}
-  let tFirst = jLo / BK;
-  let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);
+  ${pairing.halves ? halfWalkTiles('pairSlot') : `let tFirst = jLo / BK;
+  let tEnd = select(tFirst, (jHi + BK - 1u) / BK, jHi > jLo);`}
   var m = negInf();
   var l = 0.0;
 ${inMatrices && matrix ? range(L.DVP / 16).map(n => `  var om${n} = ${RESULT_TYPE}();`).join('\n')
@@ -478,18 +501,20 @@ ${L.slots > 1 ? '    slot = 1u - slot;' : ''}
 ${readO}
   if (i < SEQQ) {
     let inv = select(1.0 / l, 0.0, l == 0.0);
-${o4.map(x => {
+${pairing.halves ? '    let prow = walkHalf * ROWS + bh * SEQQ + i;\n' : ''}${o4.map(x => {
     const c4 = `half + ${2 * x}u`;
-    const store = `store_out(b, h, i, ${c4}, o${x} * inv);`;
+    const store = pairing.halves ? `partial_out[prow * DV4 + ${c4} - u.off_partial_out] = o${x} * inv;`
+      : `store_out(b, h, i, ${c4}, o${x} * inv);`;
     return 2 * x + 1 < DV4 ? `    ${store}` : `    if (${c4} < DV4) { ${store} }`;
   }).join('\n')}
     if (half == 0u) {
       let mUse = select(m, 0.0, m == negInf());
       let value = select((mUse + log2(l)) * LN2, negInf(), l == 0.0);
       let special = select(nanValue(), -negInf(), m == -negInf());
-      lse[bh * SEQQ + i - u.off_lse] = select(value, special, !isFinite(l) | (m == -negInf()));
+      ${lseAt} = select(value, special, !isFinite(l) | (m == -negInf()));
     }
   }
+${pairing.paired ? '  }' : ''}
 }
 `;
 }
@@ -498,14 +523,24 @@ ${o4.map(x => {
 const SOFTWARE_F16_TILES: F16Tiles = { groups: 1, keys: 16 };
 
 /** Overrides for tests and benches. */
-export const f16ForwardTuning: { tiles?: F16Tiles; subgroups: boolean } = { subgroups: true };
+export const f16ForwardTuning: {
+  tiles?: F16Tiles;
+  subgroups: boolean;
+  /** Paired (and halved) query blocks as the float32 forward's ForwardSchedule; off ('never') by default. */
+  schedule: Pick<ForwardSchedule, 'pairBlocks' | 'halvePairs'>;
+} = { subgroups: true, schedule: { pairBlocks: 'never', halvePairs: 'never' } };
+
+/** How the float16 forward maps query blocks to workgroups for this problem (f16ForwardTuning.schedule). */
+export function f16Pairing(c: AttentionConfig): BlockPairing {
+  return blockPairing(c, f16ForwardTuning.schedule);
+}
 
 /**
- * The float16 forward program for this device and the query rows per workgroup, or undefined when
- * the device has no f16 plan (f16_support.ts; the float32 kernel runs then).
+ * The float16 forward program for this device, by block pairing, and the query rows per workgroup
+ * (a block), or undefined when the device has no f16 plan (f16_support.ts; the float32 kernel runs then).
  */
 export function forwardF16(device: GPUDevice, c: AttentionConfig, aux: AuxLayout, withAux: boolean):
-    { spec: ProgramSpec; rows: number } | undefined {
+    { program: (pairing: BlockPairing) => ProgramSpec; rows: number } | undefined {
   const planned = f16Plan(device, 'forward');
   if (!planned) return undefined;
   const useSubgroups = f16ForwardTuning.subgroups && device.features.has('subgroups') &&
@@ -525,5 +560,9 @@ export function forwardF16(device: GPUDevice, c: AttentionConfig, aux: AuxLayout
     tiles = candidates.find(t => fits(t, plan));
   }
   if (!tiles) throw new Error(`flashAttention (webgpu, float16): no tile size fits ${limit} bytes of workgroup memory`);
-  return { spec: forwardF16Program(c, aux, withAux, plan, tiles, useSubgroups), rows: 16 * tiles.groups };
+  const chosen = { plan, tiles };
+  return {
+    program: pairing => forwardF16Program(c, aux, withAux, chosen.plan, chosen.tiles, useSubgroups, pairing),
+    rows: 16 * tiles.groups,
+  };
 }

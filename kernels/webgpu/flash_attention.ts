@@ -1,7 +1,7 @@
 // The `FlashAttention` kernel of the webgpu backend: packs the small optional inputs into `aux`,
 // chooses tiles for the device's workgroup memory, splits the problem over dispatches when a
-// tensor exceeds maxStorageBufferBindingSize, and runs attention_forward.ts (with halved causal
-// pairs, followed by merge_splits.ts' merge of the halves).
+// tensor exceeds maxStorageBufferBindingSize, and runs attention_forward.ts or, in float16,
+// attention_forward_f16.ts (with halved causal pairs, followed by merge_splits.ts' merge of the halves).
 import type { KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { AttentionConfig, outputShape } from '../../src/config';
@@ -9,9 +9,11 @@ import { unpackAttentionInputs } from '../../src/inputs';
 import { FlashAttention } from '../../src/kernel_names';
 import { keySplits } from '../../src/split_kv';
 import { AuxLayout, auxLayout, auxNeeded, encodeAuxCopies } from './aux';
-import { ForwardPlan, forwardGrid, forwardPlan, forwardProgram, forwardWorkgroupBytes } from './attention_forward';
-import { forwardF16 } from './attention_forward_f16';
-import { NEG_INF_BITS, queryBlockGrid } from './attention_wgsl';
+import {
+  BlockPairing, ForwardPlan, forwardGrid, forwardPlan, forwardProgram, forwardWorkgroupBytes,
+} from './attention_forward';
+import { f16Pairing, forwardF16 } from './attention_forward_f16';
+import { NEG_INF_BITS } from './attention_wgsl';
 import { attentionLayouts, boxDispatches, planBoxes, UnitGeometry, unitGeometry } from './chunks';
 import {
   attentionInputBuffers, Chunking, Dispatch, isSoftwareAdapter, makeOutput, pooledScratch, ProgramRun, runPrograms,
@@ -72,28 +74,21 @@ export function planDispatches(backend: WebGPUBackend, c: AttentionConfig, buffe
 }
 
 /**
- * The float32 forward's programs: the forward program alone, or with halved pairs
- * (ForwardSchedule.halvePairs) the forward writing partials into pooled scratch buffers (pushed
- * onto `scratch`) and merge_splits.ts' merge of the two halves into out and lse. The merge binds
- * the partials and outputs whole and does not read what an earlier key range wrote, so where
- * those exceed the binding limit or the dispatches split keys, the pairs run whole instead.
+ * A forward's programs under its block pairing (float32 and float16 alike; `build` makes the
+ * forward program's run for a pairing and bound buffers): the forward alone, or with halved pairs
+ * the forward writing partials into pooled scratch buffers (pushed onto `scratch`) and
+ * merge_splits.ts' merge of the two halves into out and lse. The merge binds the partials and
+ * outputs whole and does not read what an earlier key range wrote, so where those exceed the
+ * binding limit or the dispatches split keys, the pairs run whole instead.
  */
-function float32Forward(backend: WebGPUBackend, c: AttentionConfig, aux: AuxLayout, withAux: boolean,
-  buffers: Record<string, GPUBuffer>, scratch: GPUBuffer[]): ProgramRun[] {
-  const device = backend.device;
-  const build = (plan: ForwardPlan, bound: Record<string, GPUBuffer>): ProgramRun => {
-    const schedule = plan.halves ? 'halves' : plan.paired ? 'paired' : 'blocks';
-    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
-      forwardTileCandidates(c, schedule), webgpuAttentionTuning.forwardTiles);
-    const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups, plan);
-    return { spec, dispatches: planDispatches(backend, c, bound,
-      (units, g) => forwardGrid(c, tiles.rows, units * g.queryHeadsPerUnit, plan), g => g.queryHeadsPerUnit, spec.chunking) };
-  };
-  const plan = forwardPlan(c, webgpuAttentionTuning.forwardSchedule);
+function pairedForward<P extends BlockPairing>(backend: WebGPUBackend, c: AttentionConfig, plan: P,
+  buffers: Record<string, GPUBuffer>, scratch: GPUBuffer[], build: (plan: P, bound: Record<string, GPUBuffer>) => ProgramRun):
+    ProgramRun[] {
+  if (!plan.halves) return [build(plan, buffers)];
   const rows = c.batch * c.headsQ * c.seqQ;
   const partialBytes = 2 * rows * Math.ceil(c.headDimV / 4) * 16;
-  const maxBytes = maxBindingBytes(device);
-  if (plan.halves && Math.max(partialBytes, buffers.out.size, buffers.lse.size) <= maxBytes) {
+  const maxBytes = maxBindingBytes(backend.device);
+  if (Math.max(partialBytes, buffers.out.size, buffers.lse.size) <= maxBytes) {
     const [partialOut, partialLse] = [pooledScratch(backend, partialBytes), pooledScratch(backend, 2 * rows * 4)];
     scratch.push(partialOut, partialLse);
     const { out, lse, ...inputs } = buffers;
@@ -116,6 +111,21 @@ function float32Forward(backend: WebGPUBackend, c: AttentionConfig, aux: AuxLayo
   // (D = 64: 1.43 ms, against 1.40–2.61 for whole pairs); bench/RESULTS.md, webgpu section.
   const wide = c.headDim > 64 || c.headDimV > 64;
   return [build({ ...plan, halves: false, paired: plan.paired && wide }, buffers)];
+}
+
+/** The float32 forward's programs (attention_forward.ts) under ForwardSchedule (tuning.ts). */
+function float32Forward(backend: WebGPUBackend, c: AttentionConfig, aux: AuxLayout, withAux: boolean,
+  buffers: Record<string, GPUBuffer>, scratch: GPUBuffer[]): ProgramRun[] {
+  const device = backend.device;
+  const build = (plan: ForwardPlan, bound: Record<string, GPUBuffer>): ProgramRun => {
+    const schedule = plan.halves ? 'halves' : plan.paired ? 'paired' : 'blocks';
+    const { tiles, useSubgroups } = pickTiles(device, (tl, sg) => forwardWorkgroupBytes(c, tl, sg),
+      forwardTileCandidates(c, schedule), webgpuAttentionTuning.forwardTiles);
+    const spec = forwardProgram(c, aux, withAux, tiles, useSubgroups, plan);
+    return { spec, dispatches: planDispatches(backend, c, bound,
+      (units, g) => forwardGrid(c, tiles.rows, units * g.queryHeadsPerUnit, plan), g => g.queryHeadsPerUnit, spec.chunking) };
+  };
+  return pairedForward(backend, c, forwardPlan(c, webgpuAttentionTuning.forwardSchedule), buffers, scratch, build);
 }
 
 const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }): TensorInfo[] => {
@@ -144,8 +154,11 @@ const flashAttentionWebGPU: KernelFunc = ({ inputs, backend: anyBackend, attrs }
     if (auxBuffer) buffers.aux = auxBuffer;
     const f16 = c.precision === 'float16' ? forwardF16(device, c, aux, withAux) : undefined;
     const programs = f16
-      ? [{ spec: f16.spec, dispatches: planDispatches(backend, c, buffers,
-        (units, g) => queryBlockGrid(c, f16.rows, units * g.queryHeadsPerUnit), g => g.queryHeadsPerUnit, f16.spec.chunking) }]
+      ? pairedForward(backend, c, f16Pairing(c), buffers, scratch, (plan, bound) => {
+        const spec = f16.program(plan);
+        return { spec, dispatches: planDispatches(backend, c, bound,
+          (units, g) => forwardGrid(c, f16.rows, units * g.queryHeadsPerUnit, plan), g => g.queryHeadsPerUnit, spec.chunking) };
+      })
       : float32Forward(backend, c, aux, withAux, buffers, scratch);
     runPrograms(backend, programs, encoder => {
       if (auxBuffer) encodeAuxCopies(backend, encoder, aux, auxBuffer, t);
