@@ -255,6 +255,11 @@ describe('float16 forward: paired query blocks and halved pairs (the float32 for
     }
   };
 
+  test('the default: one block per workgroup, also under a causal band (pairing measured slower on the H100)', () => {
+    expect(f16Pairing(config({}))).toEqual({ paired: false, halves: false });
+    expect(f16Pairing(config({ d: 128, dv: 128 }))).toEqual({ paired: false, halves: false });
+  });
+
   test('paired blocks (i with n−1−i in one workgroup) on every option: 16-row blocks, 16-key tiles',
     withPairing({ pairBlocks: 'always', halvePairs: 'never' }, { groups: 1, keys: 16 }, async () => {
       const pairing = f16Pairing(config({}));

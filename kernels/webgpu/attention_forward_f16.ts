@@ -526,7 +526,13 @@ const SOFTWARE_F16_TILES: F16Tiles = { groups: 1, keys: 16 };
 export const f16ForwardTuning: {
   tiles?: F16Tiles;
   subgroups: boolean;
-  /** Paired (and halved) query blocks as the float32 forward's ForwardSchedule; off ('never') by default. */
+  /**
+   * Paired (and halved) query blocks as the float32 forward's ForwardSchedule. Off ('never'): one
+   * 64-row block per workgroup, heaviest first, was as fast or faster on the H100 at N = 4096
+   * (bench/RESULTS.md, float16 forward, 21:36 UTC, 7 interleaved rounds, causal, default tiles):
+   * D = 64 0.345 ms against 0.353 halved pairs and 0.399 whole pairs; D = 128 0.752 against 0.827
+   * and 0.793. Whole pairs won only at N = 8192, D = 64 (1.068 against 1.178 ms).
+   */
   schedule: Pick<ForwardSchedule, 'pairBlocks' | 'halvePairs'>;
 } = { subgroups: true, schedule: { pairBlocks: 'never', halvePairs: 'never' } };
 
