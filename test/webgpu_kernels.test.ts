@@ -405,6 +405,28 @@ describe('webgpu kernels with subgroups', () => {
     expect(largest).toBeLessThan(n * n * 4 / 8);
     tf.dispose([q, k, v, bias]);
   });
+
+  test('a block-sparse, masked call packs its masks in the kernel\'s one compute pass and submission', async () => {
+    const [q, k, v] = [1, 2, 3].map(seed => tf.randomNormal([1, 2, 32, 8], 0, 1, 'float32', seed));
+    const blockMask = tf.tensor4d([1, 0, 1, 1], [1, 1, 2, 2], 'int32');
+    const mask = tf.tensor4d(Array.from({ length: 32 * 32 }, (_, i) => (i % 3 ? 1 : 0)), [1, 1, 32, 32], 'int32');
+    const options = { blockSparse: { blockMask, blockSize: 16 }, mask };
+    const warm = flashAttention(q, k, v, options);
+    await warm.data();
+    const passes = jest.spyOn(GPUCommandEncoder.prototype, 'beginComputePass');
+    const submits = jest.spyOn(GPUQueue.prototype, 'submit');
+    try {
+      const out = flashAttention(q, k, v, options);
+      expect(passes).toHaveBeenCalledTimes(1);
+      expect(submits).toHaveBeenCalledTimes(1);
+      expect(await out.data()).toEqual(await warm.data());
+      tf.dispose(out);
+    } finally {
+      passes.mockRestore();
+      submits.mockRestore();
+    }
+    tf.dispose([q, k, v, blockMask, mask, warm]);
+  });
 });
 
 describe('webgpu kernels without subgroups', () => {

@@ -43,7 +43,10 @@ export function auxNeeded(c: AttentionConfig, withRowStats: boolean): boolean {
     c.maskShape.length > 0;
 }
 
-/** Encodes the copies of the present inputs into `aux` (a scratch buffer of layout.size u32) and the packing of the masks. */
+/**
+ * Encodes the copies of the present inputs into `aux` (a scratch buffer of layout.size u32) and
+ * queues the packing of the masks (pack_mask.ts); `encoder` is a runPrograms prelude's.
+ */
 export function encodeAuxCopies(backend: WebGPUBackend, encoder: GPUCommandEncoder, layout: AuxLayout, aux: GPUBuffer,
   inputs: { keyLengths?: TensorInfo; alibiSlopes?: TensorInfo; blockMask?: TensorInfo; mask?: TensorInfo }): void {
   const copy = (t: TensorInfo | undefined, at: number) => {
@@ -54,6 +57,6 @@ export function encodeAuxCopies(backend: WebGPUBackend, encoder: GPUCommandEncod
   copy(inputs.keyLengths, layout.keyLengths);
   copy(inputs.alibiSlopes, layout.alibi);
   for (const [t, at] of [[inputs.blockMask, layout.blockMask], [inputs.mask, layout.mask]] as const) {
-    if (t) packMask(backend, encoder, gpuBuffer(backend, t), product(t.shape), aux, at, maxBindingBytes(backend.device));
+    if (t) packMask(encoder, gpuBuffer(backend, t), product(t.shape), aux, at, maxBindingBytes(backend.device));
   }
 }

@@ -3,9 +3,8 @@
 // binds with the other small inputs 32 times past the size at which its own plane would exceed
 // maxStorageBufferBindingSize. The source is read in ranges that fit the binding limit, one
 // dispatch each; one thread writes one word.
-import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { boundRange } from './chunks';
-import { Dispatch, encodePrograms, ProgramSpec } from './runtime';
+import { Dispatch, ProgramSpec, queuePrograms } from './runtime';
 
 const THREADS = 64;
 const MAX_X = 65535;
@@ -37,11 +36,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 /**
- * Encodes the packing of `elements` mask values from `mask` into `aux` at word `at` into `encoder`,
- * ahead of the programs that read it: in the kernel's own command buffer rather than a submission
- * of its own, so a kernel call is one submission.
+ * Queues the packing of `elements` mask values from `mask` into `aux` at word `at` on `encoder` (a
+ * runPrograms prelude's), ahead of the programs that read it: in the kernel's own compute pass
+ * rather than a pass or submission of its own, so a kernel call is one pass and one submission.
  */
-export function packMask(backend: WebGPUBackend, encoder: GPUCommandEncoder, mask: GPUBuffer, elements: number,
+export function packMask(encoder: GPUCommandEncoder, mask: GPUBuffer, elements: number,
   aux: GPUBuffer, at: number, maxBytes: number): void {
   const words = maskWords(elements);
   const perDispatch = Math.max(1, Math.min(Math.floor((maxBytes - 256) / 128), MAX_X * THREADS));
@@ -55,5 +54,5 @@ export function packMask(backend: WebGPUBackend, encoder: GPUCommandEncoder, mas
       uniforms: { word_start: w0, word_end: w1, elements, at, off_src: elementOffset },
     });
   }
-  encodePrograms(backend, encoder, [{ spec: packMaskProgram(), dispatches }]);
+  queuePrograms(encoder, [{ spec: packMaskProgram(), dispatches }]);
 }

@@ -62,7 +62,11 @@ export function wgslBindings(spec: ProgramSpec): string {
 interface CompiledProgram {
   pipeline: GPUComputePipeline;
   layout: GPUBindGroupLayout;
+  /** Names the layout in bind-group cache keys. */
+  id: number;
 }
+
+let nextId = 0;
 
 const pipelineCache = new WeakMap<GPUDevice, Map<string, CompiledProgram>>();
 
@@ -86,9 +90,52 @@ function compile(device: GPUDevice, spec: ProgramSpec): CompiledProgram {
     layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
     compute: { module, entryPoint: 'main' },
   });
-  const compiled = { pipeline, layout };
+  const compiled = { pipeline, layout, id: nextId++ };
   cache.set(spec.key, compiled);
   return compiled;
+}
+
+/** Identities of GPU buffers for bind-group cache keys (weak: a buffer's id does not keep it alive). */
+const bufferIds = new WeakMap<GPUBuffer, number>();
+
+function bufferId(buffer: GPUBuffer): number {
+  let id = bufferIds.get(buffer);
+  if (id === undefined) {
+    id = nextId++;
+    bufferIds.set(buffer, id);
+  }
+  return id;
+}
+
+/**
+ * Recently used bind groups by program and bound ranges. tfjs' buffer pool hands the same buffers
+ * back call after call (outputs, scratch, uniforms), so repeated calls bind the same ranges, and
+ * a bind group made per dispatch is host work and one more object to collect per call. Bounded,
+ * so the buffers it refers to are not held for long once unused.
+ */
+const BIND_GROUP_CACHE_SIZE = 64;
+const bindGroupCache = new WeakMap<GPUDevice, Map<string, GPUBindGroup>>();
+
+function bindGroup(device: GPUDevice, program: CompiledProgram, ranges: BoundRange[]): GPUBindGroup {
+  let cache = bindGroupCache.get(device);
+  if (!cache) {
+    cache = new Map();
+    bindGroupCache.set(device, cache);
+  }
+  const key = `${program.id}:${ranges.map(r => `${bufferId(r.buffer)},${r.offset},${r.size}`).join(':')}`;
+  const cached = cache.get(key);
+  if (cached) {
+    cache.delete(key);
+    cache.set(key, cached);
+    return cached;
+  }
+  const group = device.createBindGroup({
+    layout: program.layout,
+    entries: ranges.map(({ buffer, offset, size }, binding) => ({ binding, resource: { buffer, offset, size } })),
+  });
+  cache.set(key, group);
+  if (cache.size > BIND_GROUP_CACHE_SIZE) cache.delete(cache.keys().next().value as string);
+  return group;
 }
 
 /** A buffer range bound to one binding of one dispatch; `offset` is in bytes. */
@@ -110,27 +157,28 @@ export interface ProgramRun {
   dispatches: Dispatch[];
 }
 
-/** What to do after a runPrograms encoder's submission: give pooled buffers back. */
-const afterSubmit = new WeakMap<GPUCommandEncoder, Array<() => void>>();
+/** Dispatches that a runPrograms prelude queued (queuePrograms), by the encoder it was given. */
+const queuedRuns = new WeakMap<GPUCommandEncoder, ProgramRun[]>();
 
 /**
- * Encodes `prelude` (buffer copies, the mask packing through encodePrograms) and the programs'
- * dispatches in order, in one command buffer and one submission. tfjs' queued commands are
- * submitted first, so queue order is kept. Every tensor involved must already be on the GPU
- * (gpuBuffer), so that no upload is left in tfjs' encoder behind ours. The uniform buffers come
- * from tfjs' buffer pool and go back to it after the submission: later users of a buffer are
- * queued behind that submission, so the GPU reads it first.
+ * Encodes `prelude` (buffer copies; dispatches it queues with queuePrograms, such as the mask
+ * packing) and the programs' dispatches, in one command buffer and one submission. tfjs' queued
+ * commands are submitted first, so queue order is kept. Every tensor involved must already be on
+ * the GPU (gpuBuffer), so that no upload is left in tfjs' encoder behind ours. The uniform buffer
+ * comes from tfjs' buffer pool and goes back to it after the submission: later users of a buffer
+ * are queued behind that submission, so the GPU reads it first.
  */
 export function runPrograms(backend: WebGPUBackend, programs: ProgramRun[],
   prelude?: (encoder: GPUCommandEncoder) => void): void {
   flushTfjs(backend);
   const device = backend.device;
   const encoder = device.createCommandEncoder();
+  const queued: ProgramRun[] = [];
+  queuedRuns.set(encoder, queued);
   const releases: Array<() => void> = [];
-  afterSubmit.set(encoder, releases);
   try {
     prelude?.(encoder);
-    encodePrograms(backend, encoder, programs);
+    encodePrograms(backend, encoder, [...queued, ...programs], releases);
     device.queue.submit([encoder.finish()]);
   } finally {
     for (const release of releases) release();
@@ -138,14 +186,26 @@ export function runPrograms(backend: WebGPUBackend, programs: ProgramRun[],
 }
 
 /**
- * Encodes the programs' dispatches into `encoder` (made by runPrograms) in one compute pass (each
- * dispatch is its own synchronization scope, so a dispatch sees what the one before it wrote),
- * with the uniforms of all of them in one buffer at aligned offsets: per kernel call one buffer
- * and one write instead of one per dispatch, and fewer objects for the host to make and collect.
+ * Queues dispatches from a runPrograms prelude ahead of the kernel's programs, in the same compute
+ * pass and uniform buffer: they run after every copy the prelude encodes and before the programs.
+ * A compute pass, uniform buffer and buffer write of their own cost host time on every call (one
+ * more beginComputePass was the largest cost we measured, bench/RESULTS.md, webgpu host time).
  */
-export function encodePrograms(backend: WebGPUBackend, encoder: GPUCommandEncoder, programs: ProgramRun[]): void {
-  const releases = afterSubmit.get(encoder);
-  if (!releases) throw new Error('flashAttention webgpu: encodePrograms needs an encoder made by runPrograms');
+export function queuePrograms(encoder: GPUCommandEncoder, programs: ProgramRun[]): void {
+  const queued = queuedRuns.get(encoder);
+  if (!queued) throw new Error('flashAttention webgpu: queuePrograms needs the encoder of a runPrograms prelude');
+  queued.push(...programs);
+}
+
+/**
+ * Encodes the programs' dispatches into `encoder` in one compute pass (each dispatch is its own
+ * synchronization scope, so a dispatch sees what the one before it wrote), with the uniforms of
+ * all of them in one buffer at aligned offsets: per kernel call one buffer and one write instead
+ * of one per dispatch, and fewer objects for the host to make and collect. The buffer's release
+ * is pushed onto `releases`, to run after the submission.
+ */
+function encodePrograms(backend: WebGPUBackend, encoder: GPUCommandEncoder, programs: ProgramRun[],
+  releases: Array<() => void>): void {
   const device = backend.device;
   const align = device.limits.minUniformBufferOffsetAlignment;
   const runs = programs.flatMap(({ spec, dispatches }) => dispatches.map(d => ({ spec, d })));
@@ -157,21 +217,20 @@ export function encodePrograms(backend: WebGPUBackend, encoder: GPUCommandEncode
   const pass = encoder.beginComputePass();
   let offset = 0;
   for (const { spec, d } of runs) {
-    const { pipeline, layout } = compile(device, spec);
+    const program = compile(device, spec);
     spec.uniforms.forEach((name, i) => {
       const value = d.uniforms[name];
       if (value === undefined) throw new Error(`flashAttention webgpu: uniform '${name}' missing`);
       values[offset / 4 + i] = value;
     });
-    const entries: GPUBindGroupEntry[] = spec.bindings.map((b, i) => {
+    const ranges: BoundRange[] = spec.bindings.map(b => {
       const range = d.buffers[b.name];
       if (!range) throw new Error(`flashAttention webgpu: binding '${b.name}' missing`);
-      return { binding: i, resource: { buffer: range.buffer, offset: range.offset, size: range.size } };
+      return range;
     });
-    const size = Math.ceil(4 * (spec.uniforms.length + 1) / 16) * 16;
-    entries.push({ binding: spec.bindings.length, resource: { buffer: uniformBuffer, offset, size } });
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, device.createBindGroup({ layout, entries }));
+    ranges.push({ buffer: uniformBuffer, offset, size: Math.ceil(4 * (spec.uniforms.length + 1) / 16) * 16 });
+    pass.setPipeline(program.pipeline);
+    pass.setBindGroup(0, bindGroup(device, program, ranges));
     pass.dispatchWorkgroups(...d.workgroups);
     offset += slot(spec);
   }
