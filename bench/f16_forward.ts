@@ -512,27 +512,44 @@ async function timeEntry(run: () => void): Promise<EntryTiming> {
  * (D = 64, 128, causal and not), where a call is bounded by host work rather than the GPU, and at
  * N = 4096 (D = 64, 128, full); each entry timed by timeEntry.
  */
-async function smallN(): Promise<void> {
-  // --max-n below 1024 (smoke tests on SwiftShader) runs that N alone.
-  const small = [1024, 2048].filter(n => n <= maxN);
-  const shapes = (small.length ? small : [maxN]).flatMap(n => [64, 128].flatMap(d => [false, true].map(causal => ({ n, d, causal }))))
-    .concat(maxN >= 4096 ? [64, 128].map(d => ({ n: 4096, d, causal: false })) : []);
-  const inputs = new Map(shapes.map(s => [`${s.n}/${s.d}`,
-    [1, 2, 3].map(seed => tf.randomNormal([1, H, s.n, s.d], 0, 1, 'float32', seed))]));
-  const entries = shapes.flatMap(s => (['float16', 'float32'] as const).map(precision => ({ ...s, precision })));
-  const name = (e: typeof entries[number]) => `${e.precision} N=${e.n} D=${e.d} ${e.causal ? 'causal' : 'full'}`;
+/** Random q, k, v of [1, H, n, d] per shape, keyed `n/d` (seeds 1–3, as every float16 bench). */
+function inputsByShape(shapes: Array<{ n: number; d: number }>): Map<string, tf.Tensor[]> {
+  return new Map(shapes.map(s => [`${s.n}/${s.d}`, [1, 2, 3].map(seed => tf.randomNormal([1, H, s.n, s.d], 0, 1, 'float32', seed))]));
+}
+
+/**
+ * Times every entry with `time` in `rounds` interleaved rounds (the order rotates each round) after
+ * two warm-ups, printing each sample under `name` padded to `width`; the samples per entry, in
+ * round order.
+ */
+async function interleavedEntries<E>(entries: E[], name: (e: E) => string, width: number,
+  time: (e: E) => Promise<EntryTiming>): Promise<Map<E, EntryTiming[]>> {
   const times = new Map(entries.map(e => [e, [] as EntryTiming[]]));
   await warmUp();
   await warmUp();
   for (let round = 0; round < rounds; round++) {
     for (let x = 0; x < entries.length; x++) {
       const e = entries[(x + round) % entries.length];
-      const [q, k, v] = inputs.get(`${e.n}/${e.d}`) ?? [];
-      const r = await timeEntry(() => tf.tidy(() => { flashAttention(q, k, v, { causal: e.causal, precision: e.precision }); }));
+      const r = await time(e);
       times.get(e)?.push(r);
-      say(`round ${round} ${name(e).padEnd(28)} host ${r.host.toFixed(3)} enqueue ${r.enqueue.toFixed(3)} gpu ${r.gpu?.toFixed(3) ?? 'n/a'} ms (${r.iters} calls)`);
+      say(`round ${round} ${name(e).padEnd(width)} host ${r.host.toFixed(3)} enqueue ${r.enqueue.toFixed(3)} gpu ${r.gpu?.toFixed(3) ?? 'n/a'} ms (${r.iters} calls)`);
     }
   }
+  return times;
+}
+
+async function smallN(): Promise<void> {
+  // --max-n below 1024 (smoke tests on SwiftShader) runs that N alone.
+  const small = [1024, 2048].filter(n => n <= maxN);
+  const shapes = (small.length ? small : [maxN]).flatMap(n => [64, 128].flatMap(d => [false, true].map(causal => ({ n, d, causal }))))
+    .concat(maxN >= 4096 ? [64, 128].map(d => ({ n: 4096, d, causal: false })) : []);
+  const inputs = inputsByShape(shapes);
+  const entries = shapes.flatMap(s => (['float16', 'float32'] as const).map(precision => ({ ...s, precision })));
+  const name = (e: typeof entries[number]) => `${e.precision} N=${e.n} D=${e.d} ${e.causal ? 'causal' : 'full'}`;
+  const times = await interleavedEntries(entries, name, 28, e => {
+    const [q, k, v] = inputs.get(`${e.n}/${e.d}`) ?? [];
+    return timeEntry(() => tf.tidy(() => { flashAttention(q, k, v, { causal: e.causal, precision: e.precision }); }));
+  });
   for (const xs of inputs.values()) tf.dispose(xs);
   say(`\nsmall-n: medians over ${rounds} rounds, ms per call (TFLOP/s from host time; f16/f32 = time ratio in the same round, median):`);
   for (const e of entries) {
@@ -576,25 +593,16 @@ const withSchedule = async <T>(schedule: PairSchedule, body: () => Promise<T>): 
 async function pairingAB(): Promise<Record<string, unknown>> {
   const sizes = [2048, 4096, 8192].filter(n => n <= maxN);
   const shapes = (sizes.length ? sizes : [maxN]).flatMap(n => [64, 128].map(d => ({ n, d })));
-  const inputs = new Map(shapes.map(s => [`${s.n}/${s.d}`,
-    [1, 2, 3].map(seed => tf.randomNormal([1, H, s.n, s.d], 0, 1, 'float32', seed))]));
+  const inputs = inputsByShape(shapes);
   const FULL = 'full (reference)';
   const entries = shapes.flatMap(s => [...Object.keys(PAIRINGS), FULL].map(schedule => ({ ...s, schedule })));
   const name = (e: typeof entries[number]) => `N=${e.n} D=${e.d} ${e.schedule === FULL ? FULL : `causal, ${e.schedule}`}`;
-  const times = new Map(entries.map(e => [e, [] as EntryTiming[]]));
-  await warmUp();
-  await warmUp();
-  for (let round = 0; round < rounds; round++) {
-    for (let x = 0; x < entries.length; x++) {
-      const e = entries[(x + round) % entries.length];
-      const [q, k, v] = inputs.get(`${e.n}/${e.d}`) ?? [];
-      const causal = e.schedule !== FULL;
-      const run = () => tf.tidy(() => { flashAttention(q, k, v, { causal, precision: 'float16' }); });
-      const r = await withSchedule(PAIRINGS[e.schedule] ?? f16ForwardTuning.schedule, () => timeEntry(run));
-      times.get(e)?.push(r);
-      say(`round ${round} ${name(e).padEnd(44)} host ${r.host.toFixed(3)} enqueue ${r.enqueue.toFixed(3)} gpu ${r.gpu?.toFixed(3) ?? 'n/a'} ms (${r.iters} calls)`);
-    }
-  }
+  const times = await interleavedEntries(entries, name, 44, e => {
+    const [q, k, v] = inputs.get(`${e.n}/${e.d}`) ?? [];
+    const causal = e.schedule !== FULL;
+    const run = () => tf.tidy(() => { flashAttention(q, k, v, { causal, precision: 'float16' }); });
+    return withSchedule(PAIRINGS[e.schedule] ?? f16ForwardTuning.schedule, () => timeEntry(run));
+  });
   for (const xs of inputs.values()) tf.dispose(xs);
   say(`\npairing: medians over ${rounds} rounds, ms per call (TFLOP/s from host time, causal FLOPs halved; ` +
     'old/this = median over rounds of the one-block-per-workgroup time / this time in the same round):');
