@@ -54,7 +54,7 @@ import type { F16Tiles } from '../kernels/webgpu/attention_backward_dkdv_f16';
 import { AttentionCase, CASES, CaseData, caseData } from '../test/cases';
 import { caseTensors, toTensor } from '../test/case_tensors';
 import { referenceGrads } from '../test/reference';
-import { backend, collectGarbage, settle, timeMs } from './webgpu_timing';
+import { backend, settle, steadyRunMs, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = new Set(process.argv.slice(2));
@@ -531,23 +531,11 @@ async function bench(): Promise<void> {
  */
 async function steadyMs(step: () => void, budgetMs: number, repeats: number, samples: number[], batch: { iters?: number } = {}):
     Promise<number> {
-  collectGarbage();
-  let t0 = performance.now();
-  do {
-    step();
-    await settle();
-  } while (performance.now() - t0 < 300);
-  let once = Infinity;
-  for (let i = 0; i < 3; i++) {
-    t0 = performance.now();
-    step();
-    await settle();
-    once = Math.min(once, performance.now() - t0);
-  }
+  const once = await steadyRunMs(step, 300);
   const iters = Math.max(1, Math.min(200, Math.round(budgetMs / once)));
   batch.iters = iters;
   for (let r = 0; r < repeats; r++) {
-    t0 = performance.now();
+    const t0 = performance.now();
     for (let i = 0; i < iters; i++) step();
     await settle();
     samples.push((performance.now() - t0) / iters);

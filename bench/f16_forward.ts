@@ -47,7 +47,7 @@ import { caseTensors } from '../test/case_tensors';
 import { maxAbs } from '../test/compare';
 import { referenceForward } from '../test/reference';
 import type { AttentionConfig } from '../src/config';
-import { backend, collectGarbage, settle, sizeBatch, timeMs } from './webgpu_timing';
+import { backend, settle, sizeBatch, steadyRunMs, timeMs } from './webgpu_timing';
 
 const H = 12;
 const args = process.argv.slice(2);
@@ -482,22 +482,10 @@ interface EntryTiming { host: number; enqueue: number; gpu?: number; passes?: nu
  * GPU time per compute pass from timestamps (the first 64 passes of the batch).
  */
 async function timeEntry(run: () => void): Promise<EntryTiming> {
-  collectGarbage();
-  let t0 = performance.now();
-  do {
-    run();
-    await settle();
-  } while (performance.now() - t0 < 150);
-  let once = Infinity;
-  for (let i = 0; i < 3; i++) {
-    t0 = performance.now();
-    run();
-    await settle();
-    once = Math.min(once, performance.now() - t0);
-  }
+  const once = await steadyRunMs(run, 150);
   const iters = Math.max(2, Math.min(400, Math.round(100 / once)));
   passTimer?.start();
-  t0 = performance.now();
+  const t0 = performance.now();
   for (let i = 0; i < iters; i++) run();
   const queued = performance.now();
   await settle();
@@ -506,12 +494,6 @@ async function timeEntry(run: () => void): Promise<EntryTiming> {
   return { host, enqueue: (queued - t0) / iters, iters, ...(passes?.length ? { gpu: median(passes), passes: passes.length } : {}) };
 }
 
-/**
- * --small-n: `rounds` interleaved rounds (the order rotates each round) of the float16 forward on its
- * default plan and tiles (no override) and the float32 kernel, B = 1, H = 12, at N = 1024 and 2048
- * (D = 64, 128, causal and not), where a call is bounded by host work rather than the GPU, and at
- * N = 4096 (D = 64, 128, full); each entry timed by timeEntry.
- */
 /** Random q, k, v of [1, H, n, d] per shape, keyed `n/d` (seeds 1–3, as every float16 bench). */
 function inputsByShape(shapes: Array<{ n: number; d: number }>): Map<string, tf.Tensor[]> {
   return new Map(shapes.map(s => [`${s.n}/${s.d}`, [1, 2, 3].map(seed => tf.randomNormal([1, H, s.n, s.d], 0, 1, 'float32', seed))]));
@@ -538,6 +520,12 @@ async function interleavedEntries<E>(entries: E[], name: (e: E) => string, width
   return times;
 }
 
+/**
+ * --small-n: `rounds` interleaved rounds (the order rotates each round) of the float16 forward on its
+ * default plan and tiles (no override) and the float32 kernel, B = 1, H = 12, at N = 1024 and 2048
+ * (D = 64, 128, causal and not), where a call is bounded by host work rather than the GPU, and at
+ * N = 4096 (D = 64, 128, full); each entry timed by timeEntry.
+ */
 async function smallN(): Promise<void> {
   // --max-n below 1024 (smoke tests on SwiftShader) runs that N alone.
   const small = [1024, 2048].filter(n => n <= maxN);

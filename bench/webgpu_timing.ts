@@ -20,7 +20,7 @@ export async function settle(): Promise<void> {
  * collection of earlier runs' garbage (tensors, Dawn objects with native finalizers) does not
  * stall the host inside a timed batch and leave the GPU idle.
  */
-export function collectGarbage(): void {
+function collectGarbage(): void {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (gc) gc();
 }
@@ -46,16 +46,34 @@ export async function sizeBatch(run: () => void, budgetMs: number, minIters: num
   run();
   await settle();
   collectGarbage();
+  const once = await fastestRunMs(run);
+  return { once, iters: Math.max(minIters, Math.min(maxIters, Math.ceil(budgetMs / Math.max(once, 0.01)))) };
+}
+
+/** The fastest of three timed runs (ms), or the first where it takes over a second (one is enough then). */
+async function fastestRunMs(run: () => void): Promise<number> {
   let once = Infinity;
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 3 && once <= 1000; i++) {
     const t0 = performance.now();
     run();
     await settle();
     once = Math.min(once, performance.now() - t0);
-    // Runs of seconds: one is enough (timeWithEnqueue then reports that run itself).
-    if (once > 1000) break;
   }
-  return { once, iters: Math.max(minIters, Math.min(maxIters, Math.ceil(budgetMs / Math.max(once, 0.01)))) };
+  return once;
+}
+
+/**
+ * A garbage collection, `warmMs` of untimed runs, then fastestRunMs: the per-run time that sizes a
+ * steady batch (the runs right after a collection are slow, see sizeBatch).
+ */
+export async function steadyRunMs(run: () => void, warmMs: number): Promise<number> {
+  collectGarbage();
+  const t0 = performance.now();
+  do {
+    run();
+    await settle();
+  } while (performance.now() - t0 < warmMs);
+  return fastestRunMs(run);
 }
 
 /**
